@@ -1,0 +1,208 @@
+//! `aisbx audit tail [-n N] [--json]` and `aisbx audit verify`.
+//!
+//! Both return the process exit status: 0 on success; `verify` returns 1 when the
+//! chain is broken; 125 when the log cannot be read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aisbx_service::audit;
+use serde_json::Value;
+
+/// The audit log of a state directory.
+pub fn log_path(home: &Path) -> PathBuf {
+    home.join("audit.jsonl")
+}
+
+/// Prints the last `n` entries, oldest first: one JSON object per line with `json`,
+/// else one readable line each.
+pub fn tail(home: &Path, n: usize, json: bool) -> i32 {
+    let path = log_path(home);
+    let entries = match audit::tail(&path, n) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("aisbx: cannot read the audit log {}: {e}", path.display());
+            return 125;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for e in &entries {
+        let line = if json { e.to_string() } else { format_entry(e) };
+        if writeln!(out, "{line}").is_err() {
+            // stdout closed (e.g. piped into `head`): nothing more to do.
+            return 0;
+        }
+    }
+    0
+}
+
+/// Checks the hash chain; names the first bad line.
+pub fn verify(home: &Path) -> i32 {
+    let path = log_path(home);
+    match audit::verify(&path) {
+        Ok(r) => match &r.problem {
+            None => {
+                let head = if r.head_checked {
+                    "head record matches"
+                } else {
+                    "no head record to compare"
+                };
+                println!(
+                    "audit log OK: {} line{}, last seq {}, {head} ({})",
+                    r.lines,
+                    if r.lines == 1 { "" } else { "s" },
+                    r.last_seq,
+                    path.display()
+                );
+                0
+            }
+            Some(p) => {
+                println!(
+                    "audit log BROKEN at line {} ({}): {}",
+                    p.line,
+                    kind_name(p.kind),
+                    p.message
+                );
+                println!(
+                    "  {} line{} before it verified; file: {}",
+                    r.last_seq,
+                    if r.last_seq == 1 { "" } else { "s" },
+                    path.display()
+                );
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("aisbx: cannot verify the audit log {}: {e}", path.display());
+            125
+        }
+    }
+}
+
+fn kind_name(k: audit::ProblemKind) -> &'static str {
+    match k {
+        audit::ProblemKind::Malformed => "malformed",
+        audit::ProblemKind::Edited => "edited",
+        audit::ProblemKind::Removed => "removed",
+        audit::ProblemKind::Reordered => "reordered",
+        audit::ProblemKind::Truncated => "truncated",
+    }
+}
+
+/// `2026-11-24T10:00:00.123Z  #7  mcp-http(claude-code)  run  allow  exit 0, 12 ms`
+pub fn format_entry(e: &Value) -> String {
+    let Value::Object(m) = e else {
+        // A line that is not JSON: show it as it is.
+        return format!("(malformed) {}", e.as_str().unwrap_or_default());
+    };
+    let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let seq = m
+        .get("seq")
+        .and_then(Value::as_u64)
+        .map(|n| format!("#{n}"))
+        .unwrap_or_else(|| "#?".into());
+    let who = match m.get("client").and_then(Value::as_str) {
+        Some(c) => format!("{}({c})", s("front_end")),
+        None => s("front_end"),
+    };
+    let mut line = format!(
+        "{}  {seq}  {who}  {}  {}",
+        s("time"),
+        s("tool"),
+        s("decision")
+    );
+    let summary = summarize_result(m.get("result"));
+    if !summary.is_empty() {
+        line.push_str("  ");
+        line.push_str(&summary);
+    }
+    if let Some(r) = m.get("reason").and_then(Value::as_str) {
+        line.push_str("  reason: ");
+        line.push_str(r);
+    }
+    line
+}
+
+fn summarize_result(r: Option<&Value>) -> String {
+    let Some(Value::Object(m)) = r else {
+        return String::new();
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if m.get("timed_out").and_then(Value::as_bool) == Some(true) {
+        parts.push("timed out".into());
+    }
+    if let Some(sig) = m.get("signal").and_then(Value::as_i64) {
+        parts.push(format!("signal {sig}"));
+    } else if let Some(code) = m.get("exit_code").and_then(Value::as_i64) {
+        parts.push(format!("exit {code}"));
+    }
+    if m.get("oom_killed").and_then(Value::as_bool) == Some(true) {
+        parts.push("oom".into());
+    }
+    if let Some(id) = m.get("sandbox_id").and_then(Value::as_str) {
+        parts.push(format!("sandbox {id}"));
+    }
+    if let Some(ms) = m.get("duration_ms").and_then(Value::as_u64) {
+        parts.push(format!("{ms} ms"));
+    }
+    if parts.is_empty() {
+        // Some other summary: show it compactly.
+        return Value::Object(m.clone()).to_string();
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(i: u64) -> audit::AuditEntry {
+        audit::AuditEntry {
+            request_id: format!("r{i}"),
+            front_end: "mcp-http".into(),
+            client: Some("claude-code".into()),
+            tool: "run".into(),
+            args_digest: audit::digest_args(&json!({"i": i})),
+            decision: "allow".into(),
+            reason: None,
+            result: json!({"exit_code": 0, "timed_out": false, "duration_ms": 12}),
+        }
+    }
+
+    #[test]
+    fn format_line() {
+        let v = json!({"time": "2026-11-24T10:00:00.123Z", "seq": 7, "front_end": "mcp-http",
+            "client": "claude-code", "tool": "run", "decision": "allow", "reason": null,
+            "result": {"exit_code": 0, "timed_out": false, "duration_ms": 12}});
+        assert_eq!(
+            format_entry(&v),
+            "2026-11-24T10:00:00.123Z  #7  mcp-http(claude-code)  run  allow  exit 0, 12 ms"
+        );
+        let d = json!({"time": "t", "seq": 8, "front_end": "cli", "client": null, "tool": "run",
+            "decision": "deny", "reason": "network not allowed", "result": null});
+        assert_eq!(
+            format_entry(&d),
+            "t  #8  cli  run  deny  reason: network not allowed"
+        );
+        assert_eq!(format_entry(&json!("garbage")), "(malformed) garbage");
+    }
+
+    #[test]
+    fn verify_and_tail_exit_codes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(verify(dir.path()), 0);
+        assert_eq!(tail(dir.path(), 5, false), 0);
+        let log = audit::AuditLog::open(log_path(dir.path())).expect("open");
+        for i in 0..3 {
+            log.append(entry(i)).expect("append");
+        }
+        assert_eq!(verify(dir.path()), 0);
+        assert_eq!(tail(dir.path(), 2, true), 0);
+        let p = log_path(dir.path());
+        let text = std::fs::read_to_string(&p).expect("read");
+        std::fs::write(&p, text.replacen("\"exit_code\":0", "\"exit_code\":3", 1)).expect("write");
+        assert_eq!(verify(dir.path()), 1);
+    }
+}

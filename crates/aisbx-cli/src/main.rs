@@ -1,0 +1,300 @@
+//! `aisbx`: run untrusted code in a sandbox. A thin front end: it maps arguments to
+//! service requests and formats results; everything else is the service's.
+
+mod audit_cmd;
+mod size;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aisbx_service::{
+    CancelToken, LimitOverrides, OutputSink, Program, RequestMeta, RunRequest, Service, ServiceConfig, ServiceError,
+};
+use clap::{Args, Parser, Subcommand};
+
+/// Exit status when aisbx itself failed or refused (SPEC).
+const EXIT_AISBX: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "aisbx",
+    version,
+    about = "Run untrusted code in a sandbox: no access to your files, secrets, network or machine.",
+    long_about = "Run untrusted code in a sandbox: no access to your files, secrets, network or machine.\n\n\
+Every run gets fresh user, mount, pid, net, ipc, uts and cgroup namespaces, a read-only root with only the runtime, \
+no capabilities, a seccomp filter, Landlock, and limits on time, memory, processes, CPU, disk and output.\n\n\
+Examples:\n  aisbx run -- python3 -c 'print(1+1)'\n  aisbx run --lang node --code 'console.log(process.version)'\n  \
+aisbx run script.py\n  aisbx run --workdir ./project --timeout 60 -- make test\n  aisbx doctor",
+    after_help = "State lives in $AISBX_HOME (default ~/.local/share/aisbx, /var/lib/aisbx for root)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command, a piece of code, or a script file in a fresh sandbox.
+    #[command(
+        after_help = "Exit status: the program's own; 128+N when killed by signal N; 124 on timeout; \
+125 when aisbx failed or refused; 126 not executable; 127 not found.\n\n\
+Examples:\n  aisbx run -- ls -la /\n  aisbx run --lang python --code 'import sys; print(sys.version)'\n  \
+aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | aisbx run -- wc -c"
+    )]
+    Run(RunArgs),
+    /// Report which isolation layers this host and user have.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and inspect profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Read and check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Serve the MCP tools (the same as the aisbx-mcp binary).
+    Mcp(aisbx_mcp::McpArgs),
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// List the profiles and whether this host can run them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Print the last entries of the audit log.
+    Tail {
+        /// How many entries.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain; names the first line that was edited, removed or reordered.
+    Verify,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Profile to run with (default: the language's, else `default`).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Host directory mounted read-write at /workspace (default: a fresh one, removed after).
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Wall-clock limit in seconds (default 30).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Memory limit, e.g. 256M or 1G (default 512M).
+    #[arg(long, value_name = "SIZE", value_parser = size::parse)]
+    memory: Option<u64>,
+    /// Process limit (default 256).
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5 (default 1).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Language of --code (python, node, bash, sh, perl).
+    #[arg(long, value_name = "LANG", requires = "code")]
+    lang: Option<String>,
+    /// Source code to run; needs --lang.
+    #[arg(long, value_name = "SOURCE", requires = "lang", conflicts_with_all = ["file", "command"])]
+    code: Option<String>,
+    /// Print one RunResult JSON object on stdout instead of streaming the output.
+    #[arg(long)]
+    json: bool,
+    /// A script to run; its language comes from the extension or the #! line.
+    #[arg(value_name = "FILE", conflicts_with = "command")]
+    file: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V")),
+    }
+}
+
+fn main() -> ExitCode {
+    aisbx_service::maybe_run_helper();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_AISBX } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    ExitCode::from(match cli.command {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Doctor { json } => cmd_doctor(json),
+        Cmd::Profile(ProfileCmd::List { json }) => cmd_profile_list(json),
+        Cmd::Audit(a) => {
+            let home = aisbx_service::default_home();
+            let code = match a {
+                AuditCmd::Tail { n, json } => audit_cmd::tail(&home, n, json),
+                AuditCmd::Verify => audit_cmd::verify(&home),
+            };
+            code.clamp(0, 255) as u8
+        }
+        Cmd::Mcp(args) => aisbx_mcp::main_with_args(args).clamp(0, 255) as u8,
+    })
+}
+
+fn fail(e: &ServiceError) -> u8 {
+    eprintln!("aisbx: {e}");
+    match e {
+        ServiceError::NotFound(_) => 127,
+        _ => EXIT_AISBX,
+    }
+}
+
+fn open_service() -> Result<Service, u8> {
+    Service::open(ServiceConfig::default()).map_err(|e| fail(&e))
+}
+
+fn cli_meta(tool: &str) -> RequestMeta {
+    RequestMeta {
+        front_end: "cli".into(),
+        client: std::env::var("USER").ok(),
+        tool: tool.into(),
+    }
+}
+
+/// Streams the program's output to ours as it comes.
+struct Passthrough;
+
+impl OutputSink for Passthrough {
+    fn stdout(&mut self, data: &[u8]) {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(data);
+        let _ = o.flush();
+    }
+    fn stderr(&mut self, data: &[u8]) {
+        let _ = std::io::stderr().lock().write_all(data);
+    }
+}
+
+fn cmd_run(a: RunArgs) -> u8 {
+    let program = if let Some(code) = a.code {
+        Program::Code {
+            language: a.lang.unwrap_or_default(),
+            code,
+        }
+    } else if let Some(f) = a.file {
+        Program::File(f)
+    } else if !a.command.is_empty() {
+        Program::Command(a.command)
+    } else {
+        eprintln!("aisbx: nothing to run: give a command after `--`, --lang with --code, or a FILE (see `aisbx run --help`)");
+        return EXIT_AISBX;
+    };
+    let mut req = RunRequest::new(program);
+    req.profile = a.profile;
+    req.workdir = a.workdir;
+    req.env = a.env;
+    req.limits = LimitOverrides {
+        timeout_secs: a.timeout,
+        memory_bytes: a.memory,
+        pids: a.pids,
+        cpus: a.cpus,
+    };
+    req.inherit_stdin = !std::io::stdin().is_terminal();
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let result = if a.json {
+        svc.run(&cli_meta("run"), req, &mut aisbx_service::NullSink, &CancelToken::default())
+    } else {
+        svc.run(&cli_meta("run"), req, &mut Passthrough, &CancelToken::default())
+    };
+    match result {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                if r.timed_out {
+                    eprintln!("aisbx: the run timed out and was killed");
+                } else if r.oom_killed {
+                    eprintln!("aisbx: the run reached its memory limit and was killed");
+                }
+                if r.stdout_truncated || r.stderr_truncated {
+                    eprintln!("aisbx: output beyond the limit was dropped");
+                }
+            }
+            r.cli_exit_code().clamp(0, 255) as u8
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn cmd_doctor(json: bool) -> u8 {
+    let report = aisbx_jail::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!("aisbx doctor ({})", if report.running_as_root { "running as root" } else { "running as an unprivileged user" });
+        for l in &report.layers {
+            let state = match l.state {
+                aisbx_jail::LayerState::Active => "active ",
+                aisbx_jail::LayerState::Missing => "MISSING",
+            };
+            let req = if l.required { "required" } else { "optional" };
+            println!("  {state}  {:<17} ({req})  {}", l.name, l.detail);
+        }
+        println!(
+            "  cgroup version: {}{}",
+            report.cgroup_version,
+            if report.cgroup_controllers.is_empty() { String::new() } else { format!(" ({})", report.cgroup_controllers.join(", ")) }
+        );
+        println!("  landlock ABI:   {}", report.landlock_abi);
+        if report.ok() {
+            println!("All required layers are active.");
+        } else {
+            println!("A required layer is missing: runs will be refused until it is fixed.");
+        }
+    }
+    if report.ok() { 0 } else { 1 }
+}
+
+fn cmd_profile_list(json: bool) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match svc.profile_list(&cli_meta("profile_list")) {
+        Ok(list) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                println!("{:<10} {:<10} {:<11} DESCRIPTION", "NAME", "LANGUAGE", "AVAILABLE");
+                for p in list.profiles {
+                    println!(
+                        "{:<10} {:<10} {:<11} {}",
+                        p.name,
+                        p.language.unwrap_or_else(|| "-".into()),
+                        if p.available { "yes" } else { "no" },
+                        p.description
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}

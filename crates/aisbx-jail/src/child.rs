@@ -1,0 +1,379 @@
+//! Code that runs inside the sandbox: the init (pid 1 of the new pid namespace),
+//! which builds the root and supervises the program from inside, and the program's
+//! process, which drops every privilege and executes the program.
+//!
+//! Both run in a fork of the single-threaded supervisor. They report to it over the
+//! status pipe with one line per message:
+//! `E <text>` setup failed; `N <errno>` execve failed;
+//! `X e <code> <cpu_ms> <maxrss_kib>` / `X s <signal> <cpu_ms> <maxrss_kib>` exit.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use crate::mounts::{self, Prepared};
+use crate::seccomp::Filters;
+use crate::sys::{cloexec_from, write_all};
+use crate::{SANDBOX_ID, Spec, lsm};
+
+/// The fds and prepared data the init needs (all inherited through the fork).
+pub struct InitCtx<'a> {
+    pub spec: &'a Spec,
+    pub sync_r: RawFd,
+    pub status_w: RawFd,
+    pub stdin: RawFd,
+    pub stdout_w: RawFd,
+    pub stderr_w: RawFd,
+    /// fds that belong to the supervisor and are closed first.
+    pub parent_fds: Vec<RawFd>,
+    pub filters: &'a Filters,
+    pub prepared: Prepared,
+    pub data_limit: u64,
+}
+
+fn report(fd: RawFd, msg: &str) {
+    let _ = write_all(fd, msg.as_bytes());
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running the parent's atexit handlers
+    // or flushing its buffers, which this forked copy must not do.
+    unsafe { libc::_exit(code) }
+}
+
+/// The sandbox init. Never returns.
+pub fn init_main(ctx: InitCtx<'_>) -> ! {
+    for fd in &ctx.parent_fds {
+        // SAFETY: closing fds this process does not use.
+        unsafe { libc::close(*fd) };
+    }
+    // Die with the supervisor; the kernel then kills the whole pid namespace.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Wait until the supervisor has written our id maps and cgroups. EOF means it
+    // died before that.
+    let mut b = [0u8; 1];
+    // SAFETY: reading into a local buffer.
+    let n = unsafe { libc::read(ctx.sync_r, b.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        exit_now(1);
+    }
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(ctx.sync_r) };
+    let status_w = ctx.status_w;
+    match init_setup_and_wait(&ctx) {
+        Ok(never) => match never {},
+        Err(msg) => {
+            report(status_w, &format!("E {}\n", msg.replace('\n', " ")));
+            exit_now(1)
+        }
+    }
+}
+
+fn errno_str(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
+    // Become the sandbox user; capabilities in our own user namespace stay.
+    // SAFETY: plain id changes.
+    unsafe {
+        if libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) != 0 {
+            return Err(errno_str("setresgid"));
+        }
+        libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        if libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) != 0 {
+            return Err(errno_str("setresuid"));
+        }
+    }
+    raise_all_caps()?;
+    // A cgroup namespace rooted at the run's own cgroup (we were moved into it).
+    // SAFETY: plain unshare.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(errno_str("creating the cgroup namespace"));
+    }
+    nix::unistd::sethostname(&ctx.spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    loopback_up()?;
+    mounts::build_root(ctx.spec, &ctx.prepared)?;
+
+    // The program's stdio.
+    // SAFETY: dup2 onto the standard fds.
+    unsafe {
+        for (from, to) in [(ctx.stdin, 0), (ctx.stdout_w, 1), (ctx.stderr_w, 2)] {
+            if from != to && libc::dup2(from, to) < 0 {
+                return Err(errno_str("dup2"));
+            }
+        }
+    }
+    // SAFETY: fork in a single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(errno_str("fork"));
+    }
+    if pid == 0 {
+        let err = program_main(ctx);
+        // Only reached when something failed before execve.
+        match err {
+            ProgramError::Exec(errno) => {
+                report(ctx.status_w, &format!("N {errno}\n"));
+                exit_now(127)
+            }
+            ProgramError::Setup(msg) => {
+                report(ctx.status_w, &format!("E {}\n", msg.replace('\n', " ")));
+                exit_now(125)
+            }
+        }
+    }
+    // The init keeps no copy of the program's stdio.
+    // SAFETY: opening /dev/null and replacing our fds 0-2.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        for fd in [ctx.stdin, ctx.stdout_w, ctx.stderr_w] {
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+    // Reap everything until the program itself ends; then report and exit, which
+    // makes the kernel kill whatever else is left in the namespace.
+    loop {
+        let mut status = 0;
+        // SAFETY: zeroed rusage is a valid out-parameter.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 with valid out-pointers.
+        let r = unsafe { libc::wait4(-1, &mut status, libc::__WALL, &mut ru) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(errno_str("wait4"));
+        }
+        if r != pid {
+            continue;
+        }
+        let cpu_ms = tv_ms(&ru.ru_utime) + tv_ms(&ru.ru_stime);
+        let rss = ru.ru_maxrss.max(0) as u64;
+        let msg = if libc::WIFSIGNALED(status) {
+            format!("X s {} {cpu_ms} {rss}\n", libc::WTERMSIG(status))
+        } else {
+            format!("X e {} {cpu_ms} {rss}\n", libc::WEXITSTATUS(status))
+        };
+        report(ctx.status_w, &msg);
+        exit_now(0);
+    }
+}
+
+fn tv_ms(tv: &libc::timeval) -> u64 {
+    (tv.tv_sec.max(0) as u64) * 1000 + (tv.tv_usec.max(0) as u64) / 1000
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capset(eff: u32, perm: u32) -> Result<(), String> {
+    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let data = [CapData {
+        effective: eff,
+        permitted: perm,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data words, as capset(2) with version 3 expects.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r != 0 { Err(errno_str("capset")) } else { Ok(()) }
+}
+
+/// After setresuid the effective set is cleared; bring back what is permitted
+/// (full, in our own user namespace) for the mounts to come.
+fn raise_all_caps() -> Result<(), String> {
+    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: as capget(2) with version 3 expects.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(errno_str("capget"));
+    }
+    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    for d in data.iter_mut() {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as capset(2) with version 3 expects.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r != 0 { Err(errno_str("capset")) } else { Ok(()) }
+}
+
+/// Bring up `lo` in the new network namespace (nothing else is there).
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket/ioctl on a zeroed ifreq naming "lo".
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(errno_str("socket for lo"));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            libc::close(s);
+            return Err(errno_str("reading lo flags"));
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS, &mut ifr);
+        libc::close(s);
+        if r < 0 {
+            return Err(errno_str("bringing lo up"));
+        }
+    }
+    Ok(())
+}
+
+enum ProgramError {
+    Setup(String),
+    Exec(i32),
+}
+
+fn set_rlimit(res: libc::__rlimit_resource_t, v: u64) -> Result<(), String> {
+    let lim = libc::rlimit {
+        rlim_cur: v as libc::rlim_t,
+        rlim_max: v as libc::rlim_t,
+    };
+    // SAFETY: valid rlimit struct.
+    if unsafe { libc::setrlimit(res, &lim) } != 0 {
+        return Err(errno_str("setrlimit"));
+    }
+    Ok(())
+}
+
+/// The program's process: privileges off, then execve. Returns only on failure.
+fn program_main(ctx: &InitCtx<'_>) -> ProgramError {
+    match program_setup(ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
+    let setup = ProgramError::Setup;
+    let spec = ctx.spec;
+    // SAFETY: plain process-attribute calls.
+    unsafe {
+        libc::setsid();
+        // Default dispositions and an empty mask: ignored signals survive execve.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    let l = &spec.limits;
+    set_rlimit(libc::RLIMIT_NOFILE, l.nofile).map_err(setup)?;
+    set_rlimit(libc::RLIMIT_CORE, 0).map_err(setup)?;
+    set_rlimit(libc::RLIMIT_NPROC, l.pids).map_err(setup)?;
+    set_rlimit(libc::RLIMIT_DATA, ctx.data_limit).map_err(setup)?;
+    // CPU seconds as a backstop to the wall clock.
+    set_rlimit(libc::RLIMIT_CPU, (l.wall.as_secs_f64() * l.cpus.max(1.0)).ceil() as u64 + 1).map_err(setup)?;
+    cloexec_from(3).map_err(|e| setup(format!("close_range: {e}")))?;
+    drop_capabilities().map_err(setup)?;
+    mounts::write_workspace_files(&spec.workspace_files).map_err(setup)?;
+    nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| setup(format!("working directory {}: {e}", spec.cwd)))?;
+
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| setup("argument contains a NUL byte".into()))?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .map_err(|_| setup("environment contains a NUL byte".into()))?;
+    let candidates = exec_candidates(spec);
+
+    lsm::restrict(spec.landlock).map_err(setup)?;
+    crate::seccomp::install(ctx.filters).map_err(setup)?;
+
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let mut errno = libc::ENOENT;
+    for c in &candidates {
+        // SAFETY: NUL-terminated argv/envp arrays of valid C strings.
+        unsafe { libc::execve(c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            errno = e;
+        }
+    }
+    Err(ProgramError::Exec(errno))
+}
+
+/// The paths execve tries: argv[0] itself when it has a slash, else each PATH entry.
+fn exec_candidates(spec: &Spec) -> Vec<CString> {
+    let Some(arg0) = spec.argv.first() else { return Vec::new() };
+    if arg0.contains('/') {
+        return CString::new(arg0.as_bytes()).into_iter().collect();
+    }
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| CString::new(format!("{d}/{arg0}")).ok())
+        .collect()
+}
+
+/// Empty every capability set, the bounding set and the ambient set, and lock the
+/// securebits so that nothing can bring them back.
+fn drop_capabilities() -> Result<(), String> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    // SAFETY: plain prctl calls.
+    unsafe {
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        if libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            SECBIT_NOROOT
+                | SECBIT_NOROOT_LOCKED
+                | SECBIT_NO_SETUID_FIXUP
+                | SECBIT_NO_SETUID_FIXUP_LOCKED
+                | SECBIT_KEEP_CAPS_LOCKED,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(errno_str("locking securebits"));
+        }
+    }
+    capset(0, 0)
+}

@@ -1,0 +1,364 @@
+//! The sandbox's file system, built by its init inside the new mount namespace:
+//! a tmpfs root, read-only binds of what the runtime needs, synthesized `/etc`
+//! files, a fresh `/proc`, a minimal `/dev`, capped `/tmp` and `/workspace`.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::sys::{
+    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_setattr_fd, mount_setattr_path,
+    move_mount_to, open_tree_clone,
+};
+use crate::{CODE_DIR, SANDBOX_ID, Spec, Workspace};
+
+/// Where the host root is reachable between the first pivot and its detachment.
+const OLD: &str = "/.oldroot";
+/// The directory the new root's tmpfs is mounted on before pivoting (it exists on
+/// every host, and in our private mount namespace covering it hides nothing from
+/// the binds: they are made from the old root after the pivot).
+const BASE: &str = "/tmp";
+
+/// Top-level host paths that merged-/usr systems make symlinks, bound or linked.
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
+/// Devices bound from the host into the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// /proc entries made read-only over the fresh /proc.
+const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+type R<T> = Result<T, String>;
+
+fn cs(p: &Path) -> R<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {} contains a NUL byte", p.display()))
+}
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> String {
+    move |e| format!("{}: {e}", what())
+}
+
+fn mnt<P: AsRef<Path>>(src: Option<&str>, target: P, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> R<()> {
+    let target = target.as_ref();
+    mount(src, target, fstype, flags, data).map_err(|e| format!("mounting {} on {}: {e}", fstype.or(src).unwrap_or("?"), target.display()))
+}
+
+fn mkdir_p(p: &Path) -> R<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(ctx(|| format!("creating {}", p.display())))
+}
+
+/// A read-only bind, planned either on the host side (as root, where the host
+/// paths are readable) or inside the init (as an unprivileged user, who reads
+/// exactly what that user may read).
+pub enum BindPlan {
+    /// Recreate a symlink at `path` pointing at `target`.
+    Link { path: PathBuf, target: PathBuf },
+    /// Attach the detached, read-only tree `fd` at `path`.
+    Tree { path: PathBuf, fd: OwnedFd, is_dir: bool },
+}
+
+/// Plan the read-only bind of host path `path`, looked up beneath `root` (`/` on
+/// the host side, the old root inside the init). `None` when it does not exist.
+pub fn plan_bind(path: &Path, root: &Path) -> R<Option<BindPlan>> {
+    let src = root.join(path.strip_prefix("/").unwrap_or(path));
+    let meta = match fs::symlink_metadata(&src) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(format!("binding {}: {e}", path.display())),
+    };
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(&src).map_err(ctx(|| format!("reading link {}", path.display())))?;
+        return Ok(Some(BindPlan::Link { path: path.to_path_buf(), target }));
+    }
+    let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0).map_err(ctx(|| format!("cloning the mount of {}", path.display())))?;
+    mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
+        .map_err(ctx(|| format!("making {} read-only", path.display())))?;
+    Ok(Some(BindPlan::Tree { path: path.to_path_buf(), fd, is_dir: meta.is_dir() }))
+}
+
+/// Carry out a planned bind in the new root.
+fn apply_bind(plan: &BindPlan) -> R<()> {
+    match plan {
+        BindPlan::Link { path, target } => {
+            if let Some(parent) = path.parent() {
+                mkdir_p(parent)?;
+            }
+            match symlink(target, path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(format!("linking {}: {e}", path.display())),
+            }
+        }
+        BindPlan::Tree { path, fd, is_dir } => {
+            if *is_dir {
+                mkdir_p(path)?;
+            } else {
+                if let Some(parent) = path.parent() {
+                    mkdir_p(parent)?;
+                }
+                fs::File::create(path).map_err(ctx(|| format!("creating mount point {}", path.display())))?;
+            }
+            move_mount_to(fd.as_raw_fd(), &cs(path)?).map_err(ctx(|| format!("mounting {}", path.display())))
+        }
+    }
+}
+
+/// Every path the root gets read-only: the system directories, then the spec's.
+pub fn bind_paths(spec: &Spec) -> R<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
+    for p in &spec.ro_binds {
+        if !p.is_absolute() {
+            return Err(format!("read-only bind {} is not an absolute path", p.display()));
+        }
+        v.push(p.clone());
+    }
+    Ok(v)
+}
+
+/// Plan every bind beneath `root`.
+pub fn plan_binds(spec: &Spec, root: &Path) -> R<Vec<BindPlan>> {
+    let mut plans = Vec::new();
+    for p in bind_paths(spec)? {
+        if let Some(plan) = plan_bind(&p, root)? {
+            plans.push(plan);
+        }
+    }
+    Ok(plans)
+}
+
+fn write_file(path: &Path, content: &[u8], mode: u32) -> R<()> {
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent)?;
+    }
+    fs::write(path, content).map_err(ctx(|| format!("writing {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(ctx(|| format!("setting the mode of {}", path.display())))
+}
+
+/// What the supervisor prepared on the host side, when running as root: the
+/// read-only binds and an idmapped workspace, as detached mounts to attach here.
+#[derive(Default)]
+pub struct Prepared {
+    pub binds: Option<Vec<BindPlan>>,
+    pub workspace: Option<OwnedFd>,
+}
+
+/// Build the whole root and pivot into it. Runs in the sandbox init, in its own
+/// user and mount namespaces, before the program is forked.
+pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // Nothing we do may propagate back to the host.
+    mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    mnt(Some("tmpfs"), BASE, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=16m,nr_inodes=8192"))?;
+    let put_old = PathBuf::from(BASE).join(OLD.trim_start_matches('/'));
+    mkdir_p(&put_old)?;
+    nix::unistd::pivot_root(BASE, &put_old).map_err(|e| format!("pivot_root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+
+    match &prepared.binds {
+        Some(plans) => plans.iter().try_for_each(apply_bind)?,
+        None => plan_binds(spec, Path::new(OLD))?.iter().try_for_each(apply_bind)?,
+    }
+
+    // /etc: only what the service synthesized or chose to bind.
+    mkdir_p(Path::new("/etc"))?;
+    for (name, content) in &spec.etc_files {
+        if name.contains('/') || name.starts_with('.') {
+            return Err(format!("bad /etc file name {name:?}"));
+        }
+        write_file(&Path::new("/etc").join(name), content, 0o644)?;
+    }
+
+    // A fresh /proc for the new pid namespace, with the kernel knobs read-only.
+    mkdir_p(Path::new("/proc"))?;
+    mnt(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    for p in PROC_READONLY {
+        let path = Path::new("/proc").join(p);
+        if path.exists() {
+            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&path)?, 0).map_err(ctx(|| format!("cloning {}", path.display())))?;
+            mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
+                .map_err(ctx(|| format!("making {} read-only", path.display())))?;
+            move_mount_to(fd.as_raw_fd(), &cs(&path)?).map_err(ctx(|| format!("covering {}", path.display())))?;
+        }
+    }
+
+    build_dev()?;
+
+    // /tmp and /workspace.
+    mkdir_p(Path::new("/tmp"))?;
+    mnt(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(&format!("mode=1777,size={}", spec.limits.tmp_bytes.max(4096))),
+    )?;
+    mkdir_p(Path::new("/workspace"))?;
+    match (&spec.workspace, &prepared.workspace) {
+        (_, Some(fd)) => {
+            move_mount_to(fd.as_raw_fd(), c"/workspace").map_err(ctx(|| "mounting the workspace".to_string()))?;
+        }
+        (Workspace::Tmpfs { size_bytes }, None) => mnt(
+            Some("tmpfs"),
+            "/workspace",
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(&format!("mode=0755,uid={SANDBOX_ID},gid={SANDBOX_ID},size={}", (*size_bytes).max(4096))),
+        )?,
+        (Workspace::Bind { host }, None) => {
+            let src = Path::new(OLD).join(host.strip_prefix("/").unwrap_or(host));
+            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0).map_err(ctx(|| format!("cloning the mount of {}", host.display())))?;
+            mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
+                .map_err(ctx(|| format!("securing {}", host.display())))?;
+            move_mount_to(fd.as_raw_fd(), c"/workspace").map_err(ctx(|| "mounting the workspace".to_string()))?;
+        }
+    }
+
+    // Code given to the run, read-only with the root.
+    let code_dir = Path::new(CODE_DIR);
+    mkdir_p(code_dir)?;
+    for (name, content) in &spec.code_files {
+        if name.contains('/') || name.starts_with('.') || name.is_empty() {
+            return Err(format!("bad code file name {name:?}"));
+        }
+        write_file(&code_dir.join(name), content, 0o755)?;
+    }
+
+    // Detach the host root for good.
+    umount2(OLD, MntFlags::MNT_DETACH).map_err(|e| format!("detaching the host root: {e}"))?;
+    fs::remove_dir(OLD).map_err(ctx(|| "removing the old root mount point".to_string()))?;
+    mount_setattr_path(c"/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+        .map_err(ctx(|| "making the root read-only".to_string()))?;
+    Ok(())
+}
+
+fn build_dev() -> R<()> {
+    mkdir_p(Path::new("/dev"))?;
+    mnt(
+        Some("tmpfs"),
+        "/dev",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k,nr_inodes=64"),
+    )?;
+    for d in DEVICES {
+        let src = Path::new("/dev").join(d);
+        let old_src = Path::new(OLD).join("dev").join(d);
+        if !old_src.exists() {
+            continue;
+        }
+        fs::File::create(&src).map_err(ctx(|| format!("creating {}", src.display())))?;
+        let fd = open_tree_clone(libc::AT_FDCWD, &cs(&old_src)?, 0).map_err(ctx(|| format!("cloning {}", old_src.display())))?;
+        mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_NOSUID | crate::sys::MOUNT_ATTR_NOEXEC, 0, None)
+            .map_err(ctx(|| format!("securing {}", src.display())))?;
+        move_mount_to(fd.as_raw_fd(), &cs(&src)?).map_err(ctx(|| format!("mounting {}", src.display())))?;
+    }
+    mkdir_p(Path::new("/dev/pts"))?;
+    mnt(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mkdir_p(Path::new("/dev/shm"))?;
+    mnt(
+        Some("tmpfs"),
+        "/dev/shm",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=64m"),
+    )?;
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, link).map_err(ctx(|| format!("linking {link}")))?;
+    }
+    Ok(())
+}
+
+/// Check a workspace-relative path: no absolute paths, no `..`, nothing empty.
+pub fn check_relative(p: &str) -> R<PathBuf> {
+    let path = Path::new(p);
+    if p.is_empty() || p.contains('\0') {
+        return Err(format!("file path {p:?} is empty or contains a NUL byte"));
+    }
+    if path.is_absolute() {
+        return Err(format!("file path {p:?} is absolute; give a path relative to /workspace"));
+    }
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(_) | std::path::Component::CurDir => {}
+            _ => return Err(format!("file path {p:?} leaves the workspace")),
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Write the request's files into /workspace. Runs in the program's process after
+/// every capability is dropped; no component may be a symlink.
+pub fn write_workspace_files(files: &[(String, Vec<u8>)]) -> R<()> {
+    for (name, content) in files {
+        let rel = check_relative(name)?;
+        let mut dir = PathBuf::from("/workspace");
+        let comps: Vec<_> = rel.components().collect();
+        for (i, c) in comps.iter().enumerate() {
+            dir.push(c.as_os_str());
+            let last = i + 1 == comps.len();
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(format!("file path {name:?} goes through a symlink"));
+                }
+                Ok(m) if !last && !m.is_dir() => return Err(format!("file path {name:?}: {} is not a directory", dir.display())),
+                Ok(_) => {}
+                Err(_) if !last => fs::create_dir(&dir).map_err(ctx(|| format!("creating {}", dir.display())))?,
+                Err(_) => {}
+            }
+        }
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&dir)
+            .map_err(ctx(|| format!("writing {name}")))?;
+        f.write_all(content).map_err(ctx(|| format!("writing {name}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_checked() {
+        assert!(check_relative("a/b.txt").is_ok());
+        assert!(check_relative("./a").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a\0b"] {
+            assert!(check_relative(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! The host side of a run: prepare, clone the init into its namespaces, map ids,
+//! place it in cgroups, then stream output, enforce the wall clock and collect the
+//! outcome. Everything the run made is gone when [`run`] returns.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use crate::cgroup::RunCgroup;
+use crate::child::{InitCtx, init_main};
+use crate::mounts::{Prepared, plan_binds};
+use crate::sys::{clone_fork, thread_count, write_all};
+use crate::{DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp};
+
+const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// Upper bounds that keep a specification sane.
+const MAX_ARGV_BYTES: usize = 1 << 20;
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(JailError::io("creating a pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel returned two new fds that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn validate(spec: &Spec) -> Result<(), JailError> {
+    let bad = |m: &str| Err(JailError::InvalidSpec(m.to_string()));
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return bad("no program to run");
+    }
+    let total: usize = spec.argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + spec.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    if total > MAX_ARGV_BYTES {
+        return bad("the arguments and environment exceed 1 MiB");
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) || spec.env.iter().any(|(k, v)| k.contains(['\0', '=']) || v.contains('\0')) {
+        return bad("an argument or environment variable contains a NUL byte (or a name contains '=')");
+    }
+    if !spec.cwd.starts_with('/') {
+        return bad("the working directory must be an absolute path inside the sandbox");
+    }
+    let l = &spec.limits;
+    if l.memory_bytes < (4 << 20) || l.pids < 2 || l.cpus <= 0.0 || l.nofile < 16 || l.wall.is_zero() {
+        return bad("limits too small: memory ≥ 4 MiB, pids ≥ 2, cpus > 0, open files ≥ 16, time > 0");
+    }
+    Ok(())
+}
+
+/// Which host uid/gid the sandbox user maps to.
+fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
+    // SAFETY: getters without preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 {
+        return Ok((euid, egid));
+    }
+    if let Workspace::Bind { host } = &spec.workspace {
+        let m = std::fs::metadata(host).map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
+        if m.uid() != 0 {
+            return Ok((m.uid(), m.gid()));
+        }
+    }
+    Ok((DEFAULT_HOST_ID, DEFAULT_HOST_ID))
+}
+
+/// An idmapped, detached copy of a root-owned workspace, so that what the sandbox
+/// writes there belongs to root on the host while the sandbox runs as an
+/// unprivileged id. Prepared on the host side (it needs host privileges).
+fn idmapped_workspace(host: &std::path::Path, host_uid: u32, host_gid: u32) -> Result<OwnedFd, JailError> {
+    use crate::sys::{MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, mount_setattr_fd, open_tree_clone};
+    let m = std::fs::metadata(host).map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
+    // A throwaway user namespace whose mapping is the mount's: on-disk owner ↔
+    // the sandbox's host id.
+    let (r, w) = pipe()?;
+    // SAFETY: single-threaded (checked by the caller); the child only blocks on read.
+    let pid = unsafe { clone_fork(libc::CLONE_NEWUSER) }.map_err(|e| JailError::io("creating an id-mapping namespace", e))?;
+    if pid == 0 {
+        drop(w);
+        let mut b = [0u8; 1];
+        // SAFETY: read into a local buffer, then exit.
+        unsafe {
+            libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+            libc::_exit(0)
+        }
+    }
+    drop(r);
+    let result = (|| {
+        std::fs::write(format!("/proc/{pid}/uid_map"), format!("{} {host_uid} 1\n", m.uid()))
+            .map_err(|e| JailError::io("writing the workspace uid map", e))?;
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny\n").map_err(|e| JailError::io("setgroups", e))?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), format!("{} {host_gid} 1\n", m.gid()))
+            .map_err(|e| JailError::io("writing the workspace gid map", e))?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).map_err(|e| JailError::io("opening the mapping namespace", e))?;
+        let path = std::ffi::CString::new(host.as_os_str().as_encoded_bytes())
+            .map_err(|_| JailError::InvalidSpec("workspace path contains a NUL byte".into()))?;
+        let fd = open_tree_clone(libc::AT_FDCWD, &path, 0).map_err(|e| JailError::io(format!("cloning the mount of {}", host.display()), e))?;
+        mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, Some(ns.as_raw_fd())).map_err(|e| {
+            JailError::Setup(format!(
+                "cannot map ownership of the root-owned workspace {} ({e}); its file system may not support idmapped mounts: use a directory owned by a non-root user",
+                host.display()
+            ))
+        })?;
+        Ok(fd)
+    })();
+    drop(w);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    result
+}
+
+struct Stream {
+    fd: Option<OwnedFd>,
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl Stream {
+    fn new(fd: OwnedFd) -> Self {
+        Stream {
+            fd: Some(fd),
+            buf: Vec::new(),
+            truncated: false,
+        }
+    }
+}
+
+/// Signals that end a run early when aisbx itself receives them.
+fn block_signals() -> Result<(OwnedFd, libc::sigset_t), JailError> {
+    // SAFETY: sigset manipulation and signalfd on valid structures.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return Err(JailError::io("signalfd", std::io::Error::last_os_error()));
+        }
+        Ok((OwnedFd::from_raw_fd(fd), old))
+    }
+}
+
+/// Run one program in a fresh sandbox. Blocks until it has ended and everything it
+/// left behind is gone.
+pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
+    validate(spec)?;
+    if thread_count() != 1 {
+        return Err(JailError::NotSingleThreaded);
+    }
+    let filters = seccomp::deny_list(spec.seccomp).map_err(JailError::Setup)?;
+    crate::cgroup::reap_stale();
+    // SAFETY: getter without preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // Supplementary groups (root's group among them) would follow the init into
+        // the sandbox; drop them here, in the supervisor that is about to be one.
+        // SAFETY: setgroups with an empty list.
+        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+            return Err(JailError::io("dropping supplementary groups", std::io::Error::last_os_error()));
+        }
+    }
+    let (host_uid, host_gid) = host_ids(spec)?;
+    let mut prepared = Prepared::default();
+    if let Workspace::Bind { host } = &spec.workspace {
+        if !host.is_dir() {
+            return Err(JailError::InvalidSpec(format!("workspace {} is not a directory", host.display())));
+        }
+        if root && host_uid == DEFAULT_HOST_ID {
+            prepared.workspace = Some(idmapped_workspace(host, host_uid, host_gid)?);
+        }
+    }
+    if root {
+        // The sandbox's id cannot read root-only host directories (a pyenv under
+        // /root, say): clone the binds here, with host privileges, read-only.
+        prepared.binds = Some(plan_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?);
+    }
+
+    let cgroup = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
+    if cgroup.is_none() && spec.require_cgroups {
+        return Err(JailError::LayerMissing {
+            what: "cgroups",
+            why: "no memory/pids cgroup this user may create (cgroup v1 cannot be delegated; on v2 run aisbx in a delegated cgroup)".into(),
+        });
+    }
+    // With a cgroup the memory limit is enforced there and RLIMIT_DATA is only a
+    // backstop; without one it is the limit.
+    let data_limit = if cgroup.is_some() {
+        spec.limits.memory_bytes.saturating_mul(2)
+    } else {
+        spec.limits.memory_bytes
+    };
+    let result = run_in(spec, sink, &filters, cgroup.as_ref(), prepared, host_uid, host_gid, data_limit);
+    if let Some(cg) = cgroup {
+        cg.kill_all();
+        cg.destroy();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    spec: &Spec,
+    sink: &mut dyn Sink,
+    filters: &seccomp::Filters,
+    cgroup: Option<&RunCgroup>,
+    prepared: Prepared,
+    host_uid: u32,
+    host_gid: u32,
+    data_limit: u64,
+) -> Result<Outcome, JailError> {
+    let (sync_r, sync_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut stdin_feed: Option<(OwnedFd, Vec<u8>)> = None;
+    let stdin_child: OwnedFd = match &spec.stdin {
+        Stdin::Null => std::fs::File::open("/dev/null").map_err(|e| JailError::io("/dev/null", e))?.into(),
+        Stdin::Inherit => {
+            // SAFETY: duplicating our fd 0.
+            let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+            if fd < 0 {
+                std::fs::File::open("/dev/null").map_err(|e| JailError::io("/dev/null", e))?.into()
+            } else {
+                // SAFETY: we own the duplicate.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            }
+        }
+        Stdin::Bytes(b) => {
+            let (r, w) = pipe()?;
+            // SAFETY: making our write end non-blocking.
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            stdin_feed = Some((w, b.clone()));
+            r
+        }
+    };
+    let (sigfd, old_mask) = block_signals()?;
+    let start = Instant::now();
+
+    // SAFETY: `run` checked that this process is single-threaded.
+    let pid = match unsafe { clone_fork(NAMESPACES) } {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: restoring the mask we saved.
+            unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+            return Err(JailError::LayerMissing {
+                what: "namespaces (user, mount, pid, net, ipc, uts)",
+                why: format!("clone failed: {e}; check that unprivileged user namespaces are enabled (`aisbx doctor`)"),
+            });
+        }
+    };
+    if pid == 0 {
+        let mut parent_fds = vec![sync_w.as_raw_fd(), status_r.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd(), sigfd.as_raw_fd()];
+        if let Some((w, _)) = &stdin_feed {
+            parent_fds.push(w.as_raw_fd());
+        }
+        init_main(InitCtx {
+            spec,
+            sync_r: sync_r.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            stdin: stdin_child.as_raw_fd(),
+            stdout_w: out_w.as_raw_fd(),
+            stderr_w: err_w.as_raw_fd(),
+            parent_fds,
+            filters,
+            prepared,
+            data_limit,
+        });
+    }
+    drop((sync_r, status_w, out_w, err_w, stdin_child, prepared));
+
+    let outcome = supervise(
+        spec,
+        sink,
+        pid,
+        cgroup,
+        sync_w,
+        status_r,
+        out_r,
+        err_r,
+        stdin_feed,
+        &sigfd,
+        start,
+        host_uid,
+        host_gid,
+    );
+    // SAFETY: restoring the mask we saved.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+    outcome
+}
+
+fn kill_tree(pid: i32, cgroup: Option<&RunCgroup>) {
+    // Killing the init of a pid namespace kills every process in it.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    if let Some(cg) = cgroup {
+        cg.kill_all();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    spec: &Spec,
+    sink: &mut dyn Sink,
+    pid: i32,
+    cgroup: Option<&RunCgroup>,
+    sync_w: OwnedFd,
+    status_r: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    mut stdin_feed: Option<(OwnedFd, Vec<u8>)>,
+    sigfd: &OwnedFd,
+    start: Instant,
+    host_uid: u32,
+    host_gid: u32,
+) -> Result<Outcome, JailError> {
+    let setup = (|| -> Result<(), JailError> {
+        let w = |file: &str, content: String| {
+            std::fs::write(format!("/proc/{pid}/{file}"), content).map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
+        };
+        w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
+        w("setgroups", "deny\n".into())?;
+        w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
+        if let Some(cg) = cgroup {
+            cg.add(pid).map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
+        }
+        write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("starting the sandbox", e))
+    })();
+    drop(sync_w);
+    if let Err(e) = setup {
+        kill_tree(pid, cgroup);
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(e);
+    }
+
+    let cap = spec.limits.output_bytes;
+    let mut streams = [Stream::new(out_r), Stream::new(err_r)];
+    let mut status_fd = Some(status_r);
+    let mut status_buf = Vec::new();
+    let deadline = start + spec.limits.wall;
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let mut init_gone_at: Option<Instant> = None;
+    let mut chunk = vec![0u8; 64 * 1024];
+
+    loop {
+        let now = Instant::now();
+        if !timed_out && !cancelled && now >= deadline {
+            timed_out = true;
+            kill_tree(pid, cgroup);
+        }
+        if !timed_out && !cancelled && sink.cancelled() {
+            cancelled = true;
+            kill_tree(pid, cgroup);
+        }
+        if status_fd.is_none() && streams.iter().all(|s| s.fd.is_none()) {
+            break;
+        }
+        // Once the init is gone, its namespace is being torn down; stop waiting for
+        // stragglers after a short grace.
+        if let Some(t) = init_gone_at
+            && now.duration_since(t) > Duration::from_secs(2)
+        {
+            break;
+        }
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(5);
+        let mut roles: Vec<u8> = Vec::with_capacity(5);
+        for (i, s) in streams.iter().enumerate() {
+            if let Some(fd) = &s.fd {
+                pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                roles.push(i as u8);
+            }
+        }
+        if let Some(fd) = &status_fd {
+            pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            roles.push(2);
+        }
+        if let Some((fd, _)) = &stdin_feed {
+            pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+            roles.push(3);
+        }
+        pfds.push(libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        roles.push(4);
+        let until_deadline = deadline.saturating_duration_since(now);
+        let wait = if timed_out || cancelled { Duration::from_millis(50) } else { until_deadline.min(Duration::from_millis(100)) };
+        // SAFETY: pfds is a valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait.as_millis().max(1) as i32) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            kill_tree(pid, cgroup);
+            return Err(JailError::io("poll", e));
+        }
+        for (p, role) in pfds.iter().zip(roles) {
+            if p.revents == 0 {
+                continue;
+            }
+            match role {
+                0 | 1 => {
+                    let s = &mut streams[role as usize];
+                    let Some(fd) = &s.fd else { continue };
+                    // SAFETY: reading into our buffer.
+                    let r = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+                    if r <= 0 {
+                        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        s.fd = None;
+                        continue;
+                    }
+                    let data = &chunk[..r as usize];
+                    let room = cap.saturating_sub(s.buf.len());
+                    let keep = &data[..data.len().min(room)];
+                    if !keep.is_empty() {
+                        s.buf.extend_from_slice(keep);
+                        if role == 0 {
+                            sink.stdout(keep);
+                        } else {
+                            sink.stderr(keep);
+                        }
+                    }
+                    if keep.len() < data.len() {
+                        // Over the cap: drop the rest and close the stream, so a
+                        // program that keeps writing gets EPIPE instead of running on.
+                        s.truncated = true;
+                        s.fd = None;
+                    }
+                }
+                2 => {
+                    let Some(fd) = &status_fd else { continue };
+                    // SAFETY: reading into our buffer.
+                    let r = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+                    if r > 0 {
+                        status_buf.extend_from_slice(&chunk[..r as usize]);
+                        if status_buf.len() > 64 * 1024 {
+                            status_buf.truncate(64 * 1024);
+                        }
+                    } else if r == 0 {
+                        status_fd = None;
+                        init_gone_at = Some(Instant::now());
+                        // The program is done; make sure nothing it left runs on.
+                        kill_tree(pid, cgroup);
+                    }
+                }
+                3 => {
+                    let mut done = true;
+                    if let Some((fd, data)) = &mut stdin_feed
+                        && p.revents & libc::POLLOUT != 0
+                    {
+                        // SAFETY: writing from our buffer to a non-blocking pipe.
+                        let w = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len().min(64 * 1024)) };
+                        if w > 0 {
+                            data.drain(..w as usize);
+                            done = data.is_empty();
+                        } else {
+                            done = std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock;
+                        }
+                    }
+                    if done {
+                        stdin_feed = None;
+                    }
+                }
+                _ => {
+                    // A signal to aisbx: drain it and end the run.
+                    // SAFETY: reading a signalfd record into a buffer of its size.
+                    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+                    unsafe {
+                        libc::read(sigfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>())
+                    };
+                    if !cancelled && !timed_out {
+                        cancelled = true;
+                        kill_tree(pid, cgroup);
+                    }
+                }
+            }
+        }
+    }
+    drop(stdin_feed);
+    drop(streams.iter_mut().map(|s| s.fd.take()).collect::<Vec<_>>());
+    kill_tree(pid, cgroup);
+    let mut wstatus = 0;
+    // SAFETY: reaping our child (it is dead or dying).
+    unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+    let duration = start.elapsed();
+
+    let mut out = Outcome {
+        timed_out,
+        cancelled,
+        duration_ms: duration.as_millis() as u64,
+        ..Default::default()
+    };
+    let [so, se] = streams;
+    out.stdout = so.buf;
+    out.stdout_truncated = so.truncated;
+    out.stderr = se.buf;
+    out.stderr_truncated = se.truncated;
+
+    let mut exited = false;
+    let mut setup_error: Option<String> = None;
+    for line in String::from_utf8_lossy(&status_buf).lines() {
+        let mut it = line.splitn(2, ' ');
+        match (it.next(), it.next()) {
+            (Some("E"), Some(msg)) => setup_error = Some(msg.to_string()),
+            (Some("N"), Some(errno)) => out.exec_errno = errno.trim().parse().ok(),
+            (Some("X"), Some(rest)) => {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.len() == 4 {
+                    let v: i32 = f[1].parse().unwrap_or(0);
+                    if f[0] == "s" {
+                        out.signal = Some(v);
+                    } else {
+                        out.exit_code = Some(v);
+                    }
+                    out.cpu_ms = f[2].parse().unwrap_or(0);
+                    out.max_rss_kib = f[3].parse().unwrap_or(0);
+                    exited = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(cg) = cgroup {
+        out.oom_killed = cg.oom_killed();
+        if let Some(ms) = cg.cpu_ms() {
+            out.cpu_ms = ms;
+        }
+        if out.max_rss_kib == 0 {
+            out.max_rss_kib = cg.peak_kib().unwrap_or(0);
+        }
+        out.layers.cgroup = cg.version().to_string();
+    }
+    if let Some(msg) = setup_error
+        && out.exec_errno.is_none()
+    {
+        return Err(JailError::Setup(msg));
+    }
+    if timed_out || cancelled {
+        out.exit_code = None;
+        out.signal = Some(libc::SIGKILL);
+    } else if !exited {
+        if out.exec_errno.is_some() {
+            out.exit_code = Some(127);
+        } else if out.oom_killed {
+            out.signal = Some(libc::SIGKILL);
+        } else {
+            return Err(JailError::Setup(format!(
+                "the sandbox init ended without a report (wait status {wstatus:#x})"
+            )));
+        }
+    }
+    out.layers.landlock = "applied".into();
+    Ok(out)
+}

@@ -1,0 +1,194 @@
+//! `aisbx-mcp`: the aisbx MCP server, on the official Rust SDK (`rmcp`).
+//!
+//! Tools `run`, `build` and `profile_list` call the same service functions as the
+//! `aisbx` CLI; this crate only maps arguments, streams output and formats results.
+//! stdio by default; `--http ADDR` serves Streamable HTTP at `/mcp`.
+
+pub mod http;
+pub mod server;
+mod standin;
+pub mod tools;
+
+/// The service this front end calls.
+pub(crate) mod backend {
+    pub use crate::standin::{Service, ServiceConfig, maybe_run_helper};
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::backend::maybe_run_helper;
+use crate::backend::{Service, ServiceConfig};
+use crate::http::HttpOptions;
+use crate::server::{AisbxServer, FrontEnd, Shared};
+
+/// The environment variable holding the HTTP bearer token (when no `--token-file`).
+pub const TOKEN_ENV: &str = "AISBX_MCP_TOKEN";
+
+/// Options of `aisbx-mcp` and `aisbx mcp`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct McpArgs {
+    /// Serve Streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:8765).
+    /// A non-loopback address needs a bearer token (--token-file or $AISBX_MCP_TOKEN).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// A file whose content (trimmed) is the bearer token every HTTP request must carry
+    /// (`Authorization: Bearer TOKEN`). Default: $AISBX_MCP_TOKEN, if set.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub token_file: Option<PathBuf>,
+    /// Also accept browser requests from this Origin (repeatable), e.g.
+    /// https://app.example.com:443 or http://devbox:*. Loopback origins are always allowed.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "http")]
+    pub allow_origins: Vec<String>,
+    /// Also accept this Host header (repeatable), e.g. mcp.example.com. Loopback
+    /// names are always allowed.
+    #[arg(long = "allow-host", value_name = "HOST", requires = "http")]
+    pub allow_hosts: Vec<String>,
+    /// State directory (default: $AISBX_HOME, else $XDG_DATA_HOME/aisbx or ~/.local/share/aisbx).
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("${TOKEN_ENV} is set but empty")]
+    EmptyTokenEnv,
+    #[error("{0}")]
+    Service(#[from] aisbx_service::ServiceError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the tool definitions are invalid: {0}")]
+    Tools(String),
+    #[error("the stdio server failed: {0}")]
+    Stdio(String),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+}
+
+/// The bearer token from `--token-file`, else `$AISBX_MCP_TOKEN`.
+pub fn load_token(args: &McpArgs) -> Result<Option<String>, McpError> {
+    if let Some(path) = &args.token_file {
+        let raw = std::fs::read_to_string(path).map_err(|source| McpError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
+        let t = raw.trim();
+        if t.is_empty() {
+            return Err(McpError::EmptyToken(path.clone()));
+        }
+        return Ok(Some(t.to_string()));
+    }
+    match std::env::var(TOKEN_ENV) {
+        Ok(t) if t.trim().is_empty() => Err(McpError::EmptyTokenEnv),
+        Ok(t) => Ok(Some(t.trim().to_string())),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Logs go to stderr only: stdout carries the protocol in stdio mode.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AISBX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp::service=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Opens the service and what every server instance shares.
+pub fn open_shared(home: Option<PathBuf>) -> Result<Arc<Shared>, McpError> {
+    let service = Service::open(ServiceConfig { home })?;
+    let tools = tools::shared_definitions().map_err(McpError::Tools)?;
+    Ok(Arc::new(Shared { service, tools }))
+}
+
+/// Runs the server until stdin closes (stdio) or a signal arrives (HTTP).
+pub fn run(args: McpArgs) -> Result<(), McpError> {
+    init_tracing();
+    let token = if args.http.is_some() {
+        load_token(&args)?
+    } else {
+        None
+    };
+    let shared = open_shared(args.home.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("aisbx-mcp")
+        .build()
+        .map_err(McpError::Runtime)?;
+    let result = runtime.block_on(async move {
+        match args.http {
+            None => serve_stdio(shared).await,
+            Some(addr) => {
+                let opts = HttpOptions {
+                    addr,
+                    token,
+                    allow_origins: args.allow_origins,
+                    allow_hosts: args.allow_hosts,
+                };
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                http::serve(shared, opts, shutdown).await.map_err(McpError::from)
+            }
+        }
+    });
+    // Handler tasks still running are dropped here, which cancels their runs; give
+    // the blocking run threads a moment to kill their process trees and return.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    result
+}
+
+async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
+    let server = AisbxServer::new(shared, FrontEnd::Stdio);
+    let running = server
+        .serve(rmcp::transport::stdio_pipes())
+        .await
+        .map_err(|e| McpError::Stdio(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| McpError::Stdio(e.to_string()))?;
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%e, "cannot watch SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+/// `aisbx-mcp` / `aisbx mcp`: runs the server and returns the process exit status
+/// (0, or 125 when aisbx-mcp itself failed or refused, with the reason on stderr).
+pub fn main_with_args(args: McpArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("aisbx-mcp: {e}");
+            125
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The MCP server handler: maps tool calls to the service, streams output as progress
+//! notifications and log messages, and turns cancellation and disconnects into
+//! `CancelToken::cancel()`.
+
+// Logging is deprecated by SEP-2577 in newer protocol revisions, but it is part of the
+// revisions our clients speak and of aisbx's contract (`logging/setLevel`).
+#![allow(deprecated)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aisbx_service::audit::{AuditEntry, digest_args};
+use aisbx_service::{CancelToken, NullSink, OutputSink, RequestMeta, ServiceError};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Service;
+use crate::tools::{self, ArgError};
+
+/// Which transport a server instance answers on (the audit log's `front_end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    Stdio,
+    Http,
+}
+
+impl FrontEnd {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontEnd::Stdio => "mcp-stdio",
+            FrontEnd::Http => "mcp-http",
+        }
+    }
+}
+
+/// Set on an HTTP request by the server's middleware; cancelled when the client goes
+/// away before its response was sent.
+#[derive(Debug, Clone)]
+pub struct DisconnectToken(pub CancellationToken);
+
+/// Most output bytes forwarded as notifications per stream and call (the result still
+/// carries the captured output).
+const MAX_STREAMED_BYTES: usize = 1024 * 1024;
+/// Largest message of one progress notification.
+const MAX_NOTIFY_CHUNK: usize = 16 * 1024;
+
+/// What every instance (one per stdio connection or HTTP session) shares.
+pub struct Shared {
+    pub service: Service,
+    pub tools: Arc<Vec<Tool>>,
+}
+
+/// One MCP server instance.
+#[derive(Clone)]
+pub struct AisbxServer {
+    shared: Arc<Shared>,
+    front_end: FrontEnd,
+    /// The session's minimum log level (`logging/setLevel`).
+    level: Arc<Mutex<LoggingLevel>>,
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn level_rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+fn arg_error(e: ArgError) -> McpError {
+    McpError::invalid_params(e.to_string(), Some(json!({ "field": e.field })))
+}
+
+/// The tool result for a service error (or -32602 for a bad argument).
+fn service_error(e: ServiceError) -> Result<CallToolResponse, McpError> {
+    match e {
+        ServiceError::InvalidArgument { field, message } => {
+            Err(arg_error(ArgError { field, message }))
+        }
+        other => Ok(CallToolResult::error(vec![ContentBlock::text(other.to_string())]).into()),
+    }
+}
+
+fn structured(summary: String, value: Value) -> CallToolResponse {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(summary)]);
+    r.structured_content = Some(value);
+    r.into()
+}
+
+/// Cancels the run if the handler's future is dropped before the run returned (the
+/// transport went away): nothing may be left running.
+struct CancelOnDrop(CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+enum Chunk {
+    Out(Vec<u8>),
+    Err(Vec<u8>),
+}
+
+/// Forwards output from the service's blocking thread to the async side.
+struct ChannelSink {
+    tx: mpsc::UnboundedSender<Chunk>,
+    out_left: usize,
+    err_left: usize,
+}
+
+impl ChannelSink {
+    fn take(left: &mut usize, data: &[u8]) -> Option<Vec<u8>> {
+        let n = data.len().min(*left);
+        if n == 0 {
+            return None;
+        }
+        *left -= n;
+        Some(data[..n].to_vec())
+    }
+}
+
+impl OutputSink for ChannelSink {
+    fn stdout(&mut self, data: &[u8]) {
+        if let Some(d) = Self::take(&mut self.out_left, data) {
+            let _ = self.tx.send(Chunk::Out(d));
+        }
+    }
+    fn stderr(&mut self, data: &[u8]) {
+        if let Some(d) = Self::take(&mut self.err_left, data) {
+            let _ = self.tx.send(Chunk::Err(d));
+        }
+    }
+}
+
+/// Splits off the longest valid UTF-8 prefix, keeping an incomplete trailing sequence
+/// for the next chunk; invalid bytes are replaced.
+fn take_text(pending: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(pending) {
+        Ok(s) => {
+            let s = s.to_string();
+            pending.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            // An incomplete sequence at the end: keep it.
+            let valid = e.valid_up_to();
+            let rest = pending.split_off(valid);
+            let s = String::from_utf8_lossy(pending).into_owned();
+            *pending = rest;
+            s
+        }
+        Err(_) => {
+            let s = String::from_utf8_lossy(pending).into_owned();
+            pending.clear();
+            s
+        }
+    }
+}
+
+/// Sends output as progress notifications (and log messages at `info`).
+struct Streamer {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+    level: Arc<Mutex<LoggingLevel>>,
+    sent_bytes: u64,
+    out_pending: Vec<u8>,
+    err_pending: Vec<u8>,
+}
+
+impl Streamer {
+    async fn send(&mut self, stream: &'static str, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        self.sent_bytes += text.len() as u64;
+        let message = if stream == "stderr" {
+            format!("[stderr] {text}")
+        } else {
+            text.clone()
+        };
+        let p = ProgressNotificationParam::new(self.token.clone(), self.sent_bytes as f64)
+            .with_message(message);
+        // A failed send means the client is gone; the run is cancelled elsewhere.
+        let _ = self.peer.notify_progress(p).await;
+        let wanted = self
+            .level
+            .lock()
+            .map(|l| level_rank(LoggingLevel::Info) >= level_rank(*l))
+            .unwrap_or(true);
+        if wanted {
+            let log = LoggingMessageNotificationParam::new(
+                LoggingLevel::Info,
+                json!({ "stream": stream, "text": text }),
+            )
+            .with_logger("aisbx.run");
+            let _ = self.peer.notify_logging_message(log).await;
+        }
+    }
+
+    async fn chunk(&mut self, c: Chunk) {
+        let (stream, pending) = match c {
+            Chunk::Out(d) => {
+                self.out_pending.extend_from_slice(&d);
+                ("stdout", 0)
+            }
+            Chunk::Err(d) => {
+                self.err_pending.extend_from_slice(&d);
+                ("stderr", 1)
+            }
+        };
+        let buf = if pending == 0 {
+            &mut self.out_pending
+        } else {
+            &mut self.err_pending
+        };
+        let mut text = take_text(buf);
+        while !text.is_empty() {
+            let mut cut = text.len().min(MAX_NOTIFY_CHUNK);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let rest = text.split_off(cut);
+            self.send(stream, text).await;
+            text = rest;
+        }
+    }
+
+    async fn finish(&mut self) {
+        let out = String::from_utf8_lossy(&std::mem::take(&mut self.out_pending)).into_owned();
+        self.send("stdout", out).await;
+        let err = String::from_utf8_lossy(&std::mem::take(&mut self.err_pending)).into_owned();
+        self.send("stderr", err).await;
+    }
+}
+
+impl AisbxServer {
+    pub fn new(shared: Arc<Shared>, front_end: FrontEnd) -> Self {
+        AisbxServer {
+            shared,
+            front_end,
+            level: Arc::new(Mutex::new(LoggingLevel::Info)),
+        }
+    }
+
+    fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
+        RequestMeta {
+            front_end: self.front_end.name().to_string(),
+            client: ctx.peer.peer_info().map(|i| i.client_info.name.clone()),
+            tool: tool.to_string(),
+        }
+    }
+
+    /// Records a request the front end refused before it reached the service.
+    fn audit_refusal(&self, meta: &RequestMeta, args: &Value, e: &ArgError) {
+        {
+            let log = self.shared.service.audit_log();
+            let entry = AuditEntry {
+                request_id: format!(
+                    "mcp-{}-{}",
+                    std::process::id(),
+                    REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+                ),
+                front_end: meta.front_end.clone(),
+                client: meta.client.clone(),
+                tool: meta.tool.clone(),
+                args_digest: digest_args(args),
+                decision: "deny".into(),
+                reason: Some(e.to_string()),
+                result: json!({ "error": "invalid_params", "field": e.field }),
+            };
+            if let Err(err) = log.append(entry) {
+                tracing::warn!(%err, "cannot append to the audit log");
+            }
+        }
+    }
+
+    fn disconnect_token(ctx: &RequestContext<RoleServer>) -> CancellationToken {
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<DisconnectToken>())
+            .map(|t| t.0.clone())
+            .unwrap_or_default()
+    }
+
+    async fn call_run(
+        &self,
+        arguments: Option<&JsonObject>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let meta = self.meta("run", &ctx);
+        let req = match tools::parse_run(arguments) {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit_refusal(&meta, &tools::args_value(arguments), &e);
+                return Err(arg_error(e));
+            }
+        };
+        let cancel = CancelToken::default();
+        let _guard = CancelOnDrop(cancel.clone());
+        let progress = ctx.meta.get_progress_token();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
+        let sink: Box<dyn OutputSink> = if progress.is_some() {
+            Box::new(ChannelSink {
+                tx,
+                out_left: MAX_STREAMED_BYTES,
+                err_left: MAX_STREAMED_BYTES,
+            })
+        } else {
+            drop(tx);
+            Box::new(NullSink)
+        };
+        let mut streamer = progress.map(|token| Streamer {
+            peer: ctx.peer.clone(),
+            token,
+            level: self.level.clone(),
+            sent_bytes: 0,
+            out_pending: Vec::new(),
+            err_pending: Vec::new(),
+        });
+        let service = self.shared.service.clone();
+        let run_cancel = cancel.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            service.run(&meta, req, sink.as_mut(), &run_cancel)
+        });
+        let disconnected = Self::disconnect_token(&ctx);
+        let mut rx_open = true;
+        let outcome = loop {
+            tokio::select! {
+                res = &mut task => break res,
+                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => {
+                    tracing::info!("run cancelled by the client");
+                    cancel.cancel();
+                }
+                _ = disconnected.cancelled(), if !cancel.is_cancelled() => {
+                    tracing::info!("client disconnected: cancelling its run");
+                    cancel.cancel();
+                }
+                c = rx.recv(), if rx_open => match c {
+                    Some(c) => {
+                        if let Some(s) = streamer.as_mut() {
+                            s.chunk(c).await;
+                        }
+                    }
+                    None => rx_open = false,
+                },
+            }
+        };
+        // The sink is dropped with the finished task: drain what it left.
+        if let Some(s) = streamer.as_mut() {
+            while let Ok(c) = rx.try_recv() {
+                s.chunk(c).await;
+            }
+            s.finish().await;
+        }
+        match outcome {
+            Ok(Ok(result)) => {
+                let summary = tools::run_summary(&result);
+                let value = serde_json::to_value(&result)
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                Ok(structured(summary, value))
+            }
+            Ok(Err(e)) => service_error(e),
+            Err(join) => service_error(ServiceError::Internal(format!(
+                "the run's worker thread failed: {join}"
+            ))),
+        }
+    }
+
+    async fn call_build(
+        &self,
+        arguments: Option<&JsonObject>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let meta = self.meta("build", &ctx);
+        let req = match tools::parse_build(arguments) {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit_refusal(&meta, &tools::args_value(arguments), &e);
+                return Err(arg_error(e));
+            }
+        };
+        let cancel = CancelToken::default();
+        let _guard = CancelOnDrop(cancel.clone());
+        let service = self.shared.service.clone();
+        let build_cancel = cancel.clone();
+        let mut task =
+            tokio::task::spawn_blocking(move || service.build(&meta, req, &build_cancel));
+        let disconnected = Self::disconnect_token(&ctx);
+        let outcome = loop {
+            tokio::select! {
+                res = &mut task => break res,
+                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+                _ = disconnected.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+            }
+        };
+        match outcome {
+            Ok(Ok(result)) => {
+                let summary = tools::build_summary(&result);
+                let value = serde_json::to_value(&result)
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                Ok(structured(summary, value))
+            }
+            Ok(Err(e)) => service_error(e),
+            Err(join) => service_error(ServiceError::Internal(format!(
+                "the build's worker thread failed: {join}"
+            ))),
+        }
+    }
+
+    async fn call_profile_list(
+        &self,
+        arguments: Option<&JsonObject>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let meta = self.meta("profile_list", &ctx);
+        if let Err(e) = tools::parse_profile_list(arguments) {
+            self.audit_refusal(&meta, &tools::args_value(arguments), &e);
+            return Err(arg_error(e));
+        }
+        let service = self.shared.service.clone();
+        let outcome = tokio::task::spawn_blocking(move || service.profile_list(&meta)).await;
+        match outcome {
+            Ok(Ok(result)) => {
+                let summary = tools::profile_list_summary(&result);
+                let value = serde_json::to_value(&result)
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                Ok(structured(summary, value))
+            }
+            Ok(Err(e)) => service_error(e),
+            Err(join) => service_error(ServiceError::Internal(format!(
+                "the worker thread failed: {join}"
+            ))),
+        }
+    }
+}
+
+impl ServerHandler for AisbxServer {
+    fn get_info(&self) -> ServerConfig {
+        let mut implementation = Implementation::new("aisbx", env!("CARGO_PKG_VERSION"));
+        implementation.title = Some("aisbx sandbox".to_string());
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(implementation)
+        .with_instructions(
+            "aisbx runs code in an isolated Linux sandbox. Use `run` for one-off code or \
+             commands, `build` to create a persistent sandbox and then `run` with its \
+             sandbox_id, and `profile_list` to see the available runtimes.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(
+            self.shared.tools.as_ref().clone(),
+        ))
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        match self.level.lock() {
+            Ok(mut l) => *l = request.level,
+            Err(poisoned) => *poisoned.into_inner() = request.level,
+        }
+        Ok(())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.as_ref();
+        match request.name.as_ref() {
+            "run" => self.call_run(args, context).await,
+            "build" => self.call_build(args, context).await,
+            "profile_list" => self.call_profile_list(args, context).await,
+            other => Err(McpError::invalid_params(
+                format!("unknown tool '{other}': the tools are run, build and profile_list"),
+                Some(json!({ "field": "name" })),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_chunks_are_joined() {
+        let s = "héllo";
+        let bytes = s.as_bytes();
+        let mut pending = bytes[..2].to_vec(); // "h" + first byte of "é"
+        assert_eq!(take_text(&mut pending), "h");
+        assert_eq!(pending.len(), 1);
+        pending.extend_from_slice(&bytes[2..]);
+        assert_eq!(take_text(&mut pending), "éllo");
+        assert!(pending.is_empty());
+        let mut bad = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_text(&mut bad), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn sink_caps_forwarded_bytes() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sink = ChannelSink {
+            tx,
+            out_left: 5,
+            err_left: 0,
+        };
+        sink.stdout(b"abc");
+        sink.stdout(b"defg");
+        sink.stdout(b"h");
+        sink.stderr(b"x");
+        let mut got = Vec::new();
+        while let Ok(Chunk::Out(d)) = rx.try_recv() {
+            got.extend(d);
+        }
+        assert_eq!(got, b"abcde");
+    }
+
+    #[test]
+    fn service_errors_map() {
+        let e = service_error(ServiceError::invalid("files", "bad path")).expect_err("err");
+        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+        assert_eq!(e.data, Some(json!({"field": "files"})));
+        let Ok(CallToolResponse::Complete(r)) =
+            service_error(ServiceError::Refused("no landlock".into()))
+        else {
+            panic!("expected a tool result")
+        };
+        assert_eq!(r.is_error, Some(true));
+    }
+}

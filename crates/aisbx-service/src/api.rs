@@ -1,0 +1,187 @@
+//! The request and result types every front end speaks.
+//!
+//! `RunResult` is the contract of `aisbx run --json` and of the MCP `run` tool's
+//! `structuredContent`: the same struct serialises to both.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Program {
+    /// An argv, executed inside the sandbox (a bare name is looked up on the sandbox PATH).
+    Command(Vec<String>),
+    /// Source code in a language (`python`, `node`, `bash`, `sh`, `perl`, ...).
+    Code { language: String, code: String },
+    /// A host file; its content is copied into the sandbox and run by the language its
+    /// extension or shebang names.
+    File(PathBuf),
+}
+
+/// Per-call limits; `None` keeps the profile's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitOverrides {
+    pub timeout_secs: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// One run request, as the CLI and the MCP server build it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub program: Program,
+    /// Profile name; `None` picks one from the language (or `default`).
+    pub profile: Option<String>,
+    /// Host directory bound read-write at /workspace; `None` gives a fresh, capped
+    /// workspace that disappears with the run.
+    pub workdir: Option<PathBuf>,
+    /// Run inside this persistent sandbox (its workspace and profile).
+    pub sandbox_id: Option<String>,
+    pub limits: LimitOverrides,
+    /// Extra environment, after the profile's.
+    pub env: Vec<(String, String)>,
+    /// Files written into /workspace before the run (relative paths only).
+    pub files: BTreeMap<String, String>,
+    /// Bytes fed to the program's standard input (`None`: /dev/null, or the caller's
+    /// stdin when the CLI passes it through).
+    pub stdin: Option<Vec<u8>>,
+    /// Pass the caller's own stdin through when `stdin` is `None` (the CLI does when
+    /// its stdin is not a terminal).
+    #[serde(default)]
+    pub inherit_stdin: bool,
+}
+
+impl RunRequest {
+    pub fn new(program: Program) -> Self {
+        RunRequest {
+            program,
+            profile: None,
+            workdir: None,
+            sandbox_id: None,
+            limits: LimitOverrides::default(),
+            env: Vec::new(),
+            files: BTreeMap::new(),
+            stdin: None,
+            inherit_stdin: false,
+        }
+    }
+}
+
+/// The outcome of one run. Field names are the product contract (SPEC "RunResult").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunResult {
+    /// The program's exit status, `null` when it was killed by a signal.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the program, if any.
+    pub signal: Option<i32>,
+    /// The wall-clock limit was reached and the whole process tree was killed.
+    pub timed_out: bool,
+    /// The kernel's OOM killer killed a process of the run (memory limit reached).
+    pub oom_killed: bool,
+    /// Standard output (UTF-8, invalid bytes replaced), at most the output cap.
+    pub stdout: String,
+    pub stderr: String,
+    /// More output was produced than the cap; the rest was dropped.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+    pub cpu_ms: u64,
+    pub max_rss_kib: u64,
+    /// The profile the run used.
+    pub profile: String,
+    /// The persistent sandbox the run used, if any.
+    pub sandbox_id: Option<String>,
+}
+
+impl RunResult {
+    /// The CLI exit status for this result (SPEC: own code; 128+N on signal N; 124 on
+    /// timeout).
+    pub fn cli_exit_code(&self) -> i32 {
+        if self.timed_out {
+            124
+        } else if let Some(sig) = self.signal {
+            128 + sig
+        } else {
+            self.exit_code.unwrap_or(125)
+        }
+    }
+}
+
+/// Which front end a request came through, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// `cli`, `mcp-stdio` or `mcp-http`.
+    pub front_end: String,
+    /// The client's self-reported name (MCP clientInfo), or the user for the CLI.
+    pub client: Option<String>,
+    /// The MCP tool or CLI command (`run`, `build`, ...).
+    pub tool: String,
+}
+
+/// Receives a run's output as it is produced.
+pub trait OutputSink: Send {
+    fn stdout(&mut self, data: &[u8]);
+    fn stderr(&mut self, data: &[u8]);
+}
+
+/// A sink that drops everything (the result still carries the captured output).
+pub struct NullSink;
+
+impl OutputSink for NullSink {
+    fn stdout(&mut self, _: &[u8]) {}
+    fn stderr(&mut self, _: &[u8]) {}
+}
+
+/// Create a persistent sandbox (MCP `build`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub profile: Option<String>,
+    /// A name for the sandbox; one is generated when absent.
+    pub name: Option<String>,
+    /// Files written into the sandbox's workspace (relative paths only).
+    pub files: BTreeMap<String, String>,
+    /// Shell commands run one after another in the sandbox (`sh -c`); stops at the
+    /// first failure.
+    pub setup: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BuildResult {
+    pub sandbox_id: String,
+    pub profile: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub setup: Vec<RunResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ProfileInfo {
+    pub name: String,
+    pub description: String,
+    /// The language the profile runs, if it is a language profile.
+    pub language: Option<String>,
+    pub extends: Vec<String>,
+    /// Whether this host has what the profile needs (its runtime).
+    pub available: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ProfileList {
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// Cancels a run from another thread: the run's whole process tree is killed.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,19 @@
+//! The aisbx service: the one API that the CLI (`aisbx`) and the MCP server
+//! (`aisbx-mcp`) both call. It turns a request into a jail specification (profile,
+//! runtime, binds, limits, environment), runs it, and records it in the audit log.
+//! Front ends only map arguments and format results.
+
+pub mod api;
+pub mod audit;
+mod error;
+mod helper;
+pub mod profile;
+pub mod runtime;
+mod sandbox;
+mod service;
+
+pub use api::*;
+pub use error::ServiceError;
+pub use helper::maybe_run_helper;
+pub use sandbox::{SandboxInfo, list_sandboxes, remove_sandbox};
+pub use service::{Service, ServiceConfig, default_home, new_id};

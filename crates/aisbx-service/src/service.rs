@@ -1,0 +1,516 @@
+//! The service: requests in, jail specifications out, results and audit records
+//! back. Both front ends call these functions and nothing below them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aisbx_jail::{CODE_DIR, Outcome, Spec, Stdin, Workspace};
+
+use crate::audit::{AuditEntry, AuditLog, digest_args};
+use crate::profile::{self, Profile};
+use crate::runtime::{self, Language};
+use crate::sandbox;
+use crate::{
+    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, RequestMeta, RunRequest, RunResult,
+    ServiceError,
+};
+
+/// Largest script or code accepted (the sandbox gets it as a file).
+pub const MAX_CODE_BYTES: usize = 4 << 20;
+/// Largest argv accepted, in arguments and in bytes.
+pub const MAX_ARGS: usize = 4096;
+pub const MAX_ARGV_BYTES: usize = 512 << 10;
+/// Limits on files written into the workspace by one request.
+pub const MAX_FILES: usize = 1000;
+pub const MAX_FILES_BYTES: usize = 32 << 20;
+pub const MAX_STDIN_BYTES: usize = 16 << 20;
+pub const MAX_ENV: usize = 256;
+
+/// The sandbox's PATH; an interpreter prefix outside /usr is put first.
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host `/etc` entries the runtimes need (library cache, alternatives, time zone,
+/// certificates, interpreter configuration); nothing with secrets.
+const ETC_BINDS: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/perl",
+];
+/// Host `/etc` directories bound when their name starts with one of these
+/// (per-version directories such as `python3.11`, `java-17-openjdk`).
+const ETC_PREFIX_BINDS: &[&str] = &["python3", "java-"];
+
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig {
+    /// State directory; `None` means `$AISBX_HOME`, else the XDG data dir
+    /// (`/var/lib/aisbx` for root).
+    pub home: Option<PathBuf>,
+}
+
+/// The state directory per the SPEC.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("AISBX_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    // SAFETY: getter.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/aisbx");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("aisbx");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/share/aisbx")
+}
+
+struct Inner {
+    home: PathBuf,
+    audit: AuditLog,
+    /// The caller's PATH, used to find host runtimes.
+    host_path: String,
+}
+
+/// The aisbx service. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+/// A prepared run: the jail specification plus what the result needs.
+pub(crate) struct Prepared {
+    pub spec: Spec,
+    pub profile: String,
+    pub sandbox_id: Option<String>,
+}
+
+impl Service {
+    pub fn open(cfg: ServiceConfig) -> Result<Service, ServiceError> {
+        let home = cfg.home.unwrap_or_else(default_home);
+        std::fs::create_dir_all(&home)
+            .map_err(|e| ServiceError::Internal(format!("cannot create the state directory {}: {e}; set AISBX_HOME to a writable directory", home.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700));
+        let audit = AuditLog::open(home.join("audit.jsonl"))
+            .map_err(|e| ServiceError::Internal(format!("cannot open the audit log in {}: {e}", home.display())))?;
+        let host_path = std::env::var("PATH").unwrap_or_else(|_| SANDBOX_PATH.to_string());
+        Ok(Service {
+            inner: Arc::new(Inner { home, audit, host_path }),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// Run one program. Blocking; safe from any thread (a multi-threaded caller gets
+    /// the jail in a re-executed helper process).
+    pub fn run(
+        &self,
+        meta: &RequestMeta,
+        req: RunRequest,
+        sink: &mut dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> Result<RunResult, ServiceError> {
+        let args = serde_json::to_value(&req).unwrap_or_default();
+        let result = self.prepare(&req).and_then(|p| self.execute(p, sink, cancel));
+        self.record(meta, &args, &result);
+        result
+    }
+
+    /// Create a persistent sandbox, write its files and run its setup commands.
+    pub fn build(&self, meta: &RequestMeta, req: BuildRequest, cancel: &CancelToken) -> Result<BuildResult, ServiceError> {
+        let args = serde_json::to_value(&req).unwrap_or_default();
+        let result = sandbox::build(self, req, cancel);
+        self.record(meta, &args, &result);
+        result
+    }
+
+    pub fn profile_list(&self, meta: &RequestMeta) -> Result<ProfileList, ServiceError> {
+        let list = ProfileList {
+            profiles: profile::builtins().iter().map(|p| profile::info(p, &self.inner.host_path)).collect(),
+        };
+        let ok: Result<ProfileList, ServiceError> = Ok(list);
+        self.record(meta, &serde_json::json!({}), &ok);
+        ok
+    }
+
+    fn record<T: serde::Serialize>(&self, meta: &RequestMeta, args: &serde_json::Value, result: &Result<T, ServiceError>) {
+        let (decision, reason, summary) = match result {
+            Ok(v) => ("allow", None, summarize(serde_json::to_value(v).unwrap_or_default())),
+            Err(e @ (ServiceError::InvalidArgument { .. } | ServiceError::Refused(_) | ServiceError::NoSuchSandbox(_))) => {
+                ("deny", Some(e.to_string()), serde_json::Value::Null)
+            }
+            Err(e) => ("error", Some(e.to_string()), serde_json::Value::Null),
+        };
+        let entry = AuditEntry {
+            request_id: new_id("req"),
+            front_end: meta.front_end.clone(),
+            client: meta.client.clone(),
+            tool: meta.tool.clone(),
+            args_digest: digest_args(args),
+            decision: decision.to_string(),
+            reason,
+            result: summary,
+        };
+        if let Err(e) = self.inner.audit.append(entry) {
+            eprintln!("aisbx: warning: could not append to the audit log: {e}");
+        }
+    }
+
+    /// Turn a request into a jail specification.
+    pub(crate) fn prepare(&self, req: &RunRequest) -> Result<Prepared, ServiceError> {
+        let sandbox = match &req.sandbox_id {
+            Some(id) => Some(sandbox::load(self, id)?),
+            None => None,
+        };
+        if sandbox.is_some() && req.workdir.is_some() {
+            return Err(ServiceError::invalid("workdir", "a run in a persistent sandbox uses the sandbox's workspace; drop --workdir"));
+        }
+        // Program → language and code.
+        let (lang, code_file, argv_tail): (Option<&'static Language>, Option<(String, Vec<u8>)>, Vec<String>) = match &req.program {
+            Program::Command(argv) => {
+                check_argv(argv)?;
+                (None, None, argv.clone())
+            }
+            Program::Code { language, code } => {
+                let l = runtime::language(language).ok_or_else(|| {
+                    let known: Vec<&str> = runtime::LANGUAGES.iter().map(|l| l.name).collect();
+                    ServiceError::invalid("language", format!("unknown language '{language}' (known: {})", known.join(", ")))
+                })?;
+                if code.len() > MAX_CODE_BYTES {
+                    return Err(ServiceError::invalid("code", format!("{} bytes is more than the {} MiB limit", code.len(), MAX_CODE_BYTES >> 20)));
+                }
+                (Some(l), Some((l.file_name.to_string(), code.clone().into_bytes())), Vec::new())
+            }
+            Program::File(path) => {
+                let content = read_script(path)?;
+                let l = runtime::language_of_file(path, &content).ok_or_else(|| {
+                    ServiceError::invalid(
+                        "file",
+                        format!("cannot tell the language of {}: give it a known extension (.py .js .sh .pl) or a #! line, or use --lang", path.display()),
+                    )
+                })?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.') && !n.contains('/'))
+                    .unwrap_or_else(|| l.file_name.to_string());
+                (Some(l), Some((name, content)), Vec::new())
+            }
+        };
+
+        let profile: Profile = match (&req.profile, &sandbox, lang) {
+            (Some(p), _, _) => profile::find(p)?,
+            (None, Some(sb), _) => profile::find(&sb.profile)?,
+            (None, None, Some(l)) => profile::find(l.name)?,
+            (None, None, None) => profile::find(profile::DEFAULT_PROFILE)?,
+        };
+        // A language profile without code: the command runs with its runtime.
+        let lang = lang.or(profile.language);
+        let limits = profile::check_limits(profile.limits.clone(), &req.limits)?;
+
+        let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
+        if let Ok(rd) = std::fs::read_dir("/etc") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if ETC_PREFIX_BINDS.iter().any(|p| n.starts_with(p)) {
+                    ro_binds.push(e.path());
+                }
+            }
+        }
+        let mut path_var = SANDBOX_PATH.to_string();
+        let mut argv = argv_tail;
+        let mut code_files = Vec::new();
+        if let Some(l) = lang {
+            let rt = runtime::resolve(l, &self.inner.host_path).map_err(ServiceError::NotFound)?;
+            if let Some(prefix) = &rt.prefix {
+                ro_binds.push(prefix.clone());
+                path_var = format!("{}:{path_var}", prefix.join("bin").display());
+            }
+            if let Some((name, content)) = code_file {
+                argv = vec![rt.interpreter.to_string_lossy().into_owned(), format!("{CODE_DIR}/{name}")];
+                code_files.push((name, content));
+            }
+        }
+
+        let env = build_env(&profile, &path_var, &req.env)?;
+        let workspace = match (&sandbox, &req.workdir) {
+            (Some(sb), _) => Workspace::Bind { host: sb.workspace.clone() },
+            (None, Some(dir)) => Workspace::Bind { host: check_workdir(dir, self.home())? },
+            (None, None) => Workspace::Tmpfs { size_bytes: profile.workspace_bytes },
+        };
+        let workspace_files = check_files(&req.files)?;
+        let stdin = match &req.stdin {
+            Some(b) if b.len() > MAX_STDIN_BYTES => {
+                return Err(ServiceError::invalid("stdin", format!("{} bytes is more than the {} MiB limit", b.len(), MAX_STDIN_BYTES >> 20)));
+            }
+            Some(b) => Stdin::Bytes(b.clone()),
+            None if req.inherit_stdin => Stdin::Inherit,
+            None => Stdin::Null,
+        };
+        let spec = Spec {
+            argv,
+            env,
+            cwd: "/workspace".into(),
+            ro_binds,
+            etc_files: etc_files(),
+            code_files,
+            workspace,
+            workspace_files,
+            limits,
+            stdin,
+            hostname: "aisbx".into(),
+            landlock: profile.landlock,
+            seccomp: profile.seccomp,
+            require_cgroups: false,
+        };
+        Ok(Prepared {
+            spec,
+            profile: profile.name.clone(),
+            sandbox_id: sandbox.map(|s| s.id),
+        })
+    }
+
+    pub(crate) fn execute(&self, p: Prepared, sink: &mut dyn OutputSink, cancel: &CancelToken) -> Result<RunResult, ServiceError> {
+        let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
+        Ok(to_result(outcome, &p))
+    }
+}
+
+/// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.
+pub fn new_id(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+fn summarize(v: serde_json::Value) -> serde_json::Value {
+    // Keep the audit line small: no output, only the outcome.
+    match v {
+        serde_json::Value::Object(mut m) => {
+            for k in ["stdout", "stderr"] {
+                if let Some(s) = m.remove(k) {
+                    m.insert(format!("{k}_bytes"), serde_json::json!(s.as_str().map(str::len).unwrap_or(0)));
+                }
+            }
+            if let Some(serde_json::Value::Array(setup)) = m.remove("setup") {
+                m.insert("setup".into(), serde_json::Value::Array(setup.into_iter().map(summarize).collect()));
+            }
+            if let Some(serde_json::Value::Array(p)) = m.remove("profiles") {
+                m.insert("profiles".into(), serde_json::json!(p.len()));
+            }
+            serde_json::Value::Object(m)
+        }
+        other => other,
+    }
+}
+
+fn check_argv(argv: &[String]) -> Result<(), ServiceError> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(ServiceError::invalid("command", "no command given"));
+    }
+    if argv.len() > MAX_ARGS || argv.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_ARGV_BYTES {
+        return Err(ServiceError::invalid("command", format!("the command is longer than {MAX_ARGS} arguments or {} KiB", MAX_ARGV_BYTES >> 10)));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(ServiceError::invalid("command", "an argument contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn read_script(path: &Path) -> Result<Vec<u8>, ServiceError> {
+    let meta = std::fs::metadata(path).map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(ServiceError::invalid("file", format!("{} is not a regular file", path.display())));
+    }
+    if meta.len() > MAX_CODE_BYTES as u64 {
+        return Err(ServiceError::invalid("file", format!("{} is larger than the {} MiB limit", path.display(), MAX_CODE_BYTES >> 20)));
+    }
+    std::fs::read(path).map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))
+}
+
+fn check_workdir(dir: &Path, home: &Path) -> Result<PathBuf, ServiceError> {
+    let canon = std::fs::canonicalize(dir)
+        .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}; create it first or drop --workdir for a fresh workspace", dir.display())))?;
+    if !canon.is_dir() {
+        return Err(ServiceError::invalid("workdir", format!("{} is not a directory", dir.display())));
+    }
+    if canon == Path::new("/") {
+        return Err(ServiceError::invalid("workdir", "the host root cannot be the workspace"));
+    }
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    if canon.starts_with(&home) || home.starts_with(&canon) {
+        return Err(ServiceError::invalid("workdir", format!("{} holds aisbx state ({}); choose another directory", dir.display(), home.display())));
+    }
+    Ok(canon)
+}
+
+fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
+    if files.len() > MAX_FILES {
+        return Err(ServiceError::invalid("files", format!("{} files is more than the limit of {MAX_FILES}", files.len())));
+    }
+    let total: usize = files.values().map(String::len).sum();
+    if total > MAX_FILES_BYTES {
+        return Err(ServiceError::invalid("files", format!("{total} bytes of files is more than the {} MiB limit", MAX_FILES_BYTES >> 20)));
+    }
+    files
+        .iter()
+        .map(|(k, v)| {
+            aisbx_jail::check_relative(k).map_err(|e| ServiceError::invalid("files", e))?;
+            Ok((k.clone(), v.clone().into_bytes()))
+        })
+        .collect()
+}
+
+fn valid_env_name(k: &str) -> bool {
+    !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn build_env(profile: &Profile, path_var: &str, extra: &[(String, String)]) -> Result<Vec<(String, String)>, ServiceError> {
+    if extra.len() > MAX_ENV {
+        return Err(ServiceError::invalid("env", format!("more than {MAX_ENV} variables")));
+    }
+    let term = std::env::var("TERM")
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() < 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)))
+        .unwrap_or_else(|| "dumb".into());
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), path_var.to_string()),
+        ("HOME".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TERM".into(), term),
+    ];
+    let mut set = |k: &str, v: &str| {
+        if let Some(slot) = env.iter_mut().find(|(ek, _)| ek == k) {
+            slot.1 = v.to_string();
+        } else {
+            env.push((k.to_string(), v.to_string()));
+        }
+    };
+    for (k, v) in &profile.env {
+        set(k, v);
+    }
+    for (k, v) in extra {
+        if !valid_env_name(k) {
+            return Err(ServiceError::invalid("env", format!("'{k}' is not a valid variable name")));
+        }
+        if v.contains('\0') || v.len() > 128 << 10 {
+            return Err(ServiceError::invalid("env", format!("the value of {k} contains a NUL byte or is longer than 128 KiB")));
+        }
+        set(k, v);
+    }
+    Ok(env)
+}
+
+fn etc_files() -> Vec<(String, Vec<u8>)> {
+    let id = aisbx_jail::SANDBOX_ID;
+    vec![
+        (
+            "passwd".into(),
+            format!("root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{id}:{id}:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").into_bytes(),
+        ),
+        ("group".into(), format!("root:x:0:\nsandbox:x:{id}:\nnogroup:x:65534:\n").into_bytes()),
+        ("hosts".into(), b"127.0.0.1 localhost aisbx\n::1 localhost ip6-localhost ip6-loopback\n".to_vec()),
+        ("hostname".into(), b"aisbx\n".to_vec()),
+        ("nsswitch.conf".into(), b"passwd: files\ngroup: files\nhosts: files\n".to_vec()),
+        ("resolv.conf".into(), b"# no network in this sandbox\n".to_vec()),
+    ]
+}
+
+/// The SPEC's RunResult from the jail's outcome.
+fn to_result(o: Outcome, p: &Prepared) -> RunResult {
+    let mut stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let mut exit_code = o.exit_code;
+    if let Some(errno) = o.exec_errno {
+        let prog = p.spec.argv.first().cloned().unwrap_or_default();
+        if errno == libc::ENOENT {
+            stderr.push_str(&format!("aisbx: {prog}: command not found in the sandbox\n"));
+            exit_code = Some(127);
+        } else {
+            stderr.push_str(&format!("aisbx: {prog}: cannot execute: {}\n", std::io::Error::from_raw_os_error(errno)));
+            exit_code = Some(126);
+        }
+    }
+    RunResult {
+        exit_code,
+        signal: o.signal,
+        timed_out: o.timed_out,
+        oom_killed: o.oom_killed,
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+        duration_ms: o.duration_ms,
+        cpu_ms: o.cpu_ms,
+        max_rss_kib: o.max_rss_kib,
+        profile: p.profile.clone(),
+        sandbox_id: p.sandbox_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_is_clean_and_overridable() {
+        let p = profile::find("python").unwrap();
+        let env = build_env(&p, "/usr/bin", &[("FOO".into(), "1".into()), ("HOME".into(), "/workspace".into())]).unwrap();
+        let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
+        assert_eq!(get("PATH").as_deref(), Some("/usr/bin"));
+        assert_eq!(get("HOME").as_deref(), Some("/workspace"));
+        assert_eq!(get("PYTHONUNBUFFERED").as_deref(), Some("1"));
+        assert_eq!(get("FOO").as_deref(), Some("1"));
+        assert!(build_env(&p, "/", &[("A=B".into(), "1".into())]).is_err());
+        assert!(build_env(&p, "/", &[("".into(), "1".into())]).is_err());
+    }
+
+    #[test]
+    fn file_paths_must_stay_inside() {
+        let mut f = BTreeMap::new();
+        f.insert("ok/a.txt".to_string(), "x".to_string());
+        assert!(check_files(&f).is_ok());
+        for bad in ["/etc/passwd", "../up", "a/../../b"] {
+            let mut f = BTreeMap::new();
+            f.insert(bad.to_string(), String::new());
+            match check_files(&f) {
+                Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "files"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn workdir_checks() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("state");
+        std::fs::create_dir(&home).unwrap();
+        assert!(check_workdir(Path::new("/"), &home).is_err());
+        assert!(check_workdir(&t.path().join("missing"), &home).is_err());
+        assert!(check_workdir(&home, &home).is_err());
+        assert!(check_workdir(t.path(), &home).is_err(), "a parent of the state dir");
+        let w = t.path().join("w");
+        std::fs::create_dir(&w).unwrap();
+        assert_eq!(check_workdir(&w, &home).unwrap(), std::fs::canonicalize(&w).unwrap());
+    }
+
+    #[test]
+    fn summaries_drop_output() {
+        let s = summarize(serde_json::json!({"stdout": "abc", "stderr": "", "exit_code": 0}));
+        assert_eq!(s, serde_json::json!({"stdout_bytes": 3, "stderr_bytes": 0, "exit_code": 0}));
+    }
+}
