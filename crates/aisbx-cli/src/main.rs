@@ -226,7 +226,8 @@ fn cmd_run(a: RunArgs) -> u8 {
     match result {
         Ok(r) => {
             if a.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 if r.timed_out {
                     eprintln!("aisbx: the run timed out and was killed");

@@ -118,8 +118,17 @@ impl RunCgroup {
                         return Err(format!("creating {}: {e}", parent.display()));
                     }
                     let dir = parent.join(&name);
-                    fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-                    made.dirs.push((ctrl.clone(), dir));
+                    match fs::create_dir(&dir) {
+                        Ok(()) => made.dirs.push((ctrl.clone(), dir)),
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS) => {
+                            made.destroy();
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            made.destroy();
+                            return Err(format!("creating {}: {e}", dir.display()));
+                        }
+                    }
                 }
                 made.configure_v1(limits).inspect_err(|_| made.destroy_now())?;
                 Ok(Some(made))
@@ -140,7 +149,11 @@ impl RunCgroup {
                     let _ = write(&level.join("cgroup.subtree_control"), enable);
                 }
                 let dir = parent.join(&name);
-                fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS) => return Ok(None),
+                    Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+                }
                 let made = RunCgroup {
                     version: "v2",
                     dirs: vec![(String::new(), dir)],

@@ -285,7 +285,12 @@ impl Service {
 
     pub(crate) fn execute(&self, p: Prepared, sink: &mut dyn OutputSink, cancel: &CancelToken) -> Result<RunResult, ServiceError> {
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
-        Ok(to_result(outcome, &p))
+        let (result, note) = to_result(outcome, &p);
+        // The note on a program that could not be executed goes to the live stream too.
+        if let Some(note) = note {
+            sink.stderr(note.as_bytes());
+        }
+        Ok(result)
     }
 }
 
@@ -432,20 +437,23 @@ fn etc_files() -> Vec<(String, Vec<u8>)> {
 }
 
 /// The SPEC's RunResult from the jail's outcome.
-fn to_result(o: Outcome, p: &Prepared) -> RunResult {
+/// Also returns the note added to stderr when the program could not be executed.
+fn to_result(o: Outcome, p: &Prepared) -> (RunResult, Option<String>) {
     let mut stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     let mut exit_code = o.exit_code;
+    let mut note = None;
     if let Some(errno) = o.exec_errno {
         let prog = p.spec.argv.first().cloned().unwrap_or_default();
-        if errno == libc::ENOENT {
-            stderr.push_str(&format!("aisbx: {prog}: command not found in the sandbox\n"));
-            exit_code = Some(127);
+        let (n, code) = if errno == libc::ENOENT {
+            (format!("aisbx: {prog}: command not found in the sandbox\n"), 127)
         } else {
-            stderr.push_str(&format!("aisbx: {prog}: cannot execute: {}\n", std::io::Error::from_raw_os_error(errno)));
-            exit_code = Some(126);
-        }
+            (format!("aisbx: {prog}: cannot execute: {}\n", std::io::Error::from_raw_os_error(errno)), 126)
+        };
+        stderr.push_str(&n);
+        exit_code = Some(code);
+        note = Some(n);
     }
-    RunResult {
+    let r = RunResult {
         exit_code,
         signal: o.signal,
         timed_out: o.timed_out,
@@ -459,7 +467,8 @@ fn to_result(o: Outcome, p: &Prepared) -> RunResult {
         max_rss_kib: o.max_rss_kib,
         profile: p.profile.clone(),
         sandbox_id: p.sandbox_id.clone(),
-    }
+    };
+    (r, note)
 }
 
 #[cfg(test)]

@@ -1,0 +1,110 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_aisbx"))
+}
+
+/// A state directory private to one test.
+pub fn home() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("aisbx-test-home").tempdir().expect("tempdir")
+}
+
+pub fn cmd(home: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env("AISBX_HOME", home).stdin(Stdio::null());
+    c
+}
+
+/// Run `aisbx ARGS` and return its output.
+pub fn aisbx(args: &[&str]) -> Output {
+    let h = home();
+    cmd(h.path()).args(args).output().expect("run aisbx")
+}
+
+/// Run `aisbx run --json ARGS` and parse the RunResult.
+pub fn run_json(args: &[&str]) -> (Value, i32) {
+    let h = home();
+    run_json_in(h.path(), args)
+}
+
+pub fn run_json_in(home: &std::path::Path, args: &[&str]) -> (Value, i32) {
+    let mut full = vec!["run", "--json"];
+    full.extend_from_slice(args);
+    let out = cmd(home).args(&full).output().expect("run aisbx");
+    let code = out.status.code().unwrap_or(-1);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not a RunResult ({e}); status {code}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, code)
+}
+
+/// Run a shell script in the sandbox; return (RunResult, exit status).
+pub fn sh(script: &str) -> (Value, i32) {
+    run_json(&["--", "/bin/sh", "-c", script])
+}
+
+/// Run Python code (the system python3, inside the sandbox).
+pub fn py(code: &str) -> (Value, i32) {
+    run_json(&["--", "/usr/bin/python3", "-c", code])
+}
+
+pub fn stdout(v: &Value) -> &str {
+    v["stdout"].as_str().unwrap_or_default()
+}
+
+pub fn stderr(v: &Value) -> &str {
+    v["stderr"].as_str().unwrap_or_default()
+}
+
+/// Feed `input` to aisbx's stdin.
+pub fn with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let h = home();
+    let mut child = cmd(h.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+/// A unique marker for process names and files.
+pub fn marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Host processes whose command line contains `needle`.
+pub fn host_procs_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        if let Ok(cl) = std::fs::read(e.path().join("cmdline")) {
+            let cl = String::from_utf8_lossy(&cl).replace('\0', " ");
+            if cl.contains(needle) && !cl.contains("aisbx") {
+                found.push(format!("{name}: {cl}"));
+            }
+        }
+    }
+    found
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: getter.
+    unsafe { libc::geteuid() == 0 }
+}

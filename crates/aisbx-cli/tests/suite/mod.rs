@@ -1,0 +1,6 @@
+mod attacks;
+mod cleanup;
+mod common;
+mod limits;
+mod run_cli;
+mod unprivileged;

@@ -1,0 +1,111 @@
+//! The same guarantees for an unprivileged user (here `nobody`, started from the
+//! root test process with setpriv): no cgroup v1 delegation, so rlimits are the
+//! only limits, and doctor says so.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::common::*;
+
+const NOBODY: u32 = 65534;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    home: PathBuf,
+}
+
+/// A copy of the binary and a state dir that `nobody` can use.
+fn setup() -> Option<Env> {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("aisbx");
+    std::fs::copy(super::common::bin(), &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).expect("chown");
+    Some(Env { _dir: dir, bin, home })
+}
+
+fn as_nobody(env: &Env, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
+        .arg(&env.bin)
+        .args(args)
+        .env("AISBX_HOME", &env.home)
+        .env("HOME", &env.home)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+#[test]
+fn unprivileged_runs_are_isolated() {
+    let Some(env) = setup() else { return };
+    // A secret that nobody may read on the host, outside anything bound.
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(secret_dir.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, "NOBODY-SECRET-42").expect("write");
+    std::os::unix::fs::chown(&secret, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("id -u; cat {} 2>&1; ls /; grep CapEff /proc/self/status; hostname", secret.display()),
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let s = stdout(&v);
+    assert!(s.starts_with("1000\n"), "{v}");
+    assert!(!s.contains("NOBODY-SECRET-42"), "{v}");
+    assert!(s.contains("CapEff:\t0000000000000000"), "{v}");
+    assert!(s.trim_end().ends_with("aisbx"), "{v}");
+}
+
+#[test]
+fn unprivileged_limits_fall_back_to_rlimits() {
+    let Some(env) = setup() else { return };
+    let out = as_nobody(
+        &env,
+        &["run", "--json", "--memory", "64M", "--", "/usr/bin/python3", "-c", "b=bytearray(200<<20)\nprint('SURVIVED')"],
+    );
+    let v = json(&out);
+    assert!(!stdout(&v).contains("SURVIVED"), "{v}");
+    assert!(stderr(&v).contains("MemoryError"), "{v}");
+    let out = as_nobody(&env, &["run", "--json", "--timeout", "0.5", "--", "sleep", "5"]);
+    assert_eq!(out.status.code(), Some(124));
+    let out = as_nobody(&env, &["doctor", "--json"]);
+    let d = json(&out);
+    let cg = d["layers"].as_array().expect("layers").iter().find(|l| l["name"] == "cgroups").cloned().expect("cgroups layer");
+    assert_eq!(cg["state"], "missing", "{d}");
+    assert!(cg["detail"].as_str().unwrap_or_default().contains("rlimits"), "{d}");
+}
+
+#[test]
+fn unprivileged_workdir_files_belong_to_the_user() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(env) = setup() else { return };
+    let w = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let out = as_nobody(&env, &["run", "--workdir", w.path().to_str().unwrap_or_default(), "--", "/bin/sh", "-c", "echo x > f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(Path::new(w.path()).join("f")).expect("f").uid(), NOBODY);
+}
