@@ -29,6 +29,8 @@ pub struct InitCtx<'a> {
     pub filters: &'a Filters,
     pub prepared: Prepared,
     pub data_limit: u64,
+    /// v1 `tasks` files to write `0` to: the init joins its cgroups itself.
+    pub cgroup_join: Vec<RawFd>,
 }
 
 fn report(fd: RawFd, msg: &str) {
@@ -60,6 +62,20 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
     }
     // SAFETY: closing our own fd.
     unsafe { libc::close(ctx.sync_r) };
+    for fd in &ctx.cgroup_join {
+        if write_all(*fd, b"0").is_err() {
+            report(
+                ctx.status_w,
+                &format!(
+                    "E joining the run's cgroup: {}\n",
+                    std::io::Error::last_os_error()
+                ),
+            );
+            exit_now(1);
+        }
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(*fd) };
+    }
     let status_w = ctx.status_w;
     match init_setup_and_wait(&ctx) {
         Ok(never) => match never {},
@@ -138,7 +154,9 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
         }
     }
     // Reap everything until the program itself ends; then report and exit, which
-    // makes the kernel kill whatever else is left in the namespace.
+    // makes the kernel kill whatever else is left in the namespace. CPU time is the
+    // sum over every process reaped here.
+    let mut cpu_ms = 0u64;
     loop {
         let mut status = 0;
         // SAFETY: zeroed rusage is a valid out-parameter.
@@ -151,10 +169,10 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
             }
             return Err(errno_str("wait4"));
         }
+        cpu_ms += tv_ms(&ru.ru_utime) + tv_ms(&ru.ru_stime);
         if r != pid {
             continue;
         }
-        let cpu_ms = tv_ms(&ru.ru_utime) + tv_ms(&ru.ru_stime);
         let rss = ru.ru_maxrss.max(0) as u64;
         let msg = if libc::WIFSIGNALED(status) {
             format!("X s {} {cpu_ms} {rss}\n", libc::WTERMSIG(status))
@@ -185,7 +203,10 @@ struct CapData {
 const CAP_V3: u32 = 0x2008_0522;
 
 fn capset(eff: u32, perm: u32) -> Result<(), String> {
-    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
     let data = [CapData {
         effective: eff,
         permitted: perm,
@@ -193,26 +214,46 @@ fn capset(eff: u32, perm: u32) -> Result<(), String> {
     }; 2];
     // SAFETY: header and two data words, as capset(2) with version 3 expects.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    if r != 0 { Err(errno_str("capset")) } else { Ok(()) }
+    if r != 0 {
+        Err(errno_str("capset"))
+    } else {
+        Ok(())
+    }
 }
 
 /// After setresuid the effective set is cleared; bring back what is permitted
 /// (full, in our own user namespace) for the mounts to come.
 fn raise_all_caps() -> Result<(), String> {
-    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
     let mut data = [CapData::default(); 2];
     // SAFETY: as capget(2) with version 3 expects.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
     if r != 0 {
         return Err(errno_str("capget"));
     }
-    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
     for d in data.iter_mut() {
         d.effective = d.permitted;
     }
     // SAFETY: as capset(2) with version 3 expects.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    if r != 0 { Err(errno_str("capset")) } else { Ok(()) }
+    if r != 0 {
+        Err(errno_str("capset"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Bring up `lo` in the new network namespace (nothing else is there).
@@ -288,11 +329,16 @@ fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
     set_rlimit(libc::RLIMIT_NPROC, l.pids).map_err(setup)?;
     set_rlimit(libc::RLIMIT_DATA, ctx.data_limit).map_err(setup)?;
     // CPU seconds as a backstop to the wall clock.
-    set_rlimit(libc::RLIMIT_CPU, (l.wall.as_secs_f64() * l.cpus.max(1.0)).ceil() as u64 + 1).map_err(setup)?;
+    set_rlimit(
+        libc::RLIMIT_CPU,
+        (l.wall.as_secs_f64() * l.cpus.max(1.0)).ceil() as u64 + 1,
+    )
+    .map_err(setup)?;
     cloexec_from(3).map_err(|e| setup(format!("close_range: {e}")))?;
     drop_capabilities().map_err(setup)?;
     mounts::write_workspace_files(&spec.workspace_files).map_err(setup)?;
-    nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| setup(format!("working directory {}: {e}", spec.cwd)))?;
+    nix::unistd::chdir(spec.cwd.as_str())
+        .map_err(|e| setup(format!("working directory {}: {e}", spec.cwd)))?;
 
     let argv: Vec<CString> = spec
         .argv
@@ -319,7 +365,9 @@ fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
     for c in &candidates {
         // SAFETY: NUL-terminated argv/envp arrays of valid C strings.
         unsafe { libc::execve(c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
-        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOENT);
         if e != libc::ENOENT && e != libc::ENOTDIR {
             errno = e;
         }
@@ -329,7 +377,9 @@ fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
 
 /// The paths execve tries: argv[0] itself when it has a slash, else each PATH entry.
 fn exec_candidates(spec: &Spec) -> Vec<CString> {
-    let Some(arg0) = spec.argv.first() else { return Vec::new() };
+    let Some(arg0) = spec.argv.first() else {
+        return Vec::new();
+    };
     if arg0.contains('/') {
         return CString::new(arg0.as_bytes()).into_iter().collect();
     }
@@ -358,7 +408,13 @@ fn drop_capabilities() -> Result<(), String> {
         for cap in 0..64 {
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
         if libc::prctl(
             libc::PR_SET_SECUREBITS,

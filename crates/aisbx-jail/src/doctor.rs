@@ -35,7 +35,9 @@ pub struct Report {
 impl Report {
     /// True when every layer the default profile requires is active.
     pub fn ok(&self) -> bool {
-        self.layers.iter().all(|l| !l.required || l.state == LayerState::Active)
+        self.layers
+            .iter()
+            .all(|l| !l.required || l.state == LayerState::Active)
     }
 }
 
@@ -56,11 +58,18 @@ fn in_child(f: impl FnOnce() -> i32) -> i32 {
     let mut status = 0;
     // SAFETY: reaping our child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    }
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(1).min(255)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(1)
+        .min(255)
 }
 
 fn explain(code: i32) -> String {
@@ -76,7 +85,11 @@ fn explain(code: i32) -> String {
 fn layer(name: &str, code: i32, required: bool, ok_detail: &str, missing_hint: &str) -> Layer {
     Layer {
         name: name.to_string(),
-        state: if code == 0 { LayerState::Active } else { LayerState::Missing },
+        state: if code == 0 {
+            LayerState::Active
+        } else {
+            LayerState::Missing
+        },
         required,
         detail: if code == 0 {
             ok_detail.to_string()
@@ -93,7 +106,11 @@ pub fn probe() -> Report {
     let mut layers = Vec::new();
     let userns = in_child(|| {
         // SAFETY: unshare in a throwaway child.
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 { 0 } else { errno() }
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 {
+            0
+        } else {
+            errno()
+        }
     });
     layers.push(layer(
         "user namespace",
@@ -112,26 +129,66 @@ pub fn probe() -> Report {
     ] {
         let code = in_child(|| {
             // SAFETY: unshare in a throwaway child.
-            if unsafe { libc::unshare(libc::CLONE_NEWUSER | flag) } == 0 { 0 } else { errno() }
+            if unsafe { libc::unshare(libc::CLONE_NEWUSER | flag) } == 0 {
+                0
+            } else {
+                errno()
+            }
         });
-        layers.push(layer(name, code, true, "isolated", "the kernel lacks it or forbids it for this user"));
+        layers.push(layer(
+            name,
+            code,
+            true,
+            "isolated",
+            "the kernel lacks it or forbids it for this user",
+        ));
     }
     let nnp = in_child(|| {
         // SAFETY: prctl in a throwaway child.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0 { 0 } else { errno() }
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0 {
+            0
+        } else {
+            errno()
+        }
     });
-    layers.push(layer("no_new_privs", nnp, true, "set-uid and file capabilities cannot raise privileges", "kernel too old"));
+    layers.push(layer(
+        "no_new_privs",
+        nnp,
+        true,
+        "set-uid and file capabilities cannot raise privileges",
+        "kernel too old",
+    ));
     let seccomp = in_child(|| {
-        let Ok(f) = crate::seccomp::deny_list(crate::SeccompLevel::Default) else { return 2 };
+        let Ok(f) = crate::seccomp::deny_list(crate::SeccompLevel::Default) else {
+            return 2;
+        };
         if crate::seccomp::install(&f).is_err() {
             return errno();
         }
         // The filter must now refuse mount(2).
         // SAFETY: a mount call that the filter must block.
-        let r = unsafe { libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), 0, std::ptr::null()) };
-        if r != 0 && errno() == libc::EPERM { 0 } else { 3 }
+        let r = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 && errno() == libc::EPERM {
+            0
+        } else {
+            3
+        }
     });
-    layers.push(layer("seccomp", seccomp, true, "deny-list filter and x32/32-bit ABI guard installed", "the kernel lacks seccomp-bpf"));
+    layers.push(layer(
+        "seccomp",
+        seccomp,
+        true,
+        "deny-list filter and x32/32-bit ABI guard installed",
+        "the kernel lacks seccomp-bpf",
+    ));
     let abi = kernel_abi();
     layers.push(Layer {
         name: "landlock".into(),
@@ -148,7 +205,10 @@ pub fn probe() -> Report {
             let names: Vec<String> = m.iter().map(|(c, _)| c.clone()).collect();
             let writable = m.iter().all(|(_, p)| writable_dir(p));
             let detail = if writable {
-                format!("v1 controllers {}: memory, pids and CPU are limited per run", names.join(", "))
+                format!(
+                    "v1 controllers {}: memory, pids and CPU are limited per run",
+                    names.join(", ")
+                )
             } else {
                 "v1 controllers are not writable by this user (v1 cannot be delegated): limits fall back to rlimits only".into()
             };
@@ -157,7 +217,10 @@ pub fn probe() -> Report {
         Some(Hierarchy::V2(root, c)) => {
             let writable = writable_dir(&root) || writable_dir(&root.join("aisbx"));
             let detail = if writable {
-                format!("v2 at {}: memory, pids and CPU are limited per run", root.display())
+                format!(
+                    "v2 at {}: memory, pids and CPU are limited per run",
+                    root.display()
+                )
             } else {
                 "v2 is not delegated to this user: limits fall back to rlimits only".into()
             };
@@ -172,7 +235,11 @@ pub fn probe() -> Report {
     };
     layers.push(Layer {
         name: "cgroups".into(),
-        state: if cg_ok { LayerState::Active } else { LayerState::Missing },
+        state: if cg_ok {
+            LayerState::Active
+        } else {
+            LayerState::Missing
+        },
         required: false,
         detail: cg_detail,
     });
@@ -186,7 +253,9 @@ pub fn probe() -> Report {
 }
 
 fn writable_dir(p: &std::path::Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: access(2) on a valid C string.
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }

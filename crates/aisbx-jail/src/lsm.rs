@@ -15,7 +15,13 @@ const TARGET_ABI: ABI = ABI::V6;
 /// Directories where the program may create, write and delete.
 pub const WRITABLE_DIRS: &[&str] = &["/workspace", "/tmp", "/dev/shm"];
 /// Device files the program may write to.
-pub const WRITABLE_FILES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts"];
+pub const WRITABLE_FILES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/pts",
+];
 
 /// Restrict the calling thread (inherited by everything it executes).
 /// Returns `full`, `partial` or `none`.
@@ -35,9 +41,15 @@ pub fn restrict(mode: Enforcement) -> Result<&'static str, String> {
         .map_err(err)?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(TARGET_ABI)))
         .map_err(err)?
-        .add_rules(path_beneath_rules(WRITABLE_DIRS, AccessFs::from_all(TARGET_ABI)))
+        .add_rules(path_beneath_rules(
+            WRITABLE_DIRS,
+            AccessFs::from_all(TARGET_ABI),
+        ))
         .map_err(err)?
-        .add_rules(path_beneath_rules(WRITABLE_FILES, AccessFs::from_all(TARGET_ABI)))
+        .add_rules(path_beneath_rules(
+            WRITABLE_FILES,
+            AccessFs::from_all(TARGET_ABI),
+        ))
         .map_err(err)?
         .restrict_self()
         .map_err(err)?;

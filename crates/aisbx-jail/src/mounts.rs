@@ -26,7 +26,9 @@ const OLD: &str = "/.oldroot";
 const BASE: &str = "/tmp";
 
 /// Top-level host paths that merged-/usr systems make symlinks, bound or linked.
-const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+];
 
 /// Devices bound from the host into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -37,24 +39,48 @@ const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
 type R<T> = Result<T, String>;
 
 fn cs(p: &Path) -> R<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {} contains a NUL byte", p.display()))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} contains a NUL byte", p.display()))
 }
 
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> String {
     move |e| format!("{}: {e}", what())
 }
 
-fn mnt<P: AsRef<Path>>(src: Option<&str>, target: P, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> R<()> {
+fn mnt<P: AsRef<Path>>(
+    src: Option<&str>,
+    target: P,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> R<()> {
     let target = target.as_ref();
-    mount(src, target, fstype, flags, data).map_err(|e| format!("mounting {} on {}: {e}", fstype.or(src).unwrap_or("?"), target.display()))
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mounting {} on {}: {e}",
+            fstype.or(src).unwrap_or("?"),
+            target.display()
+        )
+    })
 }
 
+/// `mkdir -p`, with one system call when the parent exists (the common case).
 fn mkdir_p(p: &Path) -> R<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(p)
-        .map_err(ctx(|| format!("creating {}", p.display())))
+    match fs::DirBuilder::new().mode(0o755).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = p.parent() {
+                mkdir_p(parent)?;
+            }
+            match fs::DirBuilder::new().mode(0o755).create(p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(format!("creating {}: {e}", p.display())),
+            }
+        }
+        Err(e) => Err(format!("creating {}: {e}", p.display())),
+    }
 }
 
 /// A read-only bind, planned either on the host side (as root, where the host
@@ -64,7 +90,11 @@ pub enum BindPlan {
     /// Recreate a symlink at `path` pointing at `target`.
     Link { path: PathBuf, target: PathBuf },
     /// Attach the detached, read-only tree `fd` at `path`.
-    Tree { path: PathBuf, fd: OwnedFd, is_dir: bool },
+    Tree {
+        path: PathBuf,
+        fd: OwnedFd,
+        is_dir: bool,
+    },
 }
 
 /// Plan the read-only bind of host path `path`, looked up beneath `root` (`/` on
@@ -73,17 +103,36 @@ pub fn plan_bind(path: &Path, root: &Path) -> R<Option<BindPlan>> {
     let src = root.join(path.strip_prefix("/").unwrap_or(path));
     let meta = match fs::symlink_metadata(&src) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || e.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            return Ok(None);
+        }
         Err(e) => return Err(format!("binding {}: {e}", path.display())),
     };
     if meta.file_type().is_symlink() {
-        let target = fs::read_link(&src).map_err(ctx(|| format!("reading link {}", path.display())))?;
-        return Ok(Some(BindPlan::Link { path: path.to_path_buf(), target }));
+        let target =
+            fs::read_link(&src).map_err(ctx(|| format!("reading link {}", path.display())))?;
+        return Ok(Some(BindPlan::Link {
+            path: path.to_path_buf(),
+            target,
+        }));
     }
-    let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0).map_err(ctx(|| format!("cloning the mount of {}", path.display())))?;
-    mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
-        .map_err(ctx(|| format!("making {} read-only", path.display())))?;
-    Ok(Some(BindPlan::Tree { path: path.to_path_buf(), fd, is_dir: meta.is_dir() }))
+    let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0)
+        .map_err(ctx(|| format!("cloning the mount of {}", path.display())))?;
+    mount_setattr_fd(
+        fd.as_raw_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        0,
+        None,
+    )
+    .map_err(ctx(|| format!("making {} read-only", path.display())))?;
+    Ok(Some(BindPlan::Tree {
+        path: path.to_path_buf(),
+        fd,
+        is_dir: meta.is_dir(),
+    }))
 }
 
 /// Carry out a planned bind in the new root.
@@ -106,9 +155,11 @@ fn apply_bind(plan: &BindPlan) -> R<()> {
                 if let Some(parent) = path.parent() {
                     mkdir_p(parent)?;
                 }
-                fs::File::create(path).map_err(ctx(|| format!("creating mount point {}", path.display())))?;
+                fs::File::create(path)
+                    .map_err(ctx(|| format!("creating mount point {}", path.display())))?;
             }
-            move_mount_to(fd.as_raw_fd(), &cs(path)?).map_err(ctx(|| format!("mounting {}", path.display())))
+            move_mount_to(fd.as_raw_fd(), &cs(path)?)
+                .map_err(ctx(|| format!("mounting {}", path.display())))
         }
     }
 }
@@ -118,7 +169,10 @@ pub fn bind_paths(spec: &Spec) -> R<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
     for p in &spec.ro_binds {
         if !p.is_absolute() {
-            return Err(format!("read-only bind {} is not an absolute path", p.display()));
+            return Err(format!(
+                "read-only bind {} is not an absolute path",
+                p.display()
+            ));
         }
         v.push(p.clone());
     }
@@ -141,7 +195,8 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> R<()> {
         mkdir_p(parent)?;
     }
     fs::write(path, content).map_err(ctx(|| format!("writing {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(ctx(|| format!("setting the mode of {}", path.display())))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(ctx(|| format!("setting the mode of {}", path.display())))
 }
 
 /// What the supervisor prepared on the host side, when running as root: the
@@ -158,7 +213,13 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Nothing we do may propagate back to the host.
     mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    mnt(Some("tmpfs"), BASE, Some("tmpfs"), nosuid_nodev, Some("mode=0755,size=16m,nr_inodes=8192"))?;
+    mnt(
+        Some("tmpfs"),
+        BASE,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some("mode=0755,size=16m,nr_inodes=8192"),
+    )?;
     let put_old = PathBuf::from(BASE).join(OLD.trim_start_matches('/'));
     mkdir_p(&put_old)?;
     nix::unistd::pivot_root(BASE, &put_old).map_err(|e| format!("pivot_root: {e}"))?;
@@ -166,7 +227,9 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
 
     match &prepared.binds {
         Some(plans) => plans.iter().try_for_each(apply_bind)?,
-        None => plan_binds(spec, Path::new(OLD))?.iter().try_for_each(apply_bind)?,
+        None => plan_binds(spec, Path::new(OLD))?
+            .iter()
+            .try_for_each(apply_bind)?,
     }
 
     // /etc: only what the service synthesized or chose to bind.
@@ -190,10 +253,17 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
     for p in PROC_READONLY {
         let path = Path::new("/proc").join(p);
         if path.exists() {
-            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&path)?, 0).map_err(ctx(|| format!("cloning {}", path.display())))?;
-            mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
-                .map_err(ctx(|| format!("making {} read-only", path.display())))?;
-            move_mount_to(fd.as_raw_fd(), &cs(&path)?).map_err(ctx(|| format!("covering {}", path.display())))?;
+            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&path)?, 0)
+                .map_err(ctx(|| format!("cloning {}", path.display())))?;
+            mount_setattr_fd(
+                fd.as_raw_fd(),
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                0,
+                None,
+            )
+            .map_err(ctx(|| format!("making {} read-only", path.display())))?;
+            move_mount_to(fd.as_raw_fd(), &cs(&path)?)
+                .map_err(ctx(|| format!("covering {}", path.display())))?;
         }
     }
 
@@ -206,26 +276,40 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
         "/tmp",
         Some("tmpfs"),
         nosuid_nodev,
-        Some(&format!("mode=1777,size={}", spec.limits.tmp_bytes.max(4096))),
+        Some(&format!(
+            "mode=1777,size={}",
+            spec.limits.tmp_bytes.max(4096)
+        )),
     )?;
     mkdir_p(Path::new("/workspace"))?;
     match (&spec.workspace, &prepared.workspace) {
         (_, Some(fd)) => {
-            move_mount_to(fd.as_raw_fd(), c"/workspace").map_err(ctx(|| "mounting the workspace".to_string()))?;
+            move_mount_to(fd.as_raw_fd(), c"/workspace")
+                .map_err(ctx(|| "mounting the workspace".to_string()))?;
         }
         (Workspace::Tmpfs { size_bytes }, None) => mnt(
             Some("tmpfs"),
             "/workspace",
             Some("tmpfs"),
             nosuid_nodev,
-            Some(&format!("mode=0755,uid={SANDBOX_ID},gid={SANDBOX_ID},size={}", (*size_bytes).max(4096))),
+            Some(&format!(
+                "mode=0755,uid={SANDBOX_ID},gid={SANDBOX_ID},size={}",
+                (*size_bytes).max(4096)
+            )),
         )?,
         (Workspace::Bind { host }, None) => {
             let src = Path::new(OLD).join(host.strip_prefix("/").unwrap_or(host));
-            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0).map_err(ctx(|| format!("cloning the mount of {}", host.display())))?;
-            mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, None)
-                .map_err(ctx(|| format!("securing {}", host.display())))?;
-            move_mount_to(fd.as_raw_fd(), c"/workspace").map_err(ctx(|| "mounting the workspace".to_string()))?;
+            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0)
+                .map_err(ctx(|| format!("cloning the mount of {}", host.display())))?;
+            mount_setattr_fd(
+                fd.as_raw_fd(),
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                0,
+                None,
+            )
+            .map_err(ctx(|| format!("securing {}", host.display())))?;
+            move_mount_to(fd.as_raw_fd(), c"/workspace")
+                .map_err(ctx(|| "mounting the workspace".to_string()))?;
         }
     }
 
@@ -242,8 +326,11 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
     // Detach the host root for good.
     umount2(OLD, MntFlags::MNT_DETACH).map_err(|e| format!("detaching the host root: {e}"))?;
     fs::remove_dir(OLD).map_err(ctx(|| "removing the old root mount point".to_string()))?;
-    mount_setattr_path(c"/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
-        .map_err(ctx(|| "making the root read-only".to_string()))?;
+    mount_setattr_path(
+        c"/",
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(ctx(|| "making the root read-only".to_string()))?;
     Ok(())
 }
 
@@ -263,10 +350,17 @@ fn build_dev() -> R<()> {
             continue;
         }
         fs::File::create(&src).map_err(ctx(|| format!("creating {}", src.display())))?;
-        let fd = open_tree_clone(libc::AT_FDCWD, &cs(&old_src)?, 0).map_err(ctx(|| format!("cloning {}", old_src.display())))?;
-        mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_NOSUID | crate::sys::MOUNT_ATTR_NOEXEC, 0, None)
-            .map_err(ctx(|| format!("securing {}", src.display())))?;
-        move_mount_to(fd.as_raw_fd(), &cs(&src)?).map_err(ctx(|| format!("mounting {}", src.display())))?;
+        let fd = open_tree_clone(libc::AT_FDCWD, &cs(&old_src)?, 0)
+            .map_err(ctx(|| format!("cloning {}", old_src.display())))?;
+        mount_setattr_fd(
+            fd.as_raw_fd(),
+            MOUNT_ATTR_NOSUID | crate::sys::MOUNT_ATTR_NOEXEC,
+            0,
+            None,
+        )
+        .map_err(ctx(|| format!("securing {}", src.display())))?;
+        move_mount_to(fd.as_raw_fd(), &cs(&src)?)
+            .map_err(ctx(|| format!("mounting {}", src.display())))?;
     }
     mkdir_p(Path::new("/dev/pts"))?;
     mnt(
@@ -303,7 +397,9 @@ pub fn check_relative(p: &str) -> R<PathBuf> {
         return Err(format!("file path {p:?} is empty or contains a NUL byte"));
     }
     if path.is_absolute() {
-        return Err(format!("file path {p:?} is absolute; give a path relative to /workspace"));
+        return Err(format!(
+            "file path {p:?} is absolute; give a path relative to /workspace"
+        ));
     }
     for c in path.components() {
         match c {
@@ -328,9 +424,16 @@ pub fn write_workspace_files(files: &[(String, Vec<u8>)]) -> R<()> {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(format!("file path {name:?} goes through a symlink"));
                 }
-                Ok(m) if !last && !m.is_dir() => return Err(format!("file path {name:?}: {} is not a directory", dir.display())),
+                Ok(m) if !last && !m.is_dir() => {
+                    return Err(format!(
+                        "file path {name:?}: {} is not a directory",
+                        dir.display()
+                    ));
+                }
                 Ok(_) => {}
-                Err(_) if !last => fs::create_dir(&dir).map_err(ctx(|| format!("creating {}", dir.display())))?,
+                Err(_) if !last => {
+                    fs::create_dir(&dir).map_err(ctx(|| format!("creating {}", dir.display())))?
+                }
                 Err(_) => {}
             }
         }
@@ -344,7 +447,8 @@ pub fn write_workspace_files(files: &[(String, Vec<u8>)]) -> R<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&dir)
             .map_err(ctx(|| format!("writing {name}")))?;
-        f.write_all(content).map_err(ctx(|| format!("writing {name}")))?;
+        f.write_all(content)
+            .map_err(ctx(|| format!("writing {name}")))?;
     }
     Ok(())
 }

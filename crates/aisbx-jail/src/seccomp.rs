@@ -1,11 +1,11 @@
 //! The seccomp-bpf filters the sandboxed program runs under.
 //!
 //! Two filters are installed; the kernel applies the stricter verdict of both:
-//! - an ABI guard, written out below (five instructions): any architecture other than
+//! - a guard, written out below (eight instructions): any architecture other than
 //!   the native one, and on x86_64 any x32 system call number, kills the process;
-//! - a deny list compiled with `seccompiler`: the calls below fail with `EPERM`
-//!   (`clone3` with `ENOSYS`, so that libc falls back to `clone`, whose flags the
-//!   filter can inspect).
+//!   `clone3` fails with `ENOSYS`, so that libc falls back to `clone`, whose flags
+//!   (unlike clone3's, which sit in memory) the deny list can inspect;
+//! - a deny list compiled with `seccompiler`: the calls below fail with `EPERM`.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +32,8 @@ const CLONE_NEWTIME: u64 = 0x80;
 
 /// System calls denied outright at every level.
 fn always_denied() -> Vec<i64> {
-    let mut v: Vec<libc::c_long> = vec![
+    // libc::c_long is i64 on the 64-bit targets aisbx supports.
+    let mut v: Vec<i64> = vec![
         libc::SYS_mount,
         libc::SYS_umount2,
         libc::SYS_pivot_root,
@@ -91,7 +92,7 @@ fn always_denied() -> Vec<i64> {
         libc::SYS_nfsservctl,
         libc::SYS__sysctl,
     ]);
-    v.into_iter().map(i64::from).collect()
+    v
 }
 
 /// Denied unless the level is `Dev` (debuggers need them).
@@ -101,9 +102,7 @@ fn debugger_calls() -> Vec<i64> {
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
     ]
-    .into_iter()
-    .map(i64::from)
-    .collect()
+    .to_vec()
 }
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
@@ -143,12 +142,12 @@ pub fn deny_list(level: SeccompLevel) -> Result<Filters, String> {
     for nr in calls {
         eperm.insert(nr, vec![]);
     }
-    eperm.insert(i64::from(libc::SYS_unshare), ns_flag_rules(0)?);
+    eperm.insert(libc::SYS_unshare, ns_flag_rules(0)?);
     // clone's flags are its first argument on x86_64 and aarch64.
-    eperm.insert(i64::from(libc::SYS_clone), ns_flag_rules(0)?);
+    eperm.insert(libc::SYS_clone, ns_flag_rules(0)?);
     // ioctl(fd, TIOCSTI/TIOCLINUX): push input into a terminal.
     eperm.insert(
-        i64::from(libc::SYS_ioctl),
+        libc::SYS_ioctl,
         vec![
             rule(vec![cond32(1, SeccompCmpOp::Eq, libc::TIOCSTI)?])?,
             rule(vec![cond32(1, SeccompCmpOp::Eq, libc::TIOCLINUX)?])?,
@@ -156,8 +155,12 @@ pub fn deny_list(level: SeccompLevel) -> Result<Filters, String> {
     );
     // socket(AF_VSOCK, ...): vsock is not namespaced and reaches the hypervisor host.
     eperm.insert(
-        i64::from(libc::SYS_socket),
-        vec![rule(vec![cond32(0, SeccompCmpOp::Eq, libc::AF_VSOCK as u64)?])?],
+        libc::SYS_socket,
+        vec![rule(vec![cond32(
+            0,
+            SeccompCmpOp::Eq,
+            libc::AF_VSOCK as u64,
+        )?])?],
     );
     // personality(): only the harmless personas.
     let mut allowed_personas = vec![0u64, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff];
@@ -168,26 +171,20 @@ pub fn deny_list(level: SeccompLevel) -> Result<Filters, String> {
         .into_iter()
         .map(|p| cond32(0, SeccompCmpOp::Ne, p))
         .collect::<Result<Vec<_>, _>>()?;
-    eperm.insert(i64::from(libc::SYS_personality), vec![rule(persona_conds)?]);
+    eperm.insert(libc::SYS_personality, vec![rule(persona_conds)?]);
 
     let arch = target_arch()?;
-    let eperm_filter = SeccompFilter::new(eperm, SeccompAction::Allow, SeccompAction::Errno(EPERM), arch)
-        .map_err(|e| e.to_string())?;
-    let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    enosys.insert(i64::from(libc::SYS_clone3), vec![]);
-    let enosys_filter = SeccompFilter::new(
-        enosys,
+    let eperm_filter = SeccompFilter::new(
+        eperm,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Errno(EPERM),
         arch,
     )
     .map_err(|e| e.to_string())?;
-    // Two programs: seccomp applies every installed filter and keeps the strictest
-    // answer, so clone3 gets ENOSYS and the rest EPERM.
-    let conv = |f: SeccompFilter| -> Result<BpfProgram, String> {
-        f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
-    };
-    Ok(Filters(vec![conv(eperm_filter)?, conv(enosys_filter)?]))
+    let prog: BpfProgram = eperm_filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    Ok(Filters(vec![prog]))
 }
 
 /// The compiled deny-list programs, installed one after another.
@@ -200,6 +197,7 @@ const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_JMP_JGE_K: u16 = 0x35;
 const BPF_RET_K: u16 = 0x06;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 // offsetof(struct seccomp_data, arch) and (…, nr)
 const OFF_ARCH: u32 = 4;
@@ -214,27 +212,34 @@ fn ins(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// The ABI guard: kill on a foreign architecture (32-bit compat calls) and, on
-/// x86_64, on x32 numbers (bit 30 set).
+const SYS_CLONE3: u32 = 435;
+
+/// The guard: kill on a foreign architecture (32-bit compat calls) and, on x86_64,
+/// on x32 numbers (bit 30 set); `clone3` → ENOSYS.
 pub fn abi_guard() -> BpfProgram {
+    let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
     #[cfg(target_arch = "x86_64")]
     {
         vec![
             ins(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
-            ins(BPF_JMP_JEQ_K, 0, 3, AUDIT_ARCH_NATIVE), // foreign arch → kill
+            ins(BPF_JMP_JEQ_K, 0, 5, AUDIT_ARCH_NATIVE), // foreign arch → kill
             ins(BPF_LD_W_ABS, 0, 0, OFF_NR),
-            ins(BPF_JMP_JGE_K, 1, 0, 0x4000_0000), // x32 → kill
+            ins(BPF_JMP_JGE_K, 3, 0, 0x4000_0000), // x32 → kill
+            ins(BPF_JMP_JEQ_K, 1, 0, SYS_CLONE3),  // clone3 → ENOSYS
             ins(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+            ins(BPF_RET_K, 0, 0, enosys),
             ins(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
         ]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = OFF_NR;
         vec![
             ins(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
-            ins(BPF_JMP_JEQ_K, 0, 1, AUDIT_ARCH_NATIVE),
+            ins(BPF_JMP_JEQ_K, 0, 4, AUDIT_ARCH_NATIVE), // foreign arch → kill
+            ins(BPF_LD_W_ABS, 0, 0, OFF_NR),
+            ins(BPF_JMP_JEQ_K, 1, 0, SYS_CLONE3), // clone3 → ENOSYS
             ins(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+            ins(BPF_RET_K, 0, 0, enosys),
             ins(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
         ]
     }
@@ -242,7 +247,8 @@ pub fn abi_guard() -> BpfProgram {
 
 /// Install the filters on the calling thread (sets `no_new_privs`).
 pub fn install(deny: &Filters) -> Result<(), String> {
-    seccompiler::apply_filter(&abi_guard()).map_err(|e| format!("installing the ABI guard: {e}"))?;
+    seccompiler::apply_filter(&abi_guard())
+        .map_err(|e| format!("installing the ABI guard: {e}"))?;
     for p in &deny.0 {
         seccompiler::apply_filter(p).map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
@@ -257,26 +263,36 @@ mod tests {
     fn both_levels_compile_into_two_programs() {
         for level in [SeccompLevel::Default, SeccompLevel::Dev] {
             let progs = deny_list(level).expect("filter compiles").0;
-            assert_eq!(progs.len(), 2);
+            assert_eq!(progs.len(), 1);
             assert!(progs.iter().all(|p| !p.is_empty() && p.len() < 4096));
         }
     }
 
     #[test]
     fn dev_level_allows_ptrace_default_does_not() {
-        assert!(!always_denied().contains(&i64::from(libc::SYS_ptrace)));
-        assert!(debugger_calls().contains(&i64::from(libc::SYS_ptrace)));
+        assert!(!always_denied().contains(&libc::SYS_ptrace));
+        assert!(debugger_calls().contains(&libc::SYS_ptrace));
     }
 
     #[test]
     fn abi_guard_ends_in_returns() {
         let g = abi_guard();
         assert_eq!(g.last().map(|i| i.k), Some(SECCOMP_RET_KILL_PROCESS));
-        // every jump stays inside the program
+        // every jump stays inside the program and lands on a return
         for (n, i) in g.iter().enumerate() {
-            if i.code == BPF_JMP_JEQ_K {
-                assert!(n + 1 + (i.jt.max(i.jf) as usize) < g.len());
+            if i.code != BPF_LD_W_ABS && i.code != BPF_RET_K {
+                for off in [i.jt, i.jf] {
+                    let t = n + 1 + off as usize;
+                    assert!(t < g.len());
+                }
             }
         }
+        let rets: Vec<u32> = g
+            .iter()
+            .filter(|i| i.code == BPF_RET_K)
+            .map(|i| i.k)
+            .collect();
+        assert!(rets.contains(&(SECCOMP_RET_ERRNO | libc::ENOSYS as u32)));
+        assert!(rets.contains(&SECCOMP_RET_ALLOW));
     }
 }

@@ -10,7 +10,9 @@ use crate::cgroup::RunCgroup;
 use crate::child::{InitCtx, init_main};
 use crate::mounts::{Prepared, plan_binds};
 use crate::sys::{clone_fork, thread_count, write_all};
-use crate::{DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp};
+use crate::{
+    DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp,
+};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNS
@@ -26,7 +28,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(JailError::io("creating a pipe", std::io::Error::last_os_error()));
+        return Err(JailError::io(
+            "creating a pipe",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: the kernel returned two new fds that we now own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -38,19 +43,37 @@ fn validate(spec: &Spec) -> Result<(), JailError> {
         return bad("no program to run");
     }
     let total: usize = spec.argv.iter().map(|a| a.len() + 1).sum::<usize>()
-        + spec.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        + spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
     if total > MAX_ARGV_BYTES {
         return bad("the arguments and environment exceed 1 MiB");
     }
-    if spec.argv.iter().any(|a| a.contains('\0')) || spec.env.iter().any(|(k, v)| k.contains(['\0', '=']) || v.contains('\0')) {
-        return bad("an argument or environment variable contains a NUL byte (or a name contains '=')");
+    if spec.argv.iter().any(|a| a.contains('\0'))
+        || spec
+            .env
+            .iter()
+            .any(|(k, v)| k.contains(['\0', '=']) || v.contains('\0'))
+    {
+        return bad(
+            "an argument or environment variable contains a NUL byte (or a name contains '=')",
+        );
     }
     if !spec.cwd.starts_with('/') {
         return bad("the working directory must be an absolute path inside the sandbox");
     }
     let l = &spec.limits;
-    if l.memory_bytes < (4 << 20) || l.pids < 2 || l.cpus <= 0.0 || l.nofile < 16 || l.wall.is_zero() {
-        return bad("limits too small: memory ≥ 4 MiB, pids ≥ 2, cpus > 0, open files ≥ 16, time > 0");
+    if l.memory_bytes < (4 << 20)
+        || l.pids < 2
+        || l.cpus <= 0.0
+        || l.nofile < 16
+        || l.wall.is_zero()
+    {
+        return bad(
+            "limits too small: memory ≥ 4 MiB, pids ≥ 2, cpus > 0, open files ≥ 16, time > 0",
+        );
     }
     Ok(())
 }
@@ -63,7 +86,8 @@ fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
         return Ok((euid, egid));
     }
     if let Workspace::Bind { host } = &spec.workspace {
-        let m = std::fs::metadata(host).map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
+        let m = std::fs::metadata(host)
+            .map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
         if m.uid() != 0 {
             return Ok((m.uid(), m.gid()));
         }
@@ -74,14 +98,22 @@ fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
 /// An idmapped, detached copy of a root-owned workspace, so that what the sandbox
 /// writes there belongs to root on the host while the sandbox runs as an
 /// unprivileged id. Prepared on the host side (it needs host privileges).
-fn idmapped_workspace(host: &std::path::Path, host_uid: u32, host_gid: u32) -> Result<OwnedFd, JailError> {
-    use crate::sys::{MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, mount_setattr_fd, open_tree_clone};
-    let m = std::fs::metadata(host).map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
+fn idmapped_workspace(
+    host: &std::path::Path,
+    host_uid: u32,
+    host_gid: u32,
+) -> Result<OwnedFd, JailError> {
+    use crate::sys::{
+        MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, mount_setattr_fd, open_tree_clone,
+    };
+    let m = std::fs::metadata(host)
+        .map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
     // A throwaway user namespace whose mapping is the mount's: on-disk owner ↔
     // the sandbox's host id.
     let (r, w) = pipe()?;
     // SAFETY: single-threaded (checked by the caller); the child only blocks on read.
-    let pid = unsafe { clone_fork(libc::CLONE_NEWUSER) }.map_err(|e| JailError::io("creating an id-mapping namespace", e))?;
+    let pid = unsafe { clone_fork(libc::CLONE_NEWUSER) }
+        .map_err(|e| JailError::io("creating an id-mapping namespace", e))?;
     if pid == 0 {
         drop(w);
         let mut b = [0u8; 1];
@@ -93,15 +125,24 @@ fn idmapped_workspace(host: &std::path::Path, host_uid: u32, host_gid: u32) -> R
     }
     drop(r);
     let result = (|| {
-        std::fs::write(format!("/proc/{pid}/uid_map"), format!("{} {host_uid} 1\n", m.uid()))
-            .map_err(|e| JailError::io("writing the workspace uid map", e))?;
-        std::fs::write(format!("/proc/{pid}/setgroups"), "deny\n").map_err(|e| JailError::io("setgroups", e))?;
-        std::fs::write(format!("/proc/{pid}/gid_map"), format!("{} {host_gid} 1\n", m.gid()))
-            .map_err(|e| JailError::io("writing the workspace gid map", e))?;
-        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).map_err(|e| JailError::io("opening the mapping namespace", e))?;
+        std::fs::write(
+            format!("/proc/{pid}/uid_map"),
+            format!("{} {host_uid} 1\n", m.uid()),
+        )
+        .map_err(|e| JailError::io("writing the workspace uid map", e))?;
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny\n")
+            .map_err(|e| JailError::io("setgroups", e))?;
+        std::fs::write(
+            format!("/proc/{pid}/gid_map"),
+            format!("{} {host_gid} 1\n", m.gid()),
+        )
+        .map_err(|e| JailError::io("writing the workspace gid map", e))?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map_err(|e| JailError::io("opening the mapping namespace", e))?;
         let path = std::ffi::CString::new(host.as_os_str().as_encoded_bytes())
             .map_err(|_| JailError::InvalidSpec("workspace path contains a NUL byte".into()))?;
-        let fd = open_tree_clone(libc::AT_FDCWD, &path, 0).map_err(|e| JailError::io(format!("cloning the mount of {}", host.display()), e))?;
+        let fd = open_tree_clone(libc::AT_FDCWD, &path, 0)
+            .map_err(|e| JailError::io(format!("cloning the mount of {}", host.display()), e))?;
         mount_setattr_fd(fd.as_raw_fd(), MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, Some(ns.as_raw_fd())).map_err(|e| {
             JailError::Setup(format!(
                 "cannot map ownership of the root-owned workspace {} ({e}); its file system may not support idmapped mounts: use a directory owned by a non-root user",
@@ -168,14 +209,20 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
         // the sandbox; drop them here, in the supervisor that is about to be one.
         // SAFETY: setgroups with an empty list.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-            return Err(JailError::io("dropping supplementary groups", std::io::Error::last_os_error()));
+            return Err(JailError::io(
+                "dropping supplementary groups",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     let (host_uid, host_gid) = host_ids(spec)?;
     let mut prepared = Prepared::default();
     if let Workspace::Bind { host } = &spec.workspace {
         if !host.is_dir() {
-            return Err(JailError::InvalidSpec(format!("workspace {} is not a directory", host.display())));
+            return Err(JailError::InvalidSpec(format!(
+                "workspace {} is not a directory",
+                host.display()
+            )));
         }
         if root && host_uid == DEFAULT_HOST_ID {
             prepared.workspace = Some(idmapped_workspace(host, host_uid, host_gid)?);
@@ -184,7 +231,8 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     if root {
         // The sandbox's id cannot read root-only host directories (a pyenv under
         // /root, say): clone the binds here, with host privileges, read-only.
-        prepared.binds = Some(plan_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?);
+        prepared.binds =
+            Some(plan_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?);
     }
 
     let cgroup = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
@@ -201,9 +249,18 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     } else {
         spec.limits.memory_bytes
     };
-    let result = run_in(spec, sink, &filters, cgroup.as_ref(), prepared, host_uid, host_gid, data_limit);
+    let result = run_in(
+        spec,
+        sink,
+        &filters,
+        cgroup.as_ref(),
+        prepared,
+        host_uid,
+        host_gid,
+        data_limit,
+    );
     if let Some(cg) = cgroup {
-        cg.kill_all();
+        // Kills whatever might be left (nothing, normally) and removes the cgroups.
         cg.destroy();
     }
     result
@@ -226,12 +283,16 @@ fn run_in(
     let (err_r, err_w) = pipe()?;
     let mut stdin_feed: Option<(OwnedFd, Vec<u8>)> = None;
     let stdin_child: OwnedFd = match &spec.stdin {
-        Stdin::Null => std::fs::File::open("/dev/null").map_err(|e| JailError::io("/dev/null", e))?.into(),
+        Stdin::Null => std::fs::File::open("/dev/null")
+            .map_err(|e| JailError::io("/dev/null", e))?
+            .into(),
         Stdin::Inherit => {
             // SAFETY: duplicating our fd 0.
             let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
             if fd < 0 {
-                std::fs::File::open("/dev/null").map_err(|e| JailError::io("/dev/null", e))?.into()
+                std::fs::File::open("/dev/null")
+                    .map_err(|e| JailError::io("/dev/null", e))?
+                    .into()
             } else {
                 // SAFETY: we own the duplicate.
                 unsafe { OwnedFd::from_raw_fd(fd) }
@@ -245,6 +306,10 @@ fn run_in(
             r
         }
     };
+    let join_fds = match cgroup {
+        Some(cg) => cg.self_join_fds().map_err(JailError::Setup)?,
+        None => Vec::new(),
+    };
     let (sigfd, old_mask) = block_signals()?;
     let start = Instant::now();
 
@@ -256,12 +321,20 @@ fn run_in(
             unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
             return Err(JailError::LayerMissing {
                 what: "namespaces (user, mount, pid, net, ipc, uts)",
-                why: format!("clone failed: {e}; check that unprivileged user namespaces are enabled (`aisbx doctor`)"),
+                why: format!(
+                    "clone failed: {e}; check that unprivileged user namespaces are enabled (`aisbx doctor`)"
+                ),
             });
         }
     };
     if pid == 0 {
-        let mut parent_fds = vec![sync_w.as_raw_fd(), status_r.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd(), sigfd.as_raw_fd()];
+        let mut parent_fds = vec![
+            sync_w.as_raw_fd(),
+            status_r.as_raw_fd(),
+            out_r.as_raw_fd(),
+            err_r.as_raw_fd(),
+            sigfd.as_raw_fd(),
+        ];
         if let Some((w, _)) = &stdin_feed {
             parent_fds.push(w.as_raw_fd());
         }
@@ -276,9 +349,19 @@ fn run_in(
             filters,
             prepared,
             data_limit,
+            cgroup_join: join_fds.iter().map(|f| f.as_raw_fd()).collect(),
         });
     }
-    drop((sync_r, status_w, out_w, err_w, stdin_child, prepared));
+    let joins_itself = !join_fds.is_empty();
+    drop((
+        sync_r,
+        status_w,
+        out_w,
+        err_w,
+        stdin_child,
+        prepared,
+        join_fds,
+    ));
 
     let outcome = supervise(
         spec,
@@ -294,6 +377,7 @@ fn run_in(
         start,
         host_uid,
         host_gid,
+        joins_itself,
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -324,16 +408,19 @@ fn supervise(
     start: Instant,
     host_uid: u32,
     host_gid: u32,
+    joins_itself: bool,
 ) -> Result<Outcome, JailError> {
     let setup = (|| -> Result<(), JailError> {
         let w = |file: &str, content: String| {
-            std::fs::write(format!("/proc/{pid}/{file}"), content).map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
+            std::fs::write(format!("/proc/{pid}/{file}"), content)
+                .map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
         };
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
         w("setgroups", "deny\n".into())?;
         w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
-        if let Some(cg) = cgroup {
-            cg.add(pid).map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
+        if let Some(cg) = cgroup.filter(|_| !joins_itself) {
+            cg.add(pid)
+                .map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
         }
         write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("starting the sandbox", e))
     })();
@@ -379,24 +466,50 @@ fn supervise(
         let mut roles: Vec<u8> = Vec::with_capacity(5);
         for (i, s) in streams.iter().enumerate() {
             if let Some(fd) = &s.fd {
-                pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 roles.push(i as u8);
             }
         }
         if let Some(fd) = &status_fd {
-            pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            pfds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             roles.push(2);
         }
         if let Some((fd, _)) = &stdin_feed {
-            pfds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+            pfds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            });
             roles.push(3);
         }
-        pfds.push(libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        pfds.push(libc::pollfd {
+            fd: sigfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         roles.push(4);
         let until_deadline = deadline.saturating_duration_since(now);
-        let wait = if timed_out || cancelled { Duration::from_millis(50) } else { until_deadline.min(Duration::from_millis(100)) };
+        let wait = if timed_out || cancelled {
+            Duration::from_millis(50)
+        } else {
+            until_deadline.min(Duration::from_millis(100))
+        };
         // SAFETY: pfds is a valid array of pollfd.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait.as_millis().max(1) as i32) };
+        let n = unsafe {
+            libc::poll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                wait.as_millis().max(1) as i32,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -414,9 +527,14 @@ fn supervise(
                     let s = &mut streams[role as usize];
                     let Some(fd) = &s.fd else { continue };
                     // SAFETY: reading into our buffer.
-                    let r = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+                    let r = unsafe {
+                        libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len())
+                    };
                     if r <= 0 {
-                        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        if r < 0
+                            && std::io::Error::last_os_error().kind()
+                                == std::io::ErrorKind::Interrupted
+                        {
                             continue;
                         }
                         s.fd = None;
@@ -443,17 +561,19 @@ fn supervise(
                 2 => {
                     let Some(fd) = &status_fd else { continue };
                     // SAFETY: reading into our buffer.
-                    let r = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+                    let r = unsafe {
+                        libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len())
+                    };
                     if r > 0 {
                         status_buf.extend_from_slice(&chunk[..r as usize]);
                         if status_buf.len() > 64 * 1024 {
                             status_buf.truncate(64 * 1024);
                         }
                     } else if r == 0 {
+                        // The init has exited: the kernel kills everything else in
+                        // its pid namespace.
                         status_fd = None;
                         init_gone_at = Some(Instant::now());
-                        // The program is done; make sure nothing it left runs on.
-                        kill_tree(pid, cgroup);
                     }
                 }
                 3 => {
@@ -462,12 +582,19 @@ fn supervise(
                         && p.revents & libc::POLLOUT != 0
                     {
                         // SAFETY: writing from our buffer to a non-blocking pipe.
-                        let w = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len().min(64 * 1024)) };
+                        let w = unsafe {
+                            libc::write(
+                                fd.as_raw_fd(),
+                                data.as_ptr().cast(),
+                                data.len().min(64 * 1024),
+                            )
+                        };
                         if w > 0 {
                             data.drain(..w as usize);
                             done = data.is_empty();
                         } else {
-                            done = std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock;
+                            done = std::io::Error::last_os_error().kind()
+                                != std::io::ErrorKind::WouldBlock;
                         }
                     }
                     if done {
@@ -479,7 +606,11 @@ fn supervise(
                     // SAFETY: reading a signalfd record into a buffer of its size.
                     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
                     unsafe {
-                        libc::read(sigfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>())
+                        libc::read(
+                            sigfd.as_raw_fd(),
+                            (&mut info as *mut libc::signalfd_siginfo).cast(),
+                            std::mem::size_of::<libc::signalfd_siginfo>(),
+                        )
                     };
                     if !cancelled && !timed_out {
                         cancelled = true;
@@ -491,7 +622,8 @@ fn supervise(
     }
     drop(stdin_feed);
     drop(streams.iter_mut().map(|s| s.fd.take()).collect::<Vec<_>>());
-    kill_tree(pid, cgroup);
+    // SAFETY: signalling our own child (a no-op when it has exited).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     let mut wstatus = 0;
     // SAFETY: reaping our child (it is dead or dying).
     unsafe { libc::waitpid(pid, &mut wstatus, 0) };

@@ -74,7 +74,12 @@ pub fn open_tree_clone(dirfd: RawFd, path: &CStr, extra_flags: u32) -> io::Resul
 }
 
 /// Set mount attributes on the tree behind `fd` (recursively).
-pub fn mount_setattr_fd(fd: RawFd, set: u64, clear: u64, userns_fd: Option<RawFd>) -> io::Result<()> {
+pub fn mount_setattr_fd(
+    fd: RawFd,
+    set: u64,
+    clear: u64,
+    userns_fd: Option<RawFd>,
+) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clear,
@@ -136,7 +141,8 @@ pub fn move_mount_to(fd: RawFd, target: &CStr) -> io::Result<()> {
 /// Mark every fd from `first` up as close-on-exec.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: plain system call.
-    check(unsafe { libc::syscall(SYS_CLOSE_RANGE, first, u32::MAX, CLOSE_RANGE_CLOEXEC) }).map(|_| ())
+    check(unsafe { libc::syscall(SYS_CLOSE_RANGE, first, u32::MAX, CLOSE_RANGE_CLOEXEC) })
+        .map(|_| ())
 }
 
 /// The number of threads of this process.

@@ -13,8 +13,8 @@ use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
 use crate::sandbox;
 use crate::{
-    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, RequestMeta, RunRequest, RunResult,
-    ServiceError,
+    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, RequestMeta,
+    RunRequest, RunResult, ServiceError,
 };
 
 /// Largest script or code accepted (the sandbox gets it as a file).
@@ -67,7 +67,9 @@ pub fn default_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(x).join("aisbx");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/share/aisbx")
 }
 
@@ -84,6 +86,9 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// A file of code for the sandbox: (name, content).
+type CodeFile = (String, Vec<u8>);
+
 /// A prepared run: the jail specification plus what the result needs.
 pub(crate) struct Prepared {
     pub spec: Spec,
@@ -94,15 +99,27 @@ pub(crate) struct Prepared {
 impl Service {
     pub fn open(cfg: ServiceConfig) -> Result<Service, ServiceError> {
         let home = cfg.home.unwrap_or_else(default_home);
-        std::fs::create_dir_all(&home)
-            .map_err(|e| ServiceError::Internal(format!("cannot create the state directory {}: {e}; set AISBX_HOME to a writable directory", home.display())))?;
+        std::fs::create_dir_all(&home).map_err(|e| {
+            ServiceError::Internal(format!(
+                "cannot create the state directory {}: {e}; set AISBX_HOME to a writable directory",
+                home.display()
+            ))
+        })?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700));
-        let audit = AuditLog::open(home.join("audit.jsonl"))
-            .map_err(|e| ServiceError::Internal(format!("cannot open the audit log in {}: {e}", home.display())))?;
+        let audit = AuditLog::open(home.join("audit.jsonl")).map_err(|e| {
+            ServiceError::Internal(format!(
+                "cannot open the audit log in {}: {e}",
+                home.display()
+            ))
+        })?;
         let host_path = std::env::var("PATH").unwrap_or_else(|_| SANDBOX_PATH.to_string());
         Ok(Service {
-            inner: Arc::new(Inner { home, audit, host_path }),
+            inner: Arc::new(Inner {
+                home,
+                audit,
+                host_path,
+            }),
         })
     }
 
@@ -124,13 +141,20 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<RunResult, ServiceError> {
         let args = serde_json::to_value(&req).unwrap_or_default();
-        let result = self.prepare(&req).and_then(|p| self.execute(p, sink, cancel));
+        let result = self
+            .prepare(&req)
+            .and_then(|p| self.execute(p, sink, cancel));
         self.record(meta, &args, &result);
         result
     }
 
     /// Create a persistent sandbox, write its files and run its setup commands.
-    pub fn build(&self, meta: &RequestMeta, req: BuildRequest, cancel: &CancelToken) -> Result<BuildResult, ServiceError> {
+    pub fn build(
+        &self,
+        meta: &RequestMeta,
+        req: BuildRequest,
+        cancel: &CancelToken,
+    ) -> Result<BuildResult, ServiceError> {
         let args = serde_json::to_value(&req).unwrap_or_default();
         let result = sandbox::build(self, req, cancel);
         self.record(meta, &args, &result);
@@ -139,19 +163,33 @@ impl Service {
 
     pub fn profile_list(&self, meta: &RequestMeta) -> Result<ProfileList, ServiceError> {
         let list = ProfileList {
-            profiles: profile::builtins().iter().map(|p| profile::info(p, &self.inner.host_path)).collect(),
+            profiles: profile::builtins()
+                .iter()
+                .map(|p| profile::info(p, &self.inner.host_path))
+                .collect(),
         };
         let ok: Result<ProfileList, ServiceError> = Ok(list);
         self.record(meta, &serde_json::json!({}), &ok);
         ok
     }
 
-    fn record<T: serde::Serialize>(&self, meta: &RequestMeta, args: &serde_json::Value, result: &Result<T, ServiceError>) {
+    fn record<T: serde::Serialize>(
+        &self,
+        meta: &RequestMeta,
+        args: &serde_json::Value,
+        result: &Result<T, ServiceError>,
+    ) {
         let (decision, reason, summary) = match result {
-            Ok(v) => ("allow", None, summarize(serde_json::to_value(v).unwrap_or_default())),
-            Err(e @ (ServiceError::InvalidArgument { .. } | ServiceError::Refused(_) | ServiceError::NoSuchSandbox(_))) => {
-                ("deny", Some(e.to_string()), serde_json::Value::Null)
-            }
+            Ok(v) => (
+                "allow",
+                None,
+                summarize(serde_json::to_value(v).unwrap_or_default()),
+            ),
+            Err(
+                e @ (ServiceError::InvalidArgument { .. }
+                | ServiceError::Refused(_)
+                | ServiceError::NoSuchSandbox(_)),
+            ) => ("deny", Some(e.to_string()), serde_json::Value::Null),
             Err(e) => ("error", Some(e.to_string()), serde_json::Value::Null),
         };
         let entry = AuditEntry {
@@ -176,10 +214,17 @@ impl Service {
             None => None,
         };
         if sandbox.is_some() && req.workdir.is_some() {
-            return Err(ServiceError::invalid("workdir", "a run in a persistent sandbox uses the sandbox's workspace; drop --workdir"));
+            return Err(ServiceError::invalid(
+                "workdir",
+                "a run in a persistent sandbox uses the sandbox's workspace; drop --workdir",
+            ));
         }
         // Program → language and code.
-        let (lang, code_file, argv_tail): (Option<&'static Language>, Option<(String, Vec<u8>)>, Vec<String>) = match &req.program {
+        let (lang, code_file, argv_tail): (
+            Option<&'static Language>,
+            Option<CodeFile>,
+            Vec<String>,
+        ) = match &req.program {
             Program::Command(argv) => {
                 check_argv(argv)?;
                 (None, None, argv.clone())
@@ -187,12 +232,29 @@ impl Service {
             Program::Code { language, code } => {
                 let l = runtime::language(language).ok_or_else(|| {
                     let known: Vec<&str> = runtime::LANGUAGES.iter().map(|l| l.name).collect();
-                    ServiceError::invalid("language", format!("unknown language '{language}' (known: {})", known.join(", ")))
+                    ServiceError::invalid(
+                        "language",
+                        format!(
+                            "unknown language '{language}' (known: {})",
+                            known.join(", ")
+                        ),
+                    )
                 })?;
                 if code.len() > MAX_CODE_BYTES {
-                    return Err(ServiceError::invalid("code", format!("{} bytes is more than the {} MiB limit", code.len(), MAX_CODE_BYTES >> 20)));
+                    return Err(ServiceError::invalid(
+                        "code",
+                        format!(
+                            "{} bytes is more than the {} MiB limit",
+                            code.len(),
+                            MAX_CODE_BYTES >> 20
+                        ),
+                    ));
                 }
-                (Some(l), Some((l.file_name.to_string(), code.clone().into_bytes())), Vec::new())
+                (
+                    Some(l),
+                    Some((l.file_name.to_string(), code.clone().into_bytes())),
+                    Vec::new(),
+                )
             }
             Program::File(path) => {
                 let content = read_script(path)?;
@@ -240,21 +302,37 @@ impl Service {
                 path_var = format!("{}:{path_var}", prefix.join("bin").display());
             }
             if let Some((name, content)) = code_file {
-                argv = vec![rt.interpreter.to_string_lossy().into_owned(), format!("{CODE_DIR}/{name}")];
+                argv = vec![
+                    rt.interpreter.to_string_lossy().into_owned(),
+                    format!("{CODE_DIR}/{name}"),
+                ];
                 code_files.push((name, content));
             }
         }
 
         let env = build_env(&profile, &path_var, &req.env)?;
         let workspace = match (&sandbox, &req.workdir) {
-            (Some(sb), _) => Workspace::Bind { host: sb.workspace.clone() },
-            (None, Some(dir)) => Workspace::Bind { host: check_workdir(dir, self.home())? },
-            (None, None) => Workspace::Tmpfs { size_bytes: profile.workspace_bytes },
+            (Some(sb), _) => Workspace::Bind {
+                host: sb.workspace.clone(),
+            },
+            (None, Some(dir)) => Workspace::Bind {
+                host: check_workdir(dir, self.home())?,
+            },
+            (None, None) => Workspace::Tmpfs {
+                size_bytes: profile.workspace_bytes,
+            },
         };
         let workspace_files = check_files(&req.files)?;
         let stdin = match &req.stdin {
             Some(b) if b.len() > MAX_STDIN_BYTES => {
-                return Err(ServiceError::invalid("stdin", format!("{} bytes is more than the {} MiB limit", b.len(), MAX_STDIN_BYTES >> 20)));
+                return Err(ServiceError::invalid(
+                    "stdin",
+                    format!(
+                        "{} bytes is more than the {} MiB limit",
+                        b.len(),
+                        MAX_STDIN_BYTES >> 20
+                    ),
+                ));
             }
             Some(b) => Stdin::Bytes(b.clone()),
             None if req.inherit_stdin => Stdin::Inherit,
@@ -283,7 +361,12 @@ impl Service {
         })
     }
 
-    pub(crate) fn execute(&self, p: Prepared, sink: &mut dyn OutputSink, cancel: &CancelToken) -> Result<RunResult, ServiceError> {
+    pub(crate) fn execute(
+        &self,
+        p: Prepared,
+        sink: &mut dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> Result<RunResult, ServiceError> {
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
         let (result, note) = to_result(outcome, &p);
         // The note on a program that could not be executed goes to the live stream too.
@@ -309,11 +392,17 @@ fn summarize(v: serde_json::Value) -> serde_json::Value {
         serde_json::Value::Object(mut m) => {
             for k in ["stdout", "stderr"] {
                 if let Some(s) = m.remove(k) {
-                    m.insert(format!("{k}_bytes"), serde_json::json!(s.as_str().map(str::len).unwrap_or(0)));
+                    m.insert(
+                        format!("{k}_bytes"),
+                        serde_json::json!(s.as_str().map(str::len).unwrap_or(0)),
+                    );
                 }
             }
             if let Some(serde_json::Value::Array(setup)) = m.remove("setup") {
-                m.insert("setup".into(), serde_json::Value::Array(setup.into_iter().map(summarize).collect()));
+                m.insert(
+                    "setup".into(),
+                    serde_json::Value::Array(setup.into_iter().map(summarize).collect()),
+                );
             }
             if let Some(serde_json::Value::Array(p)) = m.remove("profiles") {
                 m.insert("profiles".into(), serde_json::json!(p.len()));
@@ -329,48 +418,102 @@ fn check_argv(argv: &[String]) -> Result<(), ServiceError> {
         return Err(ServiceError::invalid("command", "no command given"));
     }
     if argv.len() > MAX_ARGS || argv.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_ARGV_BYTES {
-        return Err(ServiceError::invalid("command", format!("the command is longer than {MAX_ARGS} arguments or {} KiB", MAX_ARGV_BYTES >> 10)));
+        return Err(ServiceError::invalid(
+            "command",
+            format!(
+                "the command is longer than {MAX_ARGS} arguments or {} KiB",
+                MAX_ARGV_BYTES >> 10
+            ),
+        ));
     }
     if argv.iter().any(|a| a.contains('\0')) {
-        return Err(ServiceError::invalid("command", "an argument contains a NUL byte"));
+        return Err(ServiceError::invalid(
+            "command",
+            "an argument contains a NUL byte",
+        ));
     }
     Ok(())
 }
 
 fn read_script(path: &Path) -> Result<Vec<u8>, ServiceError> {
-    let meta = std::fs::metadata(path).map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ServiceError::invalid("file", format!("cannot read {}: {e}", path.display()))
+    })?;
     if !meta.is_file() {
-        return Err(ServiceError::invalid("file", format!("{} is not a regular file", path.display())));
+        return Err(ServiceError::invalid(
+            "file",
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     if meta.len() > MAX_CODE_BYTES as u64 {
-        return Err(ServiceError::invalid("file", format!("{} is larger than the {} MiB limit", path.display(), MAX_CODE_BYTES >> 20)));
+        return Err(ServiceError::invalid(
+            "file",
+            format!(
+                "{} is larger than the {} MiB limit",
+                path.display(),
+                MAX_CODE_BYTES >> 20
+            ),
+        ));
     }
-    std::fs::read(path).map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))
 }
 
 fn check_workdir(dir: &Path, home: &Path) -> Result<PathBuf, ServiceError> {
-    let canon = std::fs::canonicalize(dir)
-        .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}; create it first or drop --workdir for a fresh workspace", dir.display())))?;
+    let canon = std::fs::canonicalize(dir).map_err(|e| {
+        ServiceError::invalid(
+            "workdir",
+            format!(
+                "{}: {e}; create it first or drop --workdir for a fresh workspace",
+                dir.display()
+            ),
+        )
+    })?;
     if !canon.is_dir() {
-        return Err(ServiceError::invalid("workdir", format!("{} is not a directory", dir.display())));
+        return Err(ServiceError::invalid(
+            "workdir",
+            format!("{} is not a directory", dir.display()),
+        ));
     }
     if canon == Path::new("/") {
-        return Err(ServiceError::invalid("workdir", "the host root cannot be the workspace"));
+        return Err(ServiceError::invalid(
+            "workdir",
+            "the host root cannot be the workspace",
+        ));
     }
     let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
     if canon.starts_with(&home) || home.starts_with(&canon) {
-        return Err(ServiceError::invalid("workdir", format!("{} holds aisbx state ({}); choose another directory", dir.display(), home.display())));
+        return Err(ServiceError::invalid(
+            "workdir",
+            format!(
+                "{} holds aisbx state ({}); choose another directory",
+                dir.display(),
+                home.display()
+            ),
+        ));
     }
     Ok(canon)
 }
 
 fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
     if files.len() > MAX_FILES {
-        return Err(ServiceError::invalid("files", format!("{} files is more than the limit of {MAX_FILES}", files.len())));
+        return Err(ServiceError::invalid(
+            "files",
+            format!(
+                "{} files is more than the limit of {MAX_FILES}",
+                files.len()
+            ),
+        ));
     }
     let total: usize = files.values().map(String::len).sum();
     if total > MAX_FILES_BYTES {
-        return Err(ServiceError::invalid("files", format!("{total} bytes of files is more than the {} MiB limit", MAX_FILES_BYTES >> 20)));
+        return Err(ServiceError::invalid(
+            "files",
+            format!(
+                "{total} bytes of files is more than the {} MiB limit",
+                MAX_FILES_BYTES >> 20
+            ),
+        ));
     }
     files
         .iter()
@@ -382,16 +525,30 @@ fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)
 }
 
 fn valid_env_name(k: &str) -> bool {
-    !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn build_env(profile: &Profile, path_var: &str, extra: &[(String, String)]) -> Result<Vec<(String, String)>, ServiceError> {
+fn build_env(
+    profile: &Profile,
+    path_var: &str,
+    extra: &[(String, String)],
+) -> Result<Vec<(String, String)>, ServiceError> {
     if extra.len() > MAX_ENV {
-        return Err(ServiceError::invalid("env", format!("more than {MAX_ENV} variables")));
+        return Err(ServiceError::invalid(
+            "env",
+            format!("more than {MAX_ENV} variables"),
+        ));
     }
     let term = std::env::var("TERM")
         .ok()
-        .filter(|t| !t.is_empty() && t.len() < 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)))
+        .filter(|t| {
+            !t.is_empty()
+                && t.len() < 64
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+        })
         .unwrap_or_else(|| "dumb".into());
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), path_var.to_string()),
@@ -411,10 +568,16 @@ fn build_env(profile: &Profile, path_var: &str, extra: &[(String, String)]) -> R
     }
     for (k, v) in extra {
         if !valid_env_name(k) {
-            return Err(ServiceError::invalid("env", format!("'{k}' is not a valid variable name")));
+            return Err(ServiceError::invalid(
+                "env",
+                format!("'{k}' is not a valid variable name"),
+            ));
         }
         if v.contains('\0') || v.len() > 128 << 10 {
-            return Err(ServiceError::invalid("env", format!("the value of {k} contains a NUL byte or is longer than 128 KiB")));
+            return Err(ServiceError::invalid(
+                "env",
+                format!("the value of {k} contains a NUL byte or is longer than 128 KiB"),
+            ));
         }
         set(k, v);
     }
@@ -445,9 +608,18 @@ fn to_result(o: Outcome, p: &Prepared) -> (RunResult, Option<String>) {
     if let Some(errno) = o.exec_errno {
         let prog = p.spec.argv.first().cloned().unwrap_or_default();
         let (n, code) = if errno == libc::ENOENT {
-            (format!("aisbx: {prog}: command not found in the sandbox\n"), 127)
+            (
+                format!("aisbx: {prog}: command not found in the sandbox\n"),
+                127,
+            )
         } else {
-            (format!("aisbx: {prog}: cannot execute: {}\n", std::io::Error::from_raw_os_error(errno)), 126)
+            (
+                format!(
+                    "aisbx: {prog}: cannot execute: {}\n",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+                126,
+            )
         };
         stderr.push_str(&n);
         exit_code = Some(code);
@@ -478,7 +650,15 @@ mod tests {
     #[test]
     fn env_is_clean_and_overridable() {
         let p = profile::find("python").unwrap();
-        let env = build_env(&p, "/usr/bin", &[("FOO".into(), "1".into()), ("HOME".into(), "/workspace".into())]).unwrap();
+        let env = build_env(
+            &p,
+            "/usr/bin",
+            &[
+                ("FOO".into(), "1".into()),
+                ("HOME".into(), "/workspace".into()),
+            ],
+        )
+        .unwrap();
         let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         assert_eq!(get("PATH").as_deref(), Some("/usr/bin"));
         assert_eq!(get("HOME").as_deref(), Some("/workspace"));
@@ -511,15 +691,24 @@ mod tests {
         assert!(check_workdir(Path::new("/"), &home).is_err());
         assert!(check_workdir(&t.path().join("missing"), &home).is_err());
         assert!(check_workdir(&home, &home).is_err());
-        assert!(check_workdir(t.path(), &home).is_err(), "a parent of the state dir");
+        assert!(
+            check_workdir(t.path(), &home).is_err(),
+            "a parent of the state dir"
+        );
         let w = t.path().join("w");
         std::fs::create_dir(&w).unwrap();
-        assert_eq!(check_workdir(&w, &home).unwrap(), std::fs::canonicalize(&w).unwrap());
+        assert_eq!(
+            check_workdir(&w, &home).unwrap(),
+            std::fs::canonicalize(&w).unwrap()
+        );
     }
 
     #[test]
     fn summaries_drop_output() {
         let s = summarize(serde_json::json!({"stdout": "abc", "stderr": "", "exit_code": 0}));
-        assert_eq!(s, serde_json::json!({"stdout_bytes": 3, "stderr_bytes": 0, "exit_code": 0}));
+        assert_eq!(
+            s,
+            serde_json::json!({"stdout_bytes": 3, "stderr_bytes": 0, "exit_code": 0})
+        );
     }
 }
