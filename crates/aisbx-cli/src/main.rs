@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aisbx_service::{
-    CancelToken, LimitOverrides, OutputSink, Program, RequestMeta, RunRequest, Service, ServiceConfig, ServiceError,
+    CancelToken, LimitOverrides, OutputSink, Program, RequestMeta, RunRequest, Service,
+    ServiceConfig, ServiceError,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -200,7 +201,9 @@ fn cmd_run(a: RunArgs) -> u8 {
     } else if !a.command.is_empty() {
         Program::Command(a.command)
     } else {
-        eprintln!("aisbx: nothing to run: give a command after `--`, --lang with --code, or a FILE (see `aisbx run --help`)");
+        eprintln!(
+            "aisbx: nothing to run: give a command after `--`, --lang with --code, or a FILE (see `aisbx run --help`)"
+        );
         return EXIT_AISBX;
     };
     let mut req = RunRequest::new(program);
@@ -219,9 +222,19 @@ fn cmd_run(a: RunArgs) -> u8 {
         Err(c) => return c,
     };
     let result = if a.json {
-        svc.run(&cli_meta("run"), req, &mut aisbx_service::NullSink, &CancelToken::default())
+        svc.run(
+            &cli_meta("run"),
+            req,
+            &mut aisbx_service::NullSink,
+            &CancelToken::default(),
+        )
     } else {
-        svc.run(&cli_meta("run"), req, &mut Passthrough, &CancelToken::default())
+        svc.run(
+            &cli_meta("run"),
+            req,
+            &mut Passthrough,
+            &CancelToken::default(),
+        )
     };
     match result {
         Ok(r) => {
@@ -247,9 +260,19 @@ fn cmd_run(a: RunArgs) -> u8 {
 fn cmd_doctor(json: bool) -> u8 {
     let report = aisbx_jail::probe();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
-        println!("aisbx doctor ({})", if report.running_as_root { "running as root" } else { "running as an unprivileged user" });
+        println!(
+            "aisbx doctor ({})",
+            if report.running_as_root {
+                "running as root"
+            } else {
+                "running as an unprivileged user"
+            }
+        );
         for l in &report.layers {
             let state = match l.state {
                 aisbx_jail::LayerState::Active => "active ",
@@ -261,7 +284,11 @@ fn cmd_doctor(json: bool) -> u8 {
         println!(
             "  cgroup version: {}{}",
             report.cgroup_version,
-            if report.cgroup_controllers.is_empty() { String::new() } else { format!(" ({})", report.cgroup_controllers.join(", ")) }
+            if report.cgroup_controllers.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", report.cgroup_controllers.join(", "))
+            }
         );
         println!("  landlock ABI:   {}", report.landlock_abi);
         if report.ok() {
@@ -281,9 +308,15 @@ fn cmd_profile_list(json: bool) -> u8 {
     match svc.profile_list(&cli_meta("profile_list")) {
         Ok(list) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
-                println!("{:<10} {:<10} {:<11} DESCRIPTION", "NAME", "LANGUAGE", "AVAILABLE");
+                println!(
+                    "{:<10} {:<10} {:<11} DESCRIPTION",
+                    "NAME", "LANGUAGE", "AVAILABLE"
+                );
                 for p in list.profiles {
                     println!(
                         "{:<10} {:<10} {:<11} {}",

@@ -3,9 +3,14 @@
 /// Parse a size in bytes with an optional K, M, G or T suffix (powers of 1024).
 pub fn parse(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let err = || format!("invalid size '{s}': use a number with an optional K, M, G or T suffix, e.g. 256M");
+    let err = || {
+        format!("invalid size '{s}': use a number with an optional K, M, G or T suffix, e.g. 256M")
+    };
     let lower = t.to_ascii_lowercase();
-    let body = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b')).unwrap_or(&lower);
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
     let (num, mult) = match body.chars().last() {
         Some('k') => (&body[..body.len() - 1], 1u64 << 10),
         Some('m') => (&body[..body.len() - 1], 1 << 20),

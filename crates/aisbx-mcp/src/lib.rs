@@ -6,12 +6,11 @@
 
 pub mod http;
 pub mod server;
-mod standin;
 pub mod tools;
 
-/// The service this front end calls.
+/// The service this front end calls (the same one as the CLI).
 pub(crate) mod backend {
-    pub use crate::standin::{Service, ServiceConfig, maybe_run_helper};
+    pub use aisbx_service::{Service, ServiceConfig, maybe_run_helper};
 }
 
 use std::path::PathBuf;
@@ -140,7 +139,9 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
                 };
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                http::serve(shared, opts, shutdown).await.map_err(McpError::from)
+                http::serve(shared, opts, shutdown)
+                    .await
+                    .map_err(McpError::from)
             }
         }
     });
@@ -164,16 +165,15 @@ async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%e, "cannot watch SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                shutdown.cancel();
-                return;
-            }
-        };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

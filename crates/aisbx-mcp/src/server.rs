@@ -6,7 +6,6 @@
 // revisions our clients speak and of aisbx's contract (`logging/setLevel`).
 #![allow(deprecated)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aisbx_service::audit::{AuditEntry, digest_args};
@@ -67,8 +66,6 @@ pub struct AisbxServer {
     /// The session's minimum log level (`logging/setLevel`).
     level: Arc<Mutex<LoggingLevel>>,
 }
-
-static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
 fn level_rank(l: LoggingLevel) -> u8 {
     match l {
@@ -272,11 +269,7 @@ impl AisbxServer {
         {
             let log = self.shared.service.audit_log();
             let entry = AuditEntry {
-                request_id: format!(
-                    "mcp-{}-{}",
-                    std::process::id(),
-                    REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-                ),
+                request_id: aisbx_service::new_id("req"),
                 front_end: meta.front_end.clone(),
                 client: meta.client.clone(),
                 tool: meta.tool.clone(),

@@ -289,10 +289,7 @@ pub fn check_file_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn opt_files(
-    args: &Map<String, Value>,
-    field: &str,
-) -> Result<BTreeMap<String, String>, ArgError> {
+fn opt_files(args: &Map<String, Value>, field: &str) -> Result<BTreeMap<String, String>, ArgError> {
     let Some(v) = get(args, field) else {
         return Ok(BTreeMap::new());
     };
@@ -376,10 +373,7 @@ pub fn parse_run(arguments: Option<&Map<String, Value>>) -> Result<RunRequest, A
             if code.len() > MAX_CODE_BYTES {
                 return Err(bad(
                     "code",
-                    format!(
-                        "too large ({} bytes; at most {MAX_CODE_BYTES})",
-                        code.len()
-                    ),
+                    format!("too large ({} bytes; at most {MAX_CODE_BYTES})", code.len()),
                 ));
             }
             if code.contains('\0') {
@@ -637,7 +631,13 @@ mod tests {
         }
         let out = run.output_schema.as_ref().expect("out");
         let props = out.get("properties").expect("properties");
-        for f in ["exit_code", "stdout", "stdout_truncated", "max_rss_kib", "sandbox_id"] {
+        for f in [
+            "exit_code",
+            "stdout",
+            "stdout_truncated",
+            "max_rss_kib",
+            "sandbox_id",
+        ] {
             assert!(props.get(f).is_some(), "{f}");
         }
     }
@@ -656,7 +656,10 @@ mod tests {
             "timeout_secs": 5, "files": {"a/b.txt": "c"}, "profile": "default",
             "sandbox_id": "sb-1", "code": null}))))
         .expect("ok");
-        assert_eq!(r.program, Program::Command(vec!["echo".into(), "hi".into()]));
+        assert_eq!(
+            r.program,
+            Program::Command(vec!["echo".into(), "hi".into()])
+        );
         assert_eq!(r.stdin, Some(b"x".to_vec()));
         assert_eq!(r.limits.timeout_secs, Some(5.0));
         assert_eq!(r.files.get("a/b.txt").map(String::as_str), Some("c"));
@@ -700,7 +703,16 @@ mod tests {
 
     #[test]
     fn bad_file_paths_are_refused() {
-        for p in ["/etc/passwd", "../x", "a/../../x", "a/..", "", "dir/", ".", "./"] {
+        for p in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "",
+            "dir/",
+            ".",
+            "./",
+        ] {
             let e = run_err(json!({"code": "x", "files": {p: "c"}}));
             assert_eq!(e.field, "files", "{p}");
         }

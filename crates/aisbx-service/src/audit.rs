@@ -500,12 +500,14 @@ pub fn verify(path: &Path) -> Result<VerifyReport, io::Error> {
                     ),
                 )
             } else {
+                let missing = if rec.seq - 1 == expected {
+                    format!("seq {expected} is")
+                } else {
+                    format!("seq {expected}..={} are", rec.seq - 1)
+                };
                 bad(
                     ProblemKind::Removed,
-                    format!(
-                        "lines are missing before line {n}: seq {expected}..{} not found",
-                        rec.seq - 1
-                    ),
+                    format!("lines are missing before line {n}: {missing} not in the log"),
                 )
             };
             return Ok(report);

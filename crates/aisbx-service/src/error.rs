@@ -15,7 +15,9 @@ pub enum ServiceError {
     #[error("{0}")]
     NotFound(String),
     /// No such persistent sandbox.
-    #[error("no sandbox named '{0}': list them with `aisbx ls` or create one with the MCP `build` tool")]
+    #[error(
+        "no sandbox named '{0}': list them with `aisbx ls` or create one with the MCP `build` tool"
+    )]
     NoSuchSandbox(String),
     /// aisbx itself failed (I/O, kernel refused a layer, ...).
     #[error("{0}")]

@@ -41,7 +41,9 @@ impl Sink for Adapter<'_> {
 
 fn map_err(e: JailError) -> ServiceError {
     match e {
-        JailError::LayerMissing { .. } | JailError::InvalidSpec(_) => ServiceError::Refused(e.to_string()),
+        JailError::LayerMissing { .. } | JailError::InvalidSpec(_) => {
+            ServiceError::Refused(e.to_string())
+        }
         other => ServiceError::Internal(other.to_string()),
     }
 }
@@ -54,8 +56,16 @@ fn error_kind(e: &ServiceError) -> &'static str {
 }
 
 /// Run the jail here when this process is single-threaded, else in a helper.
-pub(crate) fn run_jail(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -> Result<Outcome, ServiceError> {
-    if std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(2) == 1 {
+pub(crate) fn run_jail(
+    spec: &Spec,
+    sink: &mut dyn OutputSink,
+    cancel: &CancelToken,
+) -> Result<Outcome, ServiceError> {
+    if std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(2)
+        == 1
+    {
         return aisbx_jail::run(spec, &mut Adapter { sink, cancel }).map_err(map_err);
     }
     run_in_helper(spec, sink, cancel)
@@ -94,7 +104,9 @@ impl Sink for FrameSink {
 
 fn helper_main() -> i32 {
     let mut input = Vec::new();
-    let mut sink = FrameSink { out: std::io::stdout() };
+    let mut sink = FrameSink {
+        out: std::io::stdout(),
+    };
     let spec: Result<Spec, String> = std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| e.to_string())
@@ -106,7 +118,9 @@ fn helper_main() -> i32 {
             }
             aisbx_jail::run(&spec, &mut sink).map_err(map_err)
         }
-        Err(e) => Err(ServiceError::Internal(format!("the jail helper got a bad specification: {e}"))),
+        Err(e) => Err(ServiceError::Internal(format!(
+            "the jail helper got a bad specification: {e}"
+        ))),
     };
     match result {
         Ok(o) => {
@@ -121,11 +135,22 @@ fn helper_main() -> i32 {
     }
 }
 
-fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -> Result<Outcome, ServiceError> {
+fn run_in_helper(
+    spec: &Spec,
+    sink: &mut dyn OutputSink,
+    cancel: &CancelToken,
+) -> Result<Outcome, ServiceError> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| ServiceError::Internal(format!("cannot find the aisbx binary to run the jail helper: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        ServiceError::Internal(format!(
+            "cannot find the aisbx binary to run the jail helper: {e}"
+        ))
+    })?;
     let mut cmd = Command::new(exe);
-    cmd.arg(HELPER_ARG).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.arg(HELPER_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     // SAFETY: prctl is async-signal-safe. The helper ends its run cleanly (killing
     // the sandbox, removing its cgroups) when this thread goes away.
     unsafe {
@@ -134,7 +159,9 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| ServiceError::Internal(format!("cannot start the jail helper: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ServiceError::Internal(format!("cannot start the jail helper: {e}")))?;
     let spec_json = serde_json::to_vec(spec).map_err(|e| ServiceError::Internal(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
         // The helper reads the whole specification before it does anything else.
@@ -143,7 +170,9 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
     let Some(mut out) = child.stdout.take() else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(ServiceError::Internal("the jail helper has no output pipe".into()));
+        return Err(ServiceError::Internal(
+            "the jail helper has no output pipe".into(),
+        ));
     };
     let fd = out.as_raw_fd();
     let mut buf: Vec<u8> = Vec::new();
@@ -156,7 +185,11 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             signalled = true;
         }
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, 100) };
         if n == 0 {
@@ -172,9 +205,12 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
         // Decode every complete frame.
         let mut off = 0;
         while buf.len() - off >= 5 {
-            let len = u32::from_le_bytes([buf[off + 1], buf[off + 2], buf[off + 3], buf[off + 4]]) as usize;
+            let len = u32::from_le_bytes([buf[off + 1], buf[off + 2], buf[off + 3], buf[off + 4]])
+                as usize;
             if len > MAX_FRAME {
-                result = Some(Err(ServiceError::Internal("the jail helper sent a malformed frame".into())));
+                result = Some(Err(ServiceError::Internal(
+                    "the jail helper sent a malformed frame".into(),
+                )));
                 break;
             }
             if buf.len() - off < 5 + len {
@@ -185,14 +221,27 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
                 TAG_STDOUT => sink.stdout(data),
                 TAG_STDERR => sink.stderr(data),
                 TAG_OUTCOME => {
-                    result = Some(serde_json::from_slice(data).map_err(|e| ServiceError::Internal(format!("bad outcome from the jail helper: {e}"))))
+                    result = Some(serde_json::from_slice(data).map_err(|e| {
+                        ServiceError::Internal(format!("bad outcome from the jail helper: {e}"))
+                    }))
                 }
                 TAG_ERROR => {
                     let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
-                    let msg = v["message"].as_str().unwrap_or("the jail helper failed").to_string();
-                    result = Some(Err(if v["kind"] == "refused" { ServiceError::Refused(msg) } else { ServiceError::Internal(msg) }));
+                    let msg = v["message"]
+                        .as_str()
+                        .unwrap_or("the jail helper failed")
+                        .to_string();
+                    result = Some(Err(if v["kind"] == "refused" {
+                        ServiceError::Refused(msg)
+                    } else {
+                        ServiceError::Internal(msg)
+                    }));
                 }
-                _ => result = Some(Err(ServiceError::Internal("the jail helper sent an unknown frame".into()))),
+                _ => {
+                    result = Some(Err(ServiceError::Internal(
+                        "the jail helper sent an unknown frame".into(),
+                    )))
+                }
             }
             off += 5 + len;
         }
@@ -202,7 +251,9 @@ fn run_in_helper(spec: &Spec, sink: &mut dyn OutputSink, cancel: &CancelToken) -
     result.unwrap_or_else(|| {
         Err(ServiceError::Internal(format!(
             "the jail helper ended without a result ({})",
-            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string())
         )))
     })
 }

@@ -64,14 +64,19 @@ pub const LANGUAGES: &[Language] = &[
 /// Find a language by name or alias (case-insensitive).
 pub fn language(name: &str) -> Option<&'static Language> {
     let n = name.to_ascii_lowercase();
-    LANGUAGES.iter().find(|l| l.name == n || l.aliases.contains(&n.as_str()))
+    LANGUAGES
+        .iter()
+        .find(|l| l.name == n || l.aliases.contains(&n.as_str()))
 }
 
 /// The language of a file, from its extension, else from its shebang line.
 pub fn language_of_file(path: &Path, content: &[u8]) -> Option<&'static Language> {
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         let ext = ext.to_ascii_lowercase();
-        if let Some(l) = LANGUAGES.iter().find(|l| l.extensions.contains(&ext.as_str())) {
+        if let Some(l) = LANGUAGES
+            .iter()
+            .find(|l| l.extensions.contains(&ext.as_str()))
+        {
             return Some(l);
         }
     }
@@ -148,17 +153,26 @@ fn runtime_for(real: PathBuf) -> Runtime {
         // <prefix>/bin/<interpreter>
         real.parent().and_then(Path::parent).map(Path::to_path_buf)
     };
-    Runtime { interpreter: real, prefix }
+    Runtime {
+        interpreter: real,
+        prefix,
+    }
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn is_pyenv_shim(p: &Path) -> bool {
-    p.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "shims")
-        && p.parent().and_then(Path::parent).is_some_and(|r| r.join("versions").is_dir())
+    p.parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "shims")
+        && p.parent()
+            .and_then(Path::parent)
+            .is_some_and(|r| r.join("versions").is_dir())
 }
 
 /// The pyenv version in force: `PYENV_VERSION`, a `.python-version` file from the
@@ -181,7 +195,10 @@ fn resolve_pyenv_shim(shim: &Path, bin: &str) -> Option<PathBuf> {
         }
     }
     let spec = spec.or_else(|| std::fs::read_to_string(root.join("version")).ok())?;
-    for v in spec.split(|c: char| c.is_whitespace() || c == ':').filter(|v| !v.is_empty()) {
+    for v in spec
+        .split(|c: char| c.is_whitespace() || c == ':')
+        .filter(|v| !v.is_empty())
+    {
         if v == "system" {
             return None;
         }
@@ -217,7 +234,11 @@ mod tests {
             ("#!/usr/bin/env ruby\n", None),
         ];
         for (src, want) in cases {
-            assert_eq!(language_of_shebang(src.as_bytes()).map(|l| l.name), *want, "{src:?}");
+            assert_eq!(
+                language_of_shebang(src.as_bytes()).map(|l| l.name),
+                *want,
+                "{src:?}"
+            );
         }
     }
 
@@ -246,8 +267,14 @@ mod tests {
         unsafe { std::env::remove_var("PYENV_VERSION") };
         let py = language("python").unwrap();
         let rt = resolve(py, &format!("{}", root.join("shims").display())).unwrap();
-        assert_eq!(rt.interpreter, std::fs::canonicalize(real.join("python3")).unwrap());
-        assert_eq!(rt.prefix, Some(std::fs::canonicalize(root.join("versions/3.99.1")).unwrap()));
+        assert_eq!(
+            rt.interpreter,
+            std::fs::canonicalize(real.join("python3")).unwrap()
+        );
+        assert_eq!(
+            rt.prefix,
+            Some(std::fs::canonicalize(root.join("versions/3.99.1")).unwrap())
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@ fn root_holds_only_the_runtime() {
     assert_eq!(code, 0, "{v}");
     let entries: Vec<&str> = stdout(&v).lines().collect();
     for forbidden in ["home", "root", "var", "srv", "mnt", "opt", "boot", "media"] {
-        assert!(!entries.contains(&forbidden), "/{forbidden} visible: {entries:?}");
+        assert!(
+            !entries.contains(&forbidden),
+            "/{forbidden} visible: {entries:?}"
+        );
     }
     for needed in ["usr", "proc", "dev", "tmp", "workspace", "etc"] {
         assert!(entries.contains(&needed), "/{needed} missing: {entries:?}");
@@ -88,8 +91,14 @@ fn network_is_loopback_only() {
 #[test]
 fn cannot_see_or_signal_host_processes() {
     let me = std::process::id();
-    let (v, _) = sh(&format!("ls /proc | grep -c '^[0-9]'; kill -0 {me} 2>&1 && echo SIGNALLED; kill -9 1 2>&1; echo end"));
-    let n: usize = stdout(&v).lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(999);
+    let (v, _) = sh(&format!(
+        "ls /proc | grep -c '^[0-9]'; kill -0 {me} 2>&1 && echo SIGNALLED; kill -9 1 2>&1; echo end"
+    ));
+    let n: usize = stdout(&v)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(999);
     assert!(n <= 6, "sandbox sees {n} pids: {v}");
     assert!(!stdout(&v).contains("SIGNALLED"), "{v}");
     assert!(stdout(&v).contains("end"), "{v}");
@@ -97,10 +106,14 @@ fn cannot_see_or_signal_host_processes() {
 
 #[test]
 fn keeps_no_capability_and_no_new_privs() {
-    let (v, _) = sh("grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; id -u");
+    let (v, _) =
+        sh("grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; id -u");
     let out = stdout(&v);
     for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        let line = out.lines().find(|l| l.starts_with(cap)).unwrap_or_else(|| panic!("{cap} missing: {v}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(cap))
+            .unwrap_or_else(|| panic!("{cap} missing: {v}"));
         assert!(line.ends_with("0000000000000000"), "{line}");
     }
     assert!(out.contains("NoNewPrivs:\t1"), "{v}");
@@ -137,7 +150,9 @@ const DENIED: &[(&str, i64, &str)] = &[
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn dangerous_system_calls_fail_with_eperm() {
-    let mut code = String::from("import ctypes\nlibc=ctypes.CDLL(None,use_errno=True)\nlibc.syscall.restype=ctypes.c_long\n");
+    let mut code = String::from(
+        "import ctypes\nlibc=ctypes.CDLL(None,use_errno=True)\nlibc.syscall.restype=ctypes.c_long\n",
+    );
     for (name, nr, args) in DENIED {
         code.push_str(&format!(
             "r=libc.syscall({nr},{args}); print('{name}', r, ctypes.get_errno())\n"
@@ -146,14 +161,24 @@ fn dangerous_system_calls_fail_with_eperm() {
     let (v, _) = py(&code);
     let out = stdout(&v);
     for (name, _, _) in DENIED {
-        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} not tried: {v}"));
-        assert!(line.ends_with(" -1 1"), "{name} was not refused with EPERM: {line}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not tried: {v}"));
+        assert!(
+            line.ends_with(" -1 1"),
+            "{name} was not refused with EPERM: {line}"
+        );
     }
     // clone3 answers ENOSYS so that libc falls back to clone, which is filtered.
-    let (v, _) = py("import ctypes\nlibc=ctypes.CDLL(None,use_errno=True)\nprint(libc.syscall(435,0,0), ctypes.get_errno())");
+    let (v, _) = py(
+        "import ctypes\nlibc=ctypes.CDLL(None,use_errno=True)\nprint(libc.syscall(435,0,0), ctypes.get_errno())",
+    );
     assert_eq!(stdout(&v).trim(), "-1 38", "{v}");
     // Threads and plain forks still work.
-    let (v, code) = py("import threading,os\nt=threading.Thread(target=print,args=('thread',)); t.start(); t.join()\npid=os.fork()\nif pid==0: os._exit(7)\nprint(os.waitstatus_to_exitcode(os.waitpid(pid,0)[1]))");
+    let (v, code) = py(
+        "import threading,os\nt=threading.Thread(target=print,args=('thread',)); t.start(); t.join()\npid=os.fork()\nif pid==0: os._exit(7)\nprint(os.waitstatus_to_exitcode(os.waitpid(pid,0)[1]))",
+    );
     assert_eq!(code, 0, "{v}");
     assert_eq!(stdout(&v), "thread\n7\n", "{v}");
 }
@@ -162,7 +187,8 @@ fn dangerous_system_calls_fail_with_eperm() {
 #[test]
 fn x32_and_32bit_abis_kill_the_process() {
     // getpid through the x32 ABI (bit 30 set).
-    let (v, code) = py("import ctypes\nlibc=ctypes.CDLL(None)\nlibc.syscall(0x40000000|39)\nprint('SURVIVED')");
+    let (v, code) =
+        py("import ctypes\nlibc=ctypes.CDLL(None)\nlibc.syscall(0x40000000|39)\nprint('SURVIVED')");
     assert!(!stdout(&v).contains("SURVIVED"), "{v}");
     assert_eq!(v["signal"], 31, "expected SIGSYS: {v}");
     assert_eq!(code, 128 + 31);
@@ -188,9 +214,15 @@ fn caller_environment_does_not_leak() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let env = stdout(&v);
     assert!(!env.contains("leaky-value-123"), "{env}");
-    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
     for n in &names {
-        assert!(["PATH", "HOME", "LANG", "TERM", "MINE", "PWD"].contains(n), "unexpected variable {n}: {env}");
+        assert!(
+            ["PATH", "HOME", "LANG", "TERM", "MINE", "PWD"].contains(n),
+            "unexpected variable {n}: {env}"
+        );
     }
     assert!(env.contains("MINE=1"), "{env}");
 }
@@ -200,7 +232,9 @@ fn hostname_and_ipc_are_private() {
     let (v, _) = sh("hostname; cat /proc/sys/kernel/hostname; ls /dev/shm | wc -l; ls /dev");
     let out = stdout(&v);
     assert!(out.starts_with("aisbx\naisbx\n0\n"), "{v}");
-    for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] {
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
         assert!(out.lines().any(|l| l == dev), "/dev/{dev} missing: {out}");
     }
     for dev in ["sda", "vda", "kvm", "mem", "kmsg"] {
@@ -210,14 +244,18 @@ fn hostname_and_ipc_are_private() {
 
 #[test]
 fn proc_kernel_knobs_are_read_only() {
-    let (v, _) = sh("echo 1 > /proc/sys/kernel/sysrq 2>/dev/null && echo WROTE; echo c > /proc/sysrq-trigger 2>/dev/null && echo TRIGGERED; echo end");
+    let (v, _) = sh(
+        "echo 1 > /proc/sys/kernel/sysrq 2>/dev/null && echo WROTE; echo c > /proc/sysrq-trigger 2>/dev/null && echo TRIGGERED; echo end",
+    );
     assert_eq!(stdout(&v), "end\n", "{v}");
 }
 
 #[test]
 fn cannot_escape_via_setuid_binaries() {
     // su/mount are setuid root on the host; with no_new_privs and nosuid they give nothing.
-    let (v, _) = sh("ls -l /usr/bin/su /bin/mount 2>/dev/null | head -1; su -c id root </dev/null 2>&1; mount -t tmpfs x /tmp 2>&1; id -u");
+    let (v, _) = sh(
+        "ls -l /usr/bin/su /bin/mount 2>/dev/null | head -1; su -c id root </dev/null 2>&1; mount -t tmpfs x /tmp 2>&1; id -u",
+    );
     assert!(stdout(&v).trim_end().ends_with("1000"), "{v}");
     assert!(!stdout(&v).contains("uid=0"), "{v}");
 }

@@ -10,7 +10,10 @@ pub fn bin() -> PathBuf {
 
 /// A state directory private to one test.
 pub fn home() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("aisbx-test-home").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("aisbx-test-home")
+        .tempdir()
+        .expect("tempdir")
 }
 
 pub fn cmd(home: &std::path::Path) -> Command {
@@ -74,7 +77,12 @@ pub fn with_stdin(args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
     child.wait_with_output().expect("wait")
 }
 
@@ -82,7 +90,11 @@ pub fn with_stdin(args: &[&str], input: &[u8]) -> Output {
 pub fn marker() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Host processes whose command line contains `needle`.

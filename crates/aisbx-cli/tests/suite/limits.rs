@@ -22,7 +22,14 @@ fn memory_limit_kills_and_reports_oom() {
 
 #[test]
 fn memory_below_the_limit_is_fine() {
-    let (v, code) = run_json(&["--memory", "256M", "--", "/usr/bin/python3", "-c", "b=bytearray(64<<20)\nprint(len(b))"]);
+    let (v, code) = run_json(&[
+        "--memory",
+        "256M",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "b=bytearray(64<<20)\nprint(len(b))",
+    ]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["oom_killed"], false);
     assert!(v["max_rss_kib"].as_u64().unwrap_or(0) > 60 * 1024, "{v}");
@@ -40,16 +47,30 @@ fn process_limit_stops_forks() {
         "import os,time\nok=fail=0\nfor i in range(300):\n try:\n  pid=os.fork()\n except OSError:\n  fail+=1; continue\n if pid==0:\n  time.sleep(2); os._exit(0)\n ok+=1\nprint(ok, fail)",
     ]);
     assert_eq!(code, 0, "{v}");
-    let nums: Vec<u64> = stdout(&v).split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let nums: Vec<u64> = stdout(&v)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
     assert_eq!(nums.len(), 2, "{v}");
-    assert!(nums[0] < 40, "{} forks succeeded past a limit of 40", nums[0]);
+    assert!(
+        nums[0] < 40,
+        "{} forks succeeded past a limit of 40",
+        nums[0]
+    );
     assert!(nums[1] > 250, "{v}");
 }
 
 #[test]
 fn timeout_kills_the_whole_tree() {
     let m = marker();
-    let (v, code) = run_json(&["--timeout", "1", "--", "/bin/sh", "-c", &format!("sleep 7{m} & sleep 8{m}; wait")]);
+    let (v, code) = run_json(&[
+        "--timeout",
+        "1",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("sleep 7{m} & sleep 8{m}; wait"),
+    ]);
     assert_eq!(v["timed_out"], true, "{v}");
     assert_eq!(code, 124);
     assert!(v["duration_ms"].as_u64().unwrap_or(0) >= 1000, "{v}");
@@ -61,8 +82,16 @@ fn timeout_kills_the_whole_tree() {
 fn output_beyond_the_cap_is_dropped_and_the_run_ends() {
     // An endless writer: the stream is cut at 1 MiB and the writer gets EPIPE.
     let (v, _) = run_json(&["--timeout", "20", "--", "/usr/bin/yes"]);
-    assert_eq!(v["stdout_truncated"], true, "{}", &v.to_string()[..200.min(v.to_string().len())]);
-    assert_eq!(v["timed_out"], false, "the run did not end after truncation");
+    assert_eq!(
+        v["stdout_truncated"],
+        true,
+        "{}",
+        &v.to_string()[..200.min(v.to_string().len())]
+    );
+    assert_eq!(
+        v["timed_out"], false,
+        "the run did not end after truncation"
+    );
     assert_eq!(stdout(&v).len(), 1 << 20);
     assert_eq!(v["stderr_truncated"], false);
     // Below the cap nothing is flagged.
@@ -73,10 +102,15 @@ fn output_beyond_the_cap_is_dropped_and_the_run_ends() {
 
 #[test]
 fn tmp_is_capped() {
-    let (v, _) = sh("dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1; ls -l /tmp/fill | awk '{print $5}'");
+    let (v, _) =
+        sh("dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1; ls -l /tmp/fill | awk '{print $5}'");
     let out = stdout(&v);
     assert!(out.contains("No space left on device"), "{v}");
-    let size: u64 = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+    let size: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX);
     assert!(size <= 256 << 20, "{size}");
 }
 
@@ -93,7 +127,11 @@ fn ephemeral_workspace_is_capped_at_one_gib() {
     ]);
     let out = stdout(&v);
     assert!(out.contains("No space left on device"), "{v}");
-    let size: u64 = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+    let size: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX);
     assert!(size <= 1 << 30, "{size}");
 }
 
@@ -105,7 +143,14 @@ fn open_files_and_core_dumps_are_limited() {
 
 #[test]
 fn cpu_limit_is_reported_in_cpu_ms() {
-    let (v, code) = run_json(&["--cpus", "0.5", "--", "/usr/bin/python3", "-c", "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"]);
+    let (v, code) = run_json(&[
+        "--cpus",
+        "0.5",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "import time\nt=time.time()\nwhile time.time()-t<0.6: pass",
+    ]);
     assert_eq!(code, 0, "{v}");
     let cpu = v["cpu_ms"].as_u64().unwrap_or(0);
     // Half a core for 0.6 s of wall time: clearly below the wall time.

@@ -8,7 +8,13 @@ use super::common::*;
 
 #[test]
 fn command_form_streams_and_returns_the_exit_status() {
-    let out = aisbx(&["run", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let out = aisbx(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
@@ -19,8 +25,19 @@ fn json_result_has_every_field() {
     let (v, code) = run_json(&["--", "/bin/sh", "-c", "echo hi; exit 3"]);
     assert_eq!(code, 3);
     for f in [
-        "exit_code", "signal", "timed_out", "oom_killed", "stdout", "stderr", "stdout_truncated",
-        "stderr_truncated", "duration_ms", "cpu_ms", "max_rss_kib", "profile", "sandbox_id",
+        "exit_code",
+        "signal",
+        "timed_out",
+        "oom_killed",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+        "stderr_truncated",
+        "duration_ms",
+        "cpu_ms",
+        "max_rss_kib",
+        "profile",
+        "sandbox_id",
     ] {
         assert!(v.get(f).is_some(), "{f} missing: {v}");
     }
@@ -34,7 +51,11 @@ fn json_result_has_every_field() {
 #[test]
 fn code_form_runs_each_language() {
     let cases = [
-        ("python", "import sys; print('py', sys.version_info[0])", "py 3\n"),
+        (
+            "python",
+            "import sys; print('py', sys.version_info[0])",
+            "py 3\n",
+        ),
         ("node", "console.log('js', 1+1)", "js 2\n"),
         ("bash", "echo bash ${BASH_VERSINFO[0]:+ok}", "bash ok\n"),
         ("sh", "echo sh", "sh\n"),
@@ -67,19 +88,40 @@ fn file_form_by_extension_and_by_shebang() {
 #[test]
 fn pyenv_interpreter_runs_from_its_own_prefix() {
     // The host's python3 may be a pyenv shim: the real interpreter's prefix is bound.
-    let (v, code) = run_json(&["--lang", "python", "--code", "import sys, ssl, json; print(sys.prefix)"]);
+    let (v, code) = run_json(&[
+        "--lang",
+        "python",
+        "--code",
+        "import sys, ssl, json; print(sys.prefix)",
+    ]);
     assert_eq!(code, 0, "{v}");
     assert!(stdout(&v).starts_with('/'), "{v}");
 }
 
 #[test]
 fn exit_statuses_follow_the_spec() {
-    assert_eq!(aisbx(&["run", "--", "/bin/sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
-    assert_eq!(aisbx(&["run", "--timeout", "0.5", "--", "sleep", "5"]).status.code(), Some(124));
+    assert_eq!(
+        aisbx(&["run", "--", "/bin/sh", "-c", "kill -TERM $$"])
+            .status
+            .code(),
+        Some(128 + 15)
+    );
+    assert_eq!(
+        aisbx(&["run", "--timeout", "0.5", "--", "sleep", "5"])
+            .status
+            .code(),
+        Some(124)
+    );
     let nf = aisbx(&["run", "--", "no-such-program-xyz"]);
     assert_eq!(nf.status.code(), Some(127));
-    assert!(String::from_utf8_lossy(&nf.stderr).contains("not found"), "{nf:?}");
-    assert_eq!(aisbx(&["run", "--", "/etc/hostname"]).status.code(), Some(126));
+    assert!(
+        String::from_utf8_lossy(&nf.stderr).contains("not found"),
+        "{nf:?}"
+    );
+    assert_eq!(
+        aisbx(&["run", "--", "/etc/hostname"]).status.code(),
+        Some(126)
+    );
 }
 
 #[test]
@@ -90,11 +132,29 @@ fn bad_input_gets_one_sentence_and_125() {
     many.extend(std::iter::repeat_n("x", 5000));
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--frobnicate", "--", "true"], "--frobnicate"),
-        (vec!["run", "--memory", "12XB", "--", "true"], "invalid size '12XB'"),
+        (
+            vec!["run", "--memory", "12XB", "--", "true"],
+            "invalid size '12XB'",
+        ),
         (vec!["run", "--timeout=-3", "--", "true"], "timeout"),
-        (vec!["run", missing.to_str().unwrap_or_default()], "cannot read"),
-        (vec!["run", "--workdir", missing.to_str().unwrap_or_default(), "--", "true"], "workdir"),
-        (vec!["run", "--lang", "cobol", "--code", "x"], "unknown language"),
+        (
+            vec!["run", missing.to_str().unwrap_or_default()],
+            "cannot read",
+        ),
+        (
+            vec![
+                "run",
+                "--workdir",
+                missing.to_str().unwrap_or_default(),
+                "--",
+                "true",
+            ],
+            "workdir",
+        ),
+        (
+            vec!["run", "--lang", "cobol", "--code", "x"],
+            "unknown language",
+        ),
         (many, "longer than"),
         (vec!["run"], "nothing to run"),
         (vec!["run", "--pids", "1", "--", "true"], "pids"),
@@ -103,8 +163,17 @@ fn bad_input_gets_one_sentence_and_125() {
     for (args, needle) in cases {
         let out = aisbx(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{:?}: {err}", &args[..args.len().min(3)]);
-        assert!(err.contains(needle), "{:?}: {err}", &args[..args.len().min(3)]);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{:?}: {err}",
+            &args[..args.len().min(3)]
+        );
+        assert!(
+            err.contains(needle),
+            "{:?}: {err}",
+            &args[..args.len().min(3)]
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -130,7 +199,15 @@ fn output_streams_live() {
     // it has read that line: this finishes only if output is streamed live.
     let h = home();
     let mut child = cmd(h.path())
-        .args(["run", "--timeout", "20", "--", "/bin/sh", "-c", "echo first; read x; echo got $x"])
+        .args([
+            "run",
+            "--timeout",
+            "20",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo first; read x; echo got $x",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -140,7 +217,10 @@ fn output_streams_live() {
     let mut stdin = child.stdin.take().expect("stdin");
     writeln!(stdin, "ping").expect("write");
     drop(stdin);
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("got ping"));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("got ping")
+    );
     assert!(child.wait().expect("wait").success());
 }
 
@@ -150,7 +230,14 @@ fn workdir_is_bound_and_files_belong_to_its_owner() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("input.txt"), "hello").expect("write");
     let w = dir.path().to_str().unwrap_or_default();
-    let (v, code) = run_json(&["--workdir", w, "--", "/bin/sh", "-c", "cat input.txt; echo made > out.txt; mkdir sub; touch sub/f"]);
+    let (v, code) = run_json(&[
+        "--workdir",
+        w,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat input.txt; echo made > out.txt; mkdir sub; touch sub/f",
+    ]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(stdout(&v), "hello");
     let owner = std::fs::metadata(dir.path()).expect("meta").uid();
@@ -162,9 +249,21 @@ fn workdir_is_bound_and_files_belong_to_its_owner() {
     if is_root() {
         let other = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::chown(other.path(), Some(4242), Some(4242)).expect("chown");
-        let (v, code) = run_json(&["--workdir", other.path().to_str().unwrap_or_default(), "--", "/bin/sh", "-c", "touch made"]);
+        let (v, code) = run_json(&[
+            "--workdir",
+            other.path().to_str().unwrap_or_default(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch made",
+        ]);
         assert_eq!(code, 0, "{v}");
-        assert_eq!(std::fs::metadata(other.path().join("made")).expect("made").uid(), 4242);
+        assert_eq!(
+            std::fs::metadata(other.path().join("made"))
+                .expect("made")
+                .uid(),
+            4242
+        );
     }
 }
 
@@ -180,10 +279,24 @@ fn fresh_workspace_is_gone_after_the_run() {
 fn doctor_reports_every_layer() {
     let out = aisbx(&["doctor", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let names: Vec<&str> = v["layers"].as_array().expect("layers").iter().filter_map(|l| l["name"].as_str()).collect();
+    let names: Vec<&str> = v["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
     for n in [
-        "user namespace", "mount namespace", "pid namespace", "net namespace", "ipc namespace", "uts namespace",
-        "cgroup namespace", "no_new_privs", "seccomp", "landlock", "cgroups",
+        "user namespace",
+        "mount namespace",
+        "pid namespace",
+        "net namespace",
+        "ipc namespace",
+        "uts namespace",
+        "cgroup namespace",
+        "no_new_privs",
+        "seccomp",
+        "landlock",
+        "cgroups",
     ] {
         assert!(names.contains(&n), "{n} missing from doctor: {names:?}");
     }

@@ -29,12 +29,23 @@ fn setup() -> Option<Env> {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).expect("mkdir");
     std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).expect("chown");
-    Some(Env { _dir: dir, bin, home })
+    Some(Env {
+        _dir: dir,
+        bin,
+        home,
+    })
 }
 
 fn as_nobody(env: &Env, args: &[&str]) -> Output {
     Command::new("setpriv")
-        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--",
+        ])
         .arg(&env.bin)
         .args(args)
         .env("AISBX_HOME", &env.home)
@@ -47,7 +58,11 @@ fn as_nobody(env: &Env, args: &[&str]) -> Output {
 
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -68,7 +83,10 @@ fn unprivileged_runs_are_isolated() {
             "--",
             "/bin/sh",
             "-c",
-            &format!("id -u; cat {} 2>&1; ls /; grep CapEff /proc/self/status; hostname", secret.display()),
+            &format!(
+                "id -u; cat {} 2>&1; ls /; grep CapEff /proc/self/status; hostname",
+                secret.display()
+            ),
         ],
     );
     let v = json(&out);
@@ -85,18 +103,42 @@ fn unprivileged_limits_fall_back_to_rlimits() {
     let Some(env) = setup() else { return };
     let out = as_nobody(
         &env,
-        &["run", "--json", "--memory", "64M", "--", "/usr/bin/python3", "-c", "b=bytearray(200<<20)\nprint('SURVIVED')"],
+        &[
+            "run",
+            "--json",
+            "--memory",
+            "64M",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "b=bytearray(200<<20)\nprint('SURVIVED')",
+        ],
     );
     let v = json(&out);
     assert!(!stdout(&v).contains("SURVIVED"), "{v}");
     assert!(stderr(&v).contains("MemoryError"), "{v}");
-    let out = as_nobody(&env, &["run", "--json", "--timeout", "0.5", "--", "sleep", "5"]);
+    let out = as_nobody(
+        &env,
+        &["run", "--json", "--timeout", "0.5", "--", "sleep", "5"],
+    );
     assert_eq!(out.status.code(), Some(124));
     let out = as_nobody(&env, &["doctor", "--json"]);
     let d = json(&out);
-    let cg = d["layers"].as_array().expect("layers").iter().find(|l| l["name"] == "cgroups").cloned().expect("cgroups layer");
+    let cg = d["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .find(|l| l["name"] == "cgroups")
+        .cloned()
+        .expect("cgroups layer");
     assert_eq!(cg["state"], "missing", "{d}");
-    assert!(cg["detail"].as_str().unwrap_or_default().contains("rlimits"), "{d}");
+    assert!(
+        cg["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rlimits"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -105,7 +147,28 @@ fn unprivileged_workdir_files_belong_to_the_user() {
     let Some(env) = setup() else { return };
     let w = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
-    let out = as_nobody(&env, &["run", "--workdir", w.path().to_str().unwrap_or_default(), "--", "/bin/sh", "-c", "echo x > f"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::metadata(Path::new(w.path()).join("f")).expect("f").uid(), NOBODY);
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--workdir",
+            w.path().to_str().unwrap_or_default(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo x > f",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(Path::new(w.path()).join("f"))
+            .expect("f")
+            .uid(),
+        NOBODY
+    );
 }

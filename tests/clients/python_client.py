@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Drive aisbx-mcp with the official Python MCP SDK (`pip install mcp`).
+
+    python3 tests/clients/python_client.py --bin target/debug/aisbx-mcp --transport stdio
+    python3 tests/clients/python_client.py --bin target/debug/aisbx-mcp --transport http
+
+Checks, per transport: the tool list (names, schemas), `run`, progress notifications,
+`logging/setLevel`, `build` then `run` in the sandbox, and bad arguments (-32602 naming
+the field). For HTTP the script starts `aisbx-mcp --http 127.0.0.1:0 --token-file F`
+itself and connects with the bearer token. Prints `N passed, N failed`; exits 1 on any
+failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from mcp import ClientSession, MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    RESULTS.append((name, ok, detail))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}{(': ' + detail) if detail and not ok else ''}", flush=True)
+
+
+@asynccontextmanager
+async def stdio_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]:
+    env = dict(os.environ)
+    env["AISBX_HOME"] = home
+    env.pop("AISBX_MCP_TOKEN", None)
+    params = StdioServerParameters(command=bin_path, args=[], env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write, logging_callback=on_log) as session:
+            await session.initialize()
+            yield session
+
+
+@asynccontextmanager
+async def http_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]:
+    import httpx2  # the HTTP client the SDK uses
+    from mcp.client.streamable_http import streamable_http_client
+
+    token = "py-client-" + os.urandom(8).hex()
+    token_file = os.path.join(home, "token")
+    with open(token_file, "w") as f:
+        f.write(token)
+    env = dict(os.environ)
+    env["AISBX_HOME"] = home
+    proc = subprocess.Popen(
+        [bin_path, "--http", "127.0.0.1:0", "--token-file", token_file],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url_box: list[str] = []
+    ready = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write("[server] " + line)
+            m = re.search(r"(http://\S+/mcp)", line)
+            if m and not url_box:
+                url_box.append(m.group(1))
+                ready.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("aisbx-mcp --http did not print its address")
+        url = url_box[0]
+        # Without the token: 401.
+        r = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                        headers={"Accept": "application/json, text/event-stream"})
+        check("http: no token -> 401", r.status_code == 401, f"got {r.status_code}")
+        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                    timeout=httpx2.Timeout(120.0))
+        async with client:
+            async with streamable_http_client(url, http_client=client) as (read, write, *_):
+                async with ClientSession(read, write, logging_callback=on_log) as session:
+                    await session.initialize()
+                    yield session
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+LOGS: list[Any] = []
+
+
+async def on_log(params: Any) -> None:
+    LOGS.append(params)
+
+
+def structured(result: Any) -> dict[str, Any]:
+    sc = getattr(result, "structured_content", None)
+    if sc is None:
+        sc = getattr(result, "structuredContent", None)
+    return sc or {}
+
+
+async def expect_invalid(session: ClientSession, tool: str, args: dict[str, Any], field: str, label: str) -> None:
+    try:
+        result = await session.call_tool(tool, args)
+    except MCPError as e:
+        code = e.error.code
+        msg = e.error.message
+        data = e.error.data or {}
+        ok = code == -32602 and field in msg and (not isinstance(data, dict) or data.get("field", field) == field)
+        check(label, ok, f"code {code} message {msg!r} data {data!r}")
+        return
+    check(label, False, f"no error; result {result!r}")
+
+
+async def exercise(session: ClientSession, transport: str) -> None:
+    t = transport
+    tools = await session.list_tools()
+    names = [tool.name for tool in tools.tools]
+    check(f"{t}: tools/list names", names == ["run", "build", "profile_list"], repr(names))
+    for tool in tools.tools:
+        out = getattr(tool, "output_schema", None) or getattr(tool, "outputSchema", None)
+        inp = getattr(tool, "input_schema", None) or getattr(tool, "inputSchema", None)
+        check(f"{t}: {tool.name} has description and schemas",
+              bool(tool.description) and bool(out) and bool(inp), repr(tool))
+
+    r = await session.call_tool("run", {"command": ["echo", "hello from python"]})
+    sc = structured(r)
+    check(f"{t}: run echo", not r.is_error and sc.get("stdout") == "hello from python\n"
+          and sc.get("exit_code") == 0, repr(r))
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    check(f"{t}: run has a text summary", "hello from python" in text and text.startswith("exit 0"), text)
+
+    r = await session.call_tool("run", {"command": ["sh", "-c", "exit 7"]})
+    check(f"{t}: non-zero exit is a normal result", not r.is_error and structured(r).get("exit_code") == 7, repr(r))
+
+    await session.set_logging_level("debug")
+    check(f"{t}: logging/setLevel", True)
+
+    progress: list[tuple[float, str | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append((p, message))
+
+    r = await session.call_tool(
+        "run", {"command": ["sh", "-c", "echo one; sleep 0.3; echo two"]},
+        progress_callback=on_progress)
+    increasing = all(b[0] > a[0] for a, b in zip(progress, progress[1:]))
+    joined = "".join(m or "" for _, m in progress)
+    check(f"{t}: progress notifications stream output",
+          len(progress) >= 2 and increasing and joined == "one\ntwo\n", repr(progress))
+    check(f"{t}: log messages received", len(LOGS) >= 1, repr(LOGS[:3]))
+
+    name = f"py-{t}-{os.getpid()}"
+    b = await session.call_tool("build", {"name": name, "files": {"data.txt": "42\n"},
+                                          "setup": ["echo built > made.txt"]})
+    bsc = structured(b)
+    sid = bsc.get("sandbox_id")
+    check(f"{t}: build", not b.is_error and bool(sid) and len(bsc.get("setup", [])) == 1, repr(b))
+    if sid:
+        r = await session.call_tool("run", {"sandbox_id": sid, "command": ["sh", "-c", "cat data.txt made.txt"]})
+        check(f"{t}: run in the built sandbox", structured(r).get("stdout") == "42\nbuilt\n", repr(r))
+
+    p = await session.call_tool("profile_list", {})
+    check(f"{t}: profile_list", not p.is_error and len(structured(p).get("profiles", [])) >= 1, repr(p))
+
+    await expect_invalid(session, "run", {"code": "print(1)", "command": ["ls"]}, "code", f"{t}: both code and command")
+    await expect_invalid(session, "run", {}, "code", f"{t}: neither code nor command")
+    await expect_invalid(session, "run", {"command": "ls"}, "command", f"{t}: command not a list")
+    await expect_invalid(session, "run", {"command": ["ls"], "files": {"/etc/x": "y"}}, "files", f"{t}: absolute file path")
+    await expect_invalid(session, "run", {"command": ["ls"], "files": {"../x": "y"}}, "files", f"{t}: '..' in a file path")
+    await expect_invalid(session, "run", {"command": ["ls"], "timeout_secs": "long"}, "timeout_secs", f"{t}: timeout_secs type")
+
+    r = await session.call_tool("run", {"command": ["echo", "still alive"]})
+    check(f"{t}: still serving after bad arguments", structured(r).get("stdout") == "still alive\n", repr(r))
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="path to aisbx-mcp")
+    ap.add_argument("--transport", choices=["stdio", "http", "both"], default="both")
+    args = ap.parse_args()
+    transports = ["stdio", "http"] if args.transport == "both" else [args.transport]
+    for t in transports:
+        with tempfile.TemporaryDirectory(prefix="aisbx-py-") as home:
+            try:
+                cm = stdio_session(args.bin, home) if t == "stdio" else http_session(args.bin, home)
+                async with cm as session:
+                    await asyncio.wait_for(exercise(session, t), timeout=300)
+            except Exception as e:  # report, do not hide
+                traceback.print_exc()
+                check(f"{t}: session", False, f"{type(e).__name__}: {e}")
+    passed = sum(1 for _, ok, _ in RESULTS if ok)
+    failed = len(RESULTS) - passed
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
