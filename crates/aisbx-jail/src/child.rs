@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::mounts::{self, Prepared};
 use crate::seccomp::Filters;
@@ -28,9 +28,38 @@ pub struct InitCtx<'a> {
     pub parent_fds: Vec<RawFd>,
     pub filters: &'a Filters,
     pub prepared: Prepared,
-    pub data_limit: u64,
-    /// v1 `tasks` files to write `0` to: the init joins its cgroups itself.
-    pub cgroup_join: Vec<RawFd>,
+}
+
+/// The second message from the supervisor, once the run's cgroups exist: the
+/// program's RLIMIT_DATA, and (v1) the `tasks` files the init writes `0` to, which
+/// moves it into its cgroups.
+struct CgroupReady {
+    data_limit: u64,
+    join: Vec<OwnedFd>,
+}
+
+/// Receive the supervisor's second message (cgroups ready). EOF: it gave up.
+fn recv_cgroup_ready(sock: RawFd) -> Result<CgroupReady, String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = [0u8; 8];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| format!("waiting for the run's cgroups: {e}"))?;
+    if msg.bytes != 8 {
+        exit_now(1);
+    }
+    let mut join = Vec::new();
+    for c in msg.cmsgs().map_err(|e| e.to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed these fds for us.
+            join.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(CgroupReady {
+        data_limit: u64::from_le_bytes(buf),
+        join,
+    })
 }
 
 fn report(fd: RawFd, msg: &str) {
@@ -52,29 +81,12 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
     // Die with the supervisor; the kernel then kills the whole pid namespace.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    // Wait until the supervisor has written our id maps and cgroups. EOF means it
-    // died before that.
+    // Wait until the supervisor has written our id maps. EOF means it died first.
     let mut b = [0u8; 1];
     // SAFETY: reading into a local buffer.
     let n = unsafe { libc::read(ctx.sync_r, b.as_mut_ptr().cast(), 1) };
     if n != 1 {
         exit_now(1);
-    }
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(ctx.sync_r) };
-    for fd in &ctx.cgroup_join {
-        if write_all(*fd, b"0").is_err() {
-            report(
-                ctx.status_w,
-                &format!(
-                    "E joining the run's cgroup: {}\n",
-                    std::io::Error::last_os_error()
-                ),
-            );
-            exit_now(1);
-        }
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(*fd) };
     }
     let status_w = ctx.status_w;
     match init_setup_and_wait(&ctx) {
@@ -103,14 +115,23 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
         }
     }
     raise_all_caps()?;
-    // A cgroup namespace rooted at the run's own cgroup (we were moved into it).
+    nix::unistd::sethostname(&ctx.spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    loopback_up()?;
+    mounts::build_root(ctx.spec, &ctx.prepared)?;
+
+    // Meanwhile the supervisor made the run's cgroups: join them before the program
+    // exists, then give the sandbox a cgroup namespace rooted there.
+    let ready = recv_cgroup_ready(ctx.sync_r)?;
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(ctx.sync_r) };
+    for fd in &ready.join {
+        write_all(fd.as_raw_fd(), b"0").map_err(|e| format!("joining the run's cgroup: {e}"))?;
+    }
+    drop(ready.join);
     // SAFETY: plain unshare.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(errno_str("creating the cgroup namespace"));
     }
-    nix::unistd::sethostname(&ctx.spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
-    loopback_up()?;
-    mounts::build_root(ctx.spec, &ctx.prepared)?;
 
     // The program's stdio.
     // SAFETY: dup2 onto the standard fds.
@@ -127,7 +148,7 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
         return Err(errno_str("fork"));
     }
     if pid == 0 {
-        let err = program_main(ctx);
+        let err = program_main(ctx, ready.data_limit);
         // Only reached when something failed before execve.
         match err {
             ProgramError::Exec(errno) => {
@@ -300,14 +321,14 @@ fn set_rlimit(res: libc::__rlimit_resource_t, v: u64) -> Result<(), String> {
 }
 
 /// The program's process: privileges off, then execve. Returns only on failure.
-fn program_main(ctx: &InitCtx<'_>) -> ProgramError {
-    match program_setup(ctx) {
+fn program_main(ctx: &InitCtx<'_>, data_limit: u64) -> ProgramError {
+    match program_setup(ctx, data_limit) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
+fn program_setup(ctx: &InitCtx<'_>, data_limit: u64) -> Result<Infallible, ProgramError> {
     let setup = ProgramError::Setup;
     let spec = ctx.spec;
     // SAFETY: plain process-attribute calls.
@@ -327,7 +348,7 @@ fn program_setup(ctx: &InitCtx<'_>) -> Result<Infallible, ProgramError> {
     set_rlimit(libc::RLIMIT_NOFILE, l.nofile).map_err(setup)?;
     set_rlimit(libc::RLIMIT_CORE, 0).map_err(setup)?;
     set_rlimit(libc::RLIMIT_NPROC, l.pids).map_err(setup)?;
-    set_rlimit(libc::RLIMIT_DATA, ctx.data_limit).map_err(setup)?;
+    set_rlimit(libc::RLIMIT_DATA, data_limit).map_err(setup)?;
     // CPU seconds as a backstop to the wall clock.
     set_rlimit(
         libc::RLIMIT_CPU,

@@ -84,6 +84,18 @@ pub enum Workspace {
     /// A host directory, bound read-write. Files the sandbox creates there belong to
     /// the directory's owner on the host.
     Bind { host: PathBuf },
+    /// Copy-on-write: an overlay mounted at `/workspace` with the host directory
+    /// `lower` as its read-only lower layer and `upper`/`work` as its writable layer.
+    /// Whatever the sandbox writes, renames or deletes lands in `upper`; `lower` is
+    /// never written (it may be shared by many sandboxes). `upper` and `work` must be
+    /// siblings (overlayfs needs them on one mount) and, like a `Bind` workspace,
+    /// belong to the uid the sandbox maps to (never to root); their names may not
+    /// contain `,`, `:` or a backslash (they go into the mount options).
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
 }
 
 /// Resource limits of one run.

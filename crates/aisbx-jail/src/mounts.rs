@@ -205,6 +205,102 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> R<()> {
 pub struct Prepared {
     pub binds: Option<Vec<BindPlan>>,
     pub workspace: Option<OwnedFd>,
+    pub overlay: Option<OverlayLayers>,
+}
+
+/// The layers of a copy-on-write workspace as detached mounts: `lower` read-only,
+/// `rw` the directory holding the upper and work directories (overlayfs wants both
+/// on one mount). Cloned on the host side as root (the sandbox's id cannot walk
+/// the root-only state directory), else inside the init from the old root.
+pub struct OverlayLayers {
+    pub lower: OwnedFd,
+    pub rw: OwnedFd,
+}
+
+/// Where the layers are attached, in the new root, while the overlay is mounted.
+const OVL_STAGE: &str = "/.aisbx-ovl";
+
+/// The basename of an overlay upper or work directory, checked for use in the
+/// mount options.
+pub fn overlay_dir_name(p: &Path) -> R<String> {
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.contains([',', ':', '\\']) && *n != "..")
+        .ok_or_else(|| format!("overlay directory {} has an unusable name", p.display()))?;
+    Ok(name.to_string())
+}
+
+/// Clone the overlay layers, looked up beneath `root`.
+pub fn plan_overlay(lower: &Path, upper: &Path, root: &Path) -> R<OverlayLayers> {
+    let beneath = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let rw_dir = upper
+        .parent()
+        .ok_or_else(|| format!("overlay upper {} has no parent", upper.display()))?;
+    let lower_fd = open_tree_clone(libc::AT_FDCWD, &cs(&beneath(lower))?, 0)
+        .map_err(ctx(|| format!("cloning the mount of {}", lower.display())))?;
+    // The lower layer is read-only at the mount level too: overlayfs never writes it,
+    // and nothing else can through this mount.
+    mount_setattr_fd(
+        lower_fd.as_raw_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        0,
+        None,
+    )
+    .map_err(ctx(|| format!("making {} read-only", lower.display())))?;
+    let rw_fd = open_tree_clone(libc::AT_FDCWD, &cs(&beneath(rw_dir))?, 0)
+        .map_err(ctx(|| format!("cloning the mount of {}", rw_dir.display())))?;
+    mount_setattr_fd(
+        rw_fd.as_raw_fd(),
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        0,
+        None,
+    )
+    .map_err(ctx(|| format!("securing {}", rw_dir.display())))?;
+    Ok(OverlayLayers {
+        lower: lower_fd,
+        rw: rw_fd,
+    })
+}
+
+/// Mount the copy-on-write workspace at /workspace, in the new root (after the
+/// pivot, before the host root is detached). The layers are attached under a
+/// staging directory, overlayfs takes its own private references to them, and the
+/// staging mounts are detached again: the program never sees the layers.
+///
+/// Options: `userxattr` (the mounter is the sandbox's user namespace, so overlay
+/// metadata lives in `user.overlay.*`); `redirect_dir=nofollow`, `metacopy=off`,
+/// `index=off` so that the upper directory holds only plain files, directories,
+/// symlinks, whiteouts and opaque markers, which aisbx can read back on the host.
+fn mount_overlay(layers: &OverlayLayers, upper: &str, work: &str) -> R<()> {
+    let stage = Path::new(OVL_STAGE);
+    let lower_at = stage.join("lower");
+    let rw_at = stage.join("rw");
+    mkdir_p(&lower_at)?;
+    mkdir_p(&rw_at)?;
+    move_mount_to(layers.lower.as_raw_fd(), &cs(&lower_at)?)
+        .map_err(ctx(|| "attaching the snapshot layer".to_string()))?;
+    move_mount_to(layers.rw.as_raw_fd(), &cs(&rw_at)?)
+        .map_err(ctx(|| "attaching the writable layer".to_string()))?;
+    let opts = format!(
+        "userxattr,redirect_dir=nofollow,metacopy=off,index=off,lowerdir={},upperdir={}/{upper},workdir={}/{work}",
+        lower_at.display(),
+        rw_at.display(),
+        rw_at.display()
+    );
+    mnt(
+        Some("overlay"),
+        "/workspace",
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&opts),
+    )?;
+    for p in [&lower_at, &rw_at] {
+        umount2(p, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("detaching the staging mount {}: {e}", p.display()))?;
+        fs::remove_dir(p).map_err(ctx(|| format!("removing {}", p.display())))?;
+    }
+    fs::remove_dir(stage).map_err(ctx(|| format!("removing {}", stage.display())))
 }
 
 /// Build the whole root and pivot into it. Runs in the sandbox init, in its own
@@ -286,6 +382,13 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
         (_, Some(fd)) => {
             move_mount_to(fd.as_raw_fd(), c"/workspace")
                 .map_err(ctx(|| "mounting the workspace".to_string()))?;
+        }
+        (Workspace::Overlay { lower, upper, work }, None) => {
+            let (u, w) = (overlay_dir_name(upper)?, overlay_dir_name(work)?);
+            match &prepared.overlay {
+                Some(layers) => mount_overlay(layers, &u, &w)?,
+                None => mount_overlay(&plan_overlay(lower, upper, Path::new(OLD))?, &u, &w)?,
+            }
         }
         (Workspace::Tmpfs { size_bytes }, None) => mnt(
             Some("tmpfs"),

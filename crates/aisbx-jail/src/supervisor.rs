@@ -37,6 +37,25 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+fn socketpair() -> Result<(OwnedFd, OwnedFd), JailError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    nix::sys::socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| JailError::io("creating the control socket", e.into()))
+}
+
+/// Tell the init its cgroups are ready: RLIMIT_DATA for the program, and the v1
+/// `tasks` files to join through.
+fn send_cgroup_ready(sock: &OwnedFd, data_limit: u64, join: &[OwnedFd]) -> Result<(), JailError> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let raw: Vec<std::os::fd::RawFd> = join.iter().map(|f| f.as_raw_fd()).collect();
+    let bytes = data_limit.to_le_bytes();
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)
+        .map(|_| ())
+        .map_err(|e| JailError::io("handing the cgroups to the sandbox", e.into()))
+}
+
 fn validate(spec: &Spec) -> Result<(), JailError> {
     let bad = |m: &str| Err(JailError::InvalidSpec(m.to_string()));
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
@@ -85,7 +104,7 @@ fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
     if euid != 0 {
         return Ok((euid, egid));
     }
-    if let Workspace::Bind { host } = &spec.workspace {
+    if let Workspace::Bind { host } | Workspace::Overlay { upper: host, .. } = &spec.workspace {
         let m = std::fs::metadata(host)
             .map_err(|e| JailError::io(format!("workspace {}", host.display()), e))?;
         if m.uid() != 0 {
@@ -155,6 +174,40 @@ fn idmapped_workspace(
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     result
+}
+
+/// Host-side checks of a copy-on-write workspace: three directories, upper and
+/// work side by side with usable names, the writable ones not root's (the sandbox
+/// runs as their owner, and must never run as, or write as, root).
+fn check_overlay(
+    lower: &std::path::Path,
+    upper: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<(), JailError> {
+    for (what, p) in [("lower", lower), ("upper", upper), ("work", work)] {
+        let m = std::fs::symlink_metadata(p)
+            .map_err(|e| JailError::io(format!("overlay {what} {}", p.display()), e))?;
+        if !m.is_dir() || !p.is_absolute() {
+            return Err(JailError::InvalidSpec(format!(
+                "overlay {what} {} is not an absolute path to a directory",
+                p.display()
+            )));
+        }
+        if what != "lower" && m.uid() == 0 {
+            return Err(JailError::InvalidSpec(format!(
+                "overlay {what} {} belongs to root; it must belong to the sandbox's user",
+                p.display()
+            )));
+        }
+    }
+    if upper.parent() != work.parent() {
+        return Err(JailError::InvalidSpec(
+            "overlay upper and work directories must be side by side".into(),
+        ));
+    }
+    crate::mounts::overlay_dir_name(upper).map_err(JailError::InvalidSpec)?;
+    crate::mounts::overlay_dir_name(work).map_err(JailError::InvalidSpec)?;
+    Ok(())
 }
 
 struct Stream {
@@ -228,6 +281,15 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
             prepared.workspace = Some(idmapped_workspace(host, host_uid, host_gid)?);
         }
     }
+    if let Workspace::Overlay { lower, upper, work } = &spec.workspace {
+        check_overlay(lower, upper, work)?;
+        if root {
+            prepared.overlay = Some(
+                crate::mounts::plan_overlay(lower, upper, std::path::Path::new("/"))
+                    .map_err(JailError::Setup)?,
+            );
+        }
+    }
     if root {
         // The sandbox's id cannot read root-only host directories (a pyenv under
         // /root, say): clone the binds here, with host privileges, read-only.
@@ -235,30 +297,9 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
             Some(plan_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?);
     }
 
-    let cgroup = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
-    if cgroup.is_none() && spec.require_cgroups {
-        return Err(JailError::LayerMissing {
-            what: "cgroups",
-            why: "no memory/pids cgroup this user may create (cgroup v1 cannot be delegated; on v2 run aisbx in a delegated cgroup)".into(),
-        });
-    }
-    // With a cgroup the memory limit is enforced there and RLIMIT_DATA is only a
-    // backstop; without one it is the limit.
-    let data_limit = if cgroup.is_some() {
-        spec.limits.memory_bytes.saturating_mul(2)
-    } else {
-        spec.limits.memory_bytes
-    };
-    let result = run_in(
-        spec,
-        sink,
-        &filters,
-        cgroup.as_ref(),
-        prepared,
-        host_uid,
-        host_gid,
-        data_limit,
-    );
+    // The cgroups are made after the clone, while the sandbox builds its root.
+    let mut cgroup: Option<RunCgroup> = None;
+    let result = run_in(spec, sink, &filters, &mut cgroup, prepared, host_uid, host_gid);
     if let Some(cg) = cgroup {
         // Kills whatever might be left (nothing, normally) and removes the cgroups.
         cg.destroy();
@@ -271,13 +312,12 @@ fn run_in(
     spec: &Spec,
     sink: &mut dyn Sink,
     filters: &seccomp::Filters,
-    cgroup: Option<&RunCgroup>,
+    cgroup: &mut Option<RunCgroup>,
     prepared: Prepared,
     host_uid: u32,
     host_gid: u32,
-    data_limit: u64,
 ) -> Result<Outcome, JailError> {
-    let (sync_r, sync_w) = pipe()?;
+    let (sync_r, sync_w) = socketpair()?;
     let (status_r, status_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -305,10 +345,6 @@ fn run_in(
             stdin_feed = Some((w, b.clone()));
             r
         }
-    };
-    let join_fds = match cgroup {
-        Some(cg) => cg.self_join_fds().map_err(JailError::Setup)?,
-        None => Vec::new(),
     };
     let (sigfd, old_mask) = block_signals()?;
     let start = Instant::now();
@@ -348,20 +384,9 @@ fn run_in(
             parent_fds,
             filters,
             prepared,
-            data_limit,
-            cgroup_join: join_fds.iter().map(|f| f.as_raw_fd()).collect(),
         });
     }
-    let joins_itself = !join_fds.is_empty();
-    drop((
-        sync_r,
-        status_w,
-        out_w,
-        err_w,
-        stdin_child,
-        prepared,
-        join_fds,
-    ));
+    drop((sync_r, status_w, out_w, err_w, stdin_child, prepared));
 
     let outcome = supervise(
         spec,
@@ -377,7 +402,6 @@ fn run_in(
         start,
         host_uid,
         host_gid,
-        joins_itself,
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -398,7 +422,7 @@ fn supervise(
     spec: &Spec,
     sink: &mut dyn Sink,
     pid: i32,
-    cgroup: Option<&RunCgroup>,
+    cgroup_slot: &mut Option<RunCgroup>,
     sync_w: OwnedFd,
     status_r: OwnedFd,
     out_r: OwnedFd,
@@ -408,7 +432,6 @@ fn supervise(
     start: Instant,
     host_uid: u32,
     host_gid: u32,
-    joins_itself: bool,
 ) -> Result<Outcome, JailError> {
     let setup = (|| -> Result<(), JailError> {
         let w = |file: &str, content: String| {
@@ -418,13 +441,36 @@ fn supervise(
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
         w("setgroups", "deny\n".into())?;
         w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
-        if let Some(cg) = cgroup.filter(|_| !joins_itself) {
-            cg.add(pid)
-                .map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
+        write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("starting the sandbox", e))?;
+        // The sandbox now builds its root; make its cgroups meanwhile.
+        *cgroup_slot = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
+        if cgroup_slot.is_none() && spec.require_cgroups {
+            return Err(JailError::LayerMissing {
+                what: "cgroups",
+                why: "no memory/pids cgroup this user may create (cgroup v1 cannot be delegated; on v2 run aisbx in a delegated cgroup)".into(),
+            });
         }
-        write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("starting the sandbox", e))
+        // With a cgroup the memory limit is enforced there and RLIMIT_DATA is only a
+        // backstop; without one it is the limit.
+        let data_limit = match cgroup_slot {
+            Some(_) => spec.limits.memory_bytes.saturating_mul(2),
+            None => spec.limits.memory_bytes,
+        };
+        let join = match cgroup_slot.as_ref() {
+            Some(cg) => {
+                let fds = cg.self_join_fds().map_err(JailError::Setup)?;
+                if fds.is_empty() {
+                    // v2: no self-join through `tasks`; move the init from here.
+                    cg.add(pid).map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
+                }
+                fds
+            }
+            None => Vec::new(),
+        };
+        send_cgroup_ready(&sync_w, data_limit, &join)
     })();
     drop(sync_w);
+    let cgroup = cgroup_slot.as_ref();
     if let Err(e) = setup {
         kill_tree(pid, cgroup);
         // SAFETY: reaping our child.
