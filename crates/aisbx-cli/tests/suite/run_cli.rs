@@ -315,3 +315,25 @@ fn help_teaches() {
         assert!(h.contains(needle), "{needle} missing from help");
     }
 }
+
+#[test]
+fn a_missing_runtime_is_127_never_a_host_fallback() {
+    let h = home();
+    let out = cmd(h.path())
+        .env("PATH", "/nonexistent")
+        .args(["run", "--lang", "node", "--code", "console.log(1)"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not installed"), "{out:?}");
+}
+
+#[test]
+fn oversized_scripts_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.py");
+    std::fs::write(&big, "#".repeat(5 << 20)).expect("write");
+    let out = aisbx(&["run", big.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"), "{out:?}");
+}
