@@ -26,10 +26,11 @@ passed=$(grep -oE '^test result: ok\. [0-9]+ passed' /tmp/aisbx-cargo-test.log |
 
 step "MCP: Python SDK client (stdio and HTTP)"
 cargo build --quiet -p aisbx-mcp
-tests/clients/run_python.sh target/debug/aisbx-mcp --transport both
+mcp_bin="${CARGO_TARGET_DIR:-target}/debug/aisbx-mcp"
+tests/clients/run_python.sh "$mcp_bin" --transport both
 
 step "MCP: conformance suite"
-tests/clients/conformance.sh target/debug/aisbx-mcp
+tests/clients/conformance.sh "$mcp_bin"
 
 step "summary"
 echo "cargo: ${passed} passed, 0 failed"
