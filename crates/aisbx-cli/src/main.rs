@@ -2,6 +2,8 @@
 //! service requests and formats results; everything else is the service's.
 
 mod audit_cmd;
+mod sandbox_cmd;
+mod snap_cmd;
 mod size;
 
 use std::io::{IsTerminal, Write};
@@ -58,6 +60,31 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     Audit(AuditCmd),
     /// Serve the MCP tools (the same as the aisbx-mcp binary).
     Mcp(aisbx_mcp::McpArgs),
+    /// Create a persistent sandbox: empty, or copy-on-write from a snapshot.
+    Create(sandbox_cmd::CreateArgs),
+    /// Run a command in a persistent sandbox (exit status as for `run`).
+    Exec(sandbox_cmd::ExecArgs),
+    /// List persistent sandboxes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove persistent sandboxes and their files.
+    Rm {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
+    /// Copy a file or tree between the host and a sandbox; NAME:path names a
+    /// sandbox path (relative to /workspace). Symlinks are copied as links.
+    Cp {
+        #[arg(value_name = "SRC")]
+        src: String,
+        #[arg(value_name = "DST")]
+        dst: String,
+    },
+    /// Snapshots of sandboxes and directories: create, restore, list, diff, rm, verify.
+    #[command(subcommand)]
+    Snap(snap_cmd::SnapCmd),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +180,12 @@ fn main() -> ExitCode {
             code.clamp(0, 255) as u8
         }
         Cmd::Mcp(args) => aisbx_mcp::main_with_args(args).clamp(0, 255) as u8,
+        Cmd::Create(a) => sandbox_cmd::create(a),
+        Cmd::Exec(a) => sandbox_cmd::exec(a),
+        Cmd::Ls { json } => sandbox_cmd::ls(json),
+        Cmd::Rm { names } => sandbox_cmd::rm(names),
+        Cmd::Cp { src, dst } => sandbox_cmd::cp(src, dst),
+        Cmd::Snap(c) => snap_cmd::run(c),
     })
 }
 

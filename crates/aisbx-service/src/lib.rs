@@ -11,9 +11,20 @@ pub mod profile;
 pub mod runtime;
 mod sandbox;
 mod service;
+pub mod snapshot;
+mod snapshot_api;
+pub mod snapshot_fs;
 
 pub use api::*;
 pub use error::ServiceError;
 pub use helper::maybe_run_helper;
-pub use sandbox::{SandboxInfo, list_sandboxes, remove_sandbox};
+pub use sandbox::{
+    CopyResult, FileContent, FileEntry, FileList, FileWriteResult, SandboxInfo, list_sandboxes,
+    remove_sandbox,
+};
 pub use service::{Service, ServiceConfig, default_home, new_id};
+pub use snapshot::{
+    NoProgress, Progress, RestoreResult, RestoreTarget, SnapSource, SnapshotDiff, SnapshotInfo,
+    VerifyReport,
+};
+pub use snapshot_api::{CopyEnd, SandboxDestroyed, SandboxList, SnapshotList, SnapshotRemoved};

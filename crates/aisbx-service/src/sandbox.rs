@@ -2,24 +2,56 @@
 //! profile it runs with. Every run in one gets a fresh jail over that workspace, so
 //! files persist across calls while processes do not.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::audit::rfc3339_now;
 use crate::service::{Service, new_id};
+use crate::snapshot_fs::{self, Layers};
 use crate::{
     BuildRequest, BuildResult, CancelToken, NullSink, Program, RunRequest, ServiceError, profile,
 };
 
 /// What is recorded about a sandbox (`meta.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct SandboxInfo {
     pub id: String,
     pub profile: String,
+    /// RFC 3339 UTC.
     pub created_at: String,
+    /// The snapshot this sandbox was restored from (a copy-on-write sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// The snapshot's materialized tree: the read-only lower layer of its overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub lower: Option<PathBuf>,
+    /// Where its files are on the host: the workspace, or the overlay's upper layer.
     #[serde(skip)]
+    #[schemars(skip)]
     pub workspace: PathBuf,
+}
+
+impl SandboxInfo {
+    /// What the jail mounts at /workspace for a run in this sandbox.
+    pub fn jail_workspace(&self) -> aisbx_jail::Workspace {
+        match &self.lower {
+            Some(lower) => aisbx_jail::Workspace::Overlay {
+                lower: lower.clone(),
+                upper: self.workspace.clone(),
+                work: self
+                    .workspace
+                    .parent()
+                    .map(|p| p.join("work"))
+                    .unwrap_or_default(),
+            },
+            None => aisbx_jail::Workspace::Bind {
+                host: self.workspace.clone(),
+            },
+        }
+    }
 }
 
 fn sandboxes_dir(home: &Path) -> PathBuf {
@@ -56,7 +88,11 @@ pub(crate) fn load(svc: &Service, id: &str) -> Result<SandboxInfo, ServiceError>
     let mut info: SandboxInfo = serde_json::from_slice(&meta).map_err(|e| {
         ServiceError::Internal(format!("the record of sandbox '{id}' is damaged: {e}"))
     })?;
-    info.workspace = dir.join("workspace");
+    info.workspace = if info.lower.is_some() {
+        dir.join("overlay").join("upper")
+    } else {
+        dir.join("workspace")
+    };
     Ok(info)
 }
 
@@ -73,16 +109,148 @@ pub fn list_sandboxes(svc: &Service) -> Vec<SandboxInfo> {
     v
 }
 
-/// Delete a sandbox and its workspace.
+/// Delete a sandbox and its workspace (and the snapshot tree it alone used).
 pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
     let info = load(svc, id)?;
-    let dir = info
-        .workspace
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| ServiceError::Internal("bad sandbox path".into()))?;
-    std::fs::remove_dir_all(&dir)
-        .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))
+    let dir = sandboxes_dir(svc.home()).join(&info.id);
+    // The record goes first: a half-removed sandbox is never listed.
+    std::fs::remove_file(dir.join("meta.json"))
+        .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
+    snapshot_fs::remove_tree(&dir)
+        .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
+    if info.lower.is_some() {
+        crate::snapshot::collect_garbage(svc)?;
+    }
+    Ok(())
+}
+
+/// The ids of the snapshot trees that sandboxes use.
+pub(crate) fn trees_in_use(svc: &Service) -> HashSet<String> {
+    list_sandboxes(svc)
+        .iter()
+        .filter_map(|s| s.lower.as_ref())
+        .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// The sandbox's files as the sandbox sees them: its workspace, or its overlay's
+/// upper layer above the snapshot tree.
+pub(crate) fn layers(sb: &SandboxInfo) -> Result<Layers, ServiceError> {
+    let open = |p: &Path| {
+        snapshot_fs::open_host_dir(p).map_err(|e| {
+            ServiceError::Internal(format!(
+                "the files of sandbox '{}' cannot be opened ({}: {e})",
+                sb.id,
+                p.display()
+            ))
+        })
+    };
+    let mut fds = vec![open(&sb.workspace)?];
+    if let Some(lower) = &sb.lower {
+        fds.push(open(lower)?);
+    }
+    Ok(Layers { fds })
+}
+
+/// Create an empty sandbox, or a copy-on-write one over a snapshot.
+pub(crate) fn create(
+    svc: &Service,
+    name: Option<&str>,
+    profile_name: Option<&str>,
+    from: Option<&str>,
+) -> Result<SandboxInfo, ServiceError> {
+    let Some(from) = from else {
+        let req = BuildRequest {
+            profile: profile_name.map(str::to_string),
+            name: name.map(str::to_string),
+            ..BuildRequest::default()
+        };
+        let b = build(svc, req, &CancelToken::default())?;
+        return load(svc, &b.sandbox_id);
+    };
+    let id = match name {
+        Some(n) => {
+            check_name(n)?;
+            n.to_string()
+        }
+        None => new_id("sbx"),
+    };
+    crate::snapshot::with_tree(svc, from, |snap, tree| {
+        let pname = profile_name
+            .map(str::to_string)
+            .or_else(|| snap.profile.clone())
+            .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_string());
+        let profile = profile::find(&pname)?;
+        let dir = new_sandbox_dir(svc, &id)?;
+        let made = (|| -> Result<SandboxInfo, ServiceError> {
+            let ovl = dir.join("overlay");
+            for d in [&ovl, &ovl.join("upper"), &ovl.join("work")] {
+                std::fs::create_dir(d).map_err(|e| {
+                    ServiceError::Internal(format!("cannot create {}: {e}", d.display()))
+                })?;
+                hand_to_sandbox(d)?;
+            }
+            let info = SandboxInfo {
+                id: id.clone(),
+                profile: profile.name.clone(),
+                created_at: rfc3339_now(),
+                from_snapshot: Some(snap.name.clone()),
+                lower: Some(tree.to_path_buf()),
+                workspace: ovl.join("upper"),
+            };
+            write_meta(&dir, &info)?;
+            Ok(info)
+        })();
+        if made.is_err() {
+            let _ = snapshot_fs::remove_tree(&dir);
+        }
+        made
+    })
+}
+
+fn new_sandbox_dir(svc: &Service, id: &str) -> Result<PathBuf, ServiceError> {
+    let root = sandboxes_dir(svc.home());
+    std::fs::create_dir_all(&root)
+        .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
+    let dir = root.join(id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ServiceError::invalid(
+            "name",
+            format!("a sandbox named '{id}' already exists"),
+        )),
+        Err(e) => Err(ServiceError::Internal(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// As root, a sandbox's writable directories belong to the unprivileged id the
+/// sandbox maps to.
+fn hand_to_sandbox(p: &Path) -> Result<(), ServiceError> {
+    if let Some((u, g)) = crate::snapshot::store_owner() {
+        std::os::unix::fs::chown(p, Some(u), Some(g)).map_err(|e| {
+            ServiceError::Internal(format!(
+                "cannot hand {} to the sandbox user: {e}",
+                p.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn write_meta(dir: &Path, info: &SandboxInfo) -> Result<(), ServiceError> {
+    let json =
+        serde_json::to_vec_pretty(info).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let tmp = dir.join("meta.json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("meta.json"))
+    };
+    write().map_err(|e| ServiceError::Internal(format!("cannot record the sandbox: {e}")))
 }
 
 pub(crate) fn build(
@@ -143,15 +311,11 @@ pub(crate) fn build(
             id: id.clone(),
             profile: profile.name.clone(),
             created_at: rfc3339_now(),
+            from_snapshot: None,
+            lower: None,
             workspace: workspace.clone(),
         };
-        let json =
-            serde_json::to_vec_pretty(&info).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let tmp = dir.join("meta.json.tmp");
-        std::fs::write(&tmp, json)
-            .map_err(|e| ServiceError::Internal(format!("cannot record the sandbox: {e}")))?;
-        std::fs::rename(&tmp, dir.join("meta.json"))
-            .map_err(|e| ServiceError::Internal(format!("cannot record the sandbox: {e}")))?;
+        write_meta(&dir, &info)?;
         Ok(info)
     })();
     let info = match made {
@@ -196,6 +360,452 @@ pub(crate) fn build(
         created_at: info.created_at,
         setup,
     })
+}
+
+// ----- files in a sandbox -----
+
+/// Largest file `file_read` returns whole (the rest is cut, and `truncated` says so).
+pub const MAX_READ_BYTES: usize = 1 << 20;
+/// Most entries `file_list` returns.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
+/// A file read from a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileContent {
+    pub sandbox_id: String,
+    pub path: String,
+    /// The file's full size in bytes.
+    pub size: u64,
+    /// `utf-8` (the text as is) or `base64` (the file is not valid UTF-8).
+    pub encoding: String,
+    pub content: String,
+    /// Only the first 1 MiB was returned.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileEntry {
+    /// Relative to /workspace.
+    pub path: String,
+    /// `dir`, `file` or `symlink`.
+    pub kind: snapshot_fs::Kind,
+    pub size: u64,
+    /// Permission bits, octal, e.g. `644`.
+    pub mode: String,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// A symlink's target (never followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileList {
+    pub sandbox_id: String,
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+    /// More than 10,000 entries: the rest were left out.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileWriteResult {
+    pub sandbox_id: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CopyResult {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+fn rel_arg(field: &str, p: &str) -> Result<Vec<u8>, ServiceError> {
+    snapshot_fs::normalize_rel(p).map_err(|e| ServiceError::invalid(field, e))
+}
+
+fn io_internal(what: String) -> impl FnOnce(std::io::Error) -> ServiceError {
+    move |e| ServiceError::Internal(format!("{what}: {e}"))
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Read a file of a sandbox, from the host side, never following a symlink.
+pub(crate) fn file_read(svc: &Service, id: &str, path: &str) -> Result<FileContent, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    let layers = layers(&sb)?;
+    let node = layers
+        .lookup(&rel, &mut |_| {})
+        .map_err(io_internal(format!("cannot read {path}")))?
+        .map(|(n, _)| n)
+        .ok_or_else(|| {
+            ServiceError::invalid("path", format!("{path} does not exist in sandbox '{id}'"))
+        })?;
+    if node.kind != snapshot_fs::Kind::File {
+        return Err(ServiceError::invalid(
+            "path",
+            format!(
+                "{path} is not a regular file (it is a {:?}); file_list shows what is there",
+                node.kind
+            )
+            .to_lowercase(),
+        ));
+    }
+    let fd = snapshot_fs::open_file(layers.fd(node.layer), &node.path)
+        .map_err(io_internal(format!("cannot read {path}")))?;
+    let data = snapshot_fs::read_prefix(fd, MAX_READ_BYTES)
+        .map_err(io_internal(format!("cannot read {path}")))?;
+    let truncated = (data.len() as u64) < node.size;
+    let (encoding, content) = match String::from_utf8(data) {
+        Ok(s) => ("utf-8", s),
+        Err(e) => ("base64", base64(e.as_bytes())),
+    };
+    Ok(FileContent {
+        sandbox_id: sb.id,
+        path: String::from_utf8_lossy(&rel).into_owned(),
+        size: node.size,
+        encoding: encoding.into(),
+        content,
+        truncated,
+    })
+}
+
+/// List a directory of a sandbox (recursively when asked).
+pub(crate) fn file_list(
+    svc: &Service,
+    id: &str,
+    path: &str,
+    recursive: bool,
+) -> Result<FileList, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    let layers = layers(&sb)?;
+    let nodes: Vec<snapshot_fs::Node> = if recursive {
+        layers
+            .scan(&rel, &mut |_| {})
+            .map_err(|e| ServiceError::invalid("path", format!("{path}: {e}")))?
+    } else {
+        let start = layers
+            .lookup(&rel, &mut |_| {})
+            .map_err(io_internal(format!("cannot list {path}")))?
+            .ok_or_else(|| {
+                ServiceError::invalid("path", format!("{path} does not exist in sandbox '{id}'"))
+            })?;
+        let mut v = vec![start.0.clone()];
+        if start.0.kind == snapshot_fs::Kind::Dir {
+            // One level: the directory's children.
+            let all = layers
+                .scan(&rel, &mut |_| {})
+                .map_err(io_internal(format!("cannot list {path}")))?;
+            let depth = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).count() + 1;
+            v = all
+                .into_iter()
+                .filter(|n| {
+                    n.path
+                        .split(|&b| b == b'/')
+                        .filter(|c| !c.is_empty())
+                        .count()
+                        == depth
+                })
+                .collect();
+        }
+        v
+    };
+    let truncated = nodes.len() > MAX_LIST_ENTRIES;
+    let entries = nodes
+        .into_iter()
+        .filter(|n| !n.path.is_empty())
+        .take(MAX_LIST_ENTRIES)
+        .map(|n| FileEntry {
+            path: String::from_utf8_lossy(&n.path).into_owned(),
+            kind: n.kind,
+            size: n.size,
+            mode: format!("{:o}", n.mode),
+            mtime: n.mtime.0,
+            target: (n.kind == snapshot_fs::Kind::Symlink)
+                .then(|| String::from_utf8_lossy(&n.target).into_owned()),
+        })
+        .collect();
+    Ok(FileList {
+        sandbox_id: sb.id,
+        path: String::from_utf8_lossy(&rel).into_owned(),
+        entries,
+        truncated,
+    })
+}
+
+/// Write a text file into a sandbox, from inside a sandbox run.
+pub(crate) fn file_write(
+    svc: &Service,
+    id: &str,
+    path: &str,
+    content: String,
+    cancel: &CancelToken,
+) -> Result<FileWriteResult, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    if rel.is_empty() {
+        return Err(ServiceError::invalid(
+            "path",
+            "names the workspace itself, not a file",
+        ));
+    }
+    let rel = String::from_utf8_lossy(&rel).into_owned();
+    let bytes = content.len() as u64;
+    let mut r = RunRequest::new(Program::Command(vec!["true".into()]));
+    r.sandbox_id = Some(sb.id.clone());
+    r.files.insert(rel.clone(), content);
+    let res = svc
+        .prepare(&r)
+        .map_err(|e| match e {
+            ServiceError::InvalidArgument { message, .. } => ServiceError::invalid("path", message),
+            other => other,
+        })
+        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+    if res.exit_code != Some(0) {
+        return Err(ServiceError::Refused(format!(
+            "writing {rel} in sandbox '{id}' failed: {}",
+            res.stderr.trim()
+        )));
+    }
+    Ok(FileWriteResult {
+        sandbox_id: sb.id,
+        path: rel,
+        bytes,
+    })
+}
+
+/// Copy a file or tree out of a sandbox to the host. Read fd-relative from the
+/// sandbox's files without following any symlink; symlinks are copied as links.
+pub(crate) fn copy_out(
+    svc: &Service,
+    id: &str,
+    path: &str,
+    dst: &Path,
+) -> Result<CopyResult, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    let layers = layers(&sb)?;
+    let nodes = layers
+        .scan(&rel, &mut |w| eprintln!("aisbx: {w}"))
+        .map_err(|e| ServiceError::invalid("path", format!("{path}: {e}")))?;
+    let src_name: Vec<u8> = match snapshot_fs::split(&rel).1 {
+        b"" => sb.id.as_bytes().to_vec(),
+        n => n.to_vec(),
+    };
+    // cp semantics: into an existing directory, else as the new name.
+    let (parent, name) = if dst.is_dir() {
+        (dst.to_path_buf(), src_name)
+    } else {
+        let name = dst
+            .file_name()
+            .map(|n| std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
+            .ok_or_else(|| {
+                ServiceError::invalid("destination", format!("{} names no file", dst.display()))
+            })?;
+        let parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (parent, name)
+    };
+    let root = snapshot_fs::open_host_dir(&parent)
+        .map_err(|e| ServiceError::invalid("destination", format!("{}: {e}", parent.display())))?;
+    let mut w = snapshot_fs::Writer::new(std::os::fd::AsFd::as_fd(&root), None, true);
+    let mut res = CopyResult {
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 0,
+    };
+    for n in &nodes {
+        let mut out = n.clone();
+        out.path = name.clone();
+        let rest = &n.path[rel.len()..];
+        out.path.extend_from_slice(rest);
+        let source = match n.kind {
+            snapshot_fs::Kind::File => {
+                res.files += 1;
+                res.bytes += n.size;
+                Some(snapshot_fs::Source::Copy(
+                    snapshot_fs::open_file(layers.fd(n.layer), &n.path).map_err(io_internal(
+                        format!("cannot read {}", String::from_utf8_lossy(&n.path)),
+                    ))?,
+                ))
+            }
+            snapshot_fs::Kind::Dir => {
+                res.dirs += 1;
+                None
+            }
+            snapshot_fs::Kind::Symlink => {
+                res.symlinks += 1;
+                None
+            }
+        };
+        w.put(&out, source).map_err(io_internal(format!(
+            "cannot write {}",
+            String::from_utf8_lossy(&out.path)
+        )))?;
+    }
+    w.finish()
+        .map_err(io_internal("cannot set directory modes".into()))?;
+    Ok(res)
+}
+
+/// The script that unpacks a copy inside the sandbox: into `$1` when it is a
+/// directory (as `$2`), else as `$1` itself.
+const COPY_IN_SCRIPT: &str = r#"set -e
+d="/workspace/$1"
+if [ -d "$d" ] && [ ! -L "$d" ]; then d="$d/$2"; fi
+p=$(dirname -- "$d")
+mkdir -p -- "$p"
+t=$(mktemp -d -p "$p" .aisbx-cp.XXXXXX)
+trap 'rm -rf -- "$t"' EXIT
+tar -x -p -f - -C "$t"
+rm -rf -- "$d"
+mv -f -T -- "$t/x" "$d"
+"#;
+
+/// Copy a host file or tree into a sandbox. The host side only reads (no symlink
+/// followed below `src`); the writing happens inside a sandbox run, as the
+/// sandbox's user, so nothing outside the sandbox can be reached.
+pub(crate) fn copy_in(
+    svc: &Service,
+    src: &Path,
+    id: &str,
+    path: &str,
+    cancel: &CancelToken,
+) -> Result<CopyResult, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    let rel = String::from_utf8(rel).map_err(|_| ServiceError::invalid("path", "not UTF-8"))?;
+    let parent = match src.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = src
+        .file_name()
+        .map(|n| std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
+        .ok_or_else(|| {
+            ServiceError::invalid("source", format!("{} names no file", src.display()))
+        })?;
+    let base_str = String::from_utf8(base.clone()).map_err(|_| {
+        ServiceError::invalid(
+            "source",
+            "the source's name is not UTF-8; name the destination fully",
+        )
+    })?;
+    let host = Layers::single(
+        snapshot_fs::open_host_dir(&parent)
+            .map_err(|e| ServiceError::invalid("source", format!("{}: {e}", parent.display())))?,
+    );
+    let nodes = host
+        .scan(&base, &mut |w| eprintln!("aisbx: {w}"))
+        .map_err(|e| ServiceError::invalid("source", format!("{}: {e}", src.display())))?;
+    let limit = crate::service::MAX_STDIN_BYTES as u64 - (1 << 20);
+    let total: u64 = nodes.iter().map(|n| n.size + 1024).sum();
+    if total > limit {
+        return Err(ServiceError::invalid(
+            "source",
+            format!(
+                "{} is too large to copy in one call (at most {} MiB)",
+                src.display(),
+                limit >> 20
+            ),
+        ));
+    }
+    let mut res = CopyResult {
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        bytes: 0,
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    for n in &nodes {
+        let mut name = b"x".to_vec();
+        name.extend_from_slice(&n.path[base.len()..]);
+        let name = std::path::PathBuf::from(std::ffi::OsString::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(n.mode);
+        h.set_mtime(n.mtime.0.max(0) as u64);
+        let r = match n.kind {
+            snapshot_fs::Kind::Dir => {
+                res.dirs += 1;
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &name, std::io::empty())
+            }
+            snapshot_fs::Kind::Symlink => {
+                res.symlinks += 1;
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                let target = std::path::PathBuf::from(
+                    <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                        n.target.clone(),
+                    ),
+                );
+                b.append_link(&mut h, &name, &target)
+            }
+            snapshot_fs::Kind::File => {
+                let fd = snapshot_fs::open_file(host.fd(0), &n.path).map_err(io_internal(
+                    format!("cannot read {}", String::from_utf8_lossy(&n.path)),
+                ))?;
+                let data = snapshot_fs::read_prefix(fd, limit as usize).map_err(io_internal(
+                    format!("cannot read {}", String::from_utf8_lossy(&n.path)),
+                ))?;
+                res.files += 1;
+                res.bytes += data.len() as u64;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, &name, data.as_slice())
+            }
+        };
+        r.map_err(io_internal("cannot pack the copy".into()))?;
+    }
+    let archive = b
+        .into_inner()
+        .map_err(io_internal("cannot pack the copy".into()))?;
+    let mut r = RunRequest::new(Program::Command(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        COPY_IN_SCRIPT.into(),
+        "sh".into(),
+        rel,
+        base_str,
+    ]));
+    r.sandbox_id = Some(sb.id.clone());
+    r.stdin = Some(archive);
+    let out = svc
+        .prepare(&r)
+        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+    if out.exit_code != Some(0) {
+        return Err(ServiceError::Refused(format!(
+            "copying into sandbox '{id}' failed: {}",
+            out.stderr.trim()
+        )));
+    }
+    Ok(res)
 }
 
 #[cfg(test)]

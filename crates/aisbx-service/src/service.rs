@@ -173,7 +173,7 @@ impl Service {
         ok
     }
 
-    fn record<T: serde::Serialize>(
+    pub(crate) fn record<T: serde::Serialize>(
         &self,
         meta: &RequestMeta,
         args: &serde_json::Value,
@@ -312,9 +312,7 @@ impl Service {
 
         let env = build_env(&profile, &path_var, &req.env)?;
         let workspace = match (&sandbox, &req.workdir) {
-            (Some(sb), _) => Workspace::Bind {
-                host: sb.workspace.clone(),
-            },
+            (Some(sb), _) => sb.jail_workspace(),
             (None, Some(dir)) => Workspace::Bind {
                 host: check_workdir(dir, self.home())?,
             },

@@ -1,0 +1,209 @@
+//! `aisbx create | exec | ls | rm | cp`: persistent sandboxes from the command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, Program, RunRequest};
+use clap::Args;
+
+use super::{EXIT_AISBX, Passthrough, cli_meta, fail, open_service, parse_env, size};
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The sandbox's name (default: a generated one).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Profile its runs use (default: the snapshot's, else `default`).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Start from this snapshot, copy-on-write (no file data is copied).
+    #[arg(long = "from", value_name = "SNAPSHOT")]
+    pub from: Option<String>,
+    /// Print the sandbox as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// The sandbox to run in.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Wall-clock limit in seconds (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Memory limit, e.g. 256M or 1G (default 512M).
+    #[arg(long, value_name = "SIZE", value_parser = size::parse)]
+    pub memory: Option<u64>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Print one RunResult JSON object on stdout instead of streaming the output.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND", required = true)]
+    pub command: Vec<String>,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
+}
+
+pub fn create(a: CreateArgs) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match svc.sandbox_create(
+        &cli_meta("create"),
+        a.name.as_deref(),
+        a.profile.as_deref(),
+        a.from.as_deref(),
+    ) {
+        Ok(sb) => {
+            if a.json {
+                print_json(&sb);
+            } else {
+                match &sb.from_snapshot {
+                    Some(s) => println!(
+                        "{} (profile {}, copy-on-write from snapshot {s})",
+                        sb.id, sb.profile
+                    ),
+                    None => println!("{} (profile {})", sb.id, sb.profile),
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn exec(a: ExecArgs) -> u8 {
+    let mut req = RunRequest::new(Program::Command(a.command));
+    req.sandbox_id = Some(a.name);
+    req.env = a.env;
+    req.limits = LimitOverrides {
+        timeout_secs: a.timeout,
+        memory_bytes: a.memory,
+        ..LimitOverrides::default()
+    };
+    req.inherit_stdin = !std::io::stdin().is_terminal();
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let cancel = CancelToken::default();
+    let result = if a.json {
+        svc.run(
+            &cli_meta("exec"),
+            req,
+            &mut aisbx_service::NullSink,
+            &cancel,
+        )
+    } else {
+        svc.run(&cli_meta("exec"), req, &mut Passthrough, &cancel)
+    };
+    match result {
+        Ok(r) => {
+            if a.json {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
+            } else if r.timed_out {
+                eprintln!("aisbx: the run timed out and was killed");
+            } else if r.oom_killed {
+                eprintln!("aisbx: the run reached its memory limit and was killed");
+            }
+            r.cli_exit_code().clamp(0, 255) as u8
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn ls(json: bool) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match svc.sandbox_list(&cli_meta("ls")) {
+        Ok(l) => {
+            if json {
+                print_json(&l);
+            } else {
+                println!("{:<24} {:<10} {:<22} FROM", "NAME", "PROFILE", "CREATED");
+                for s in l.sandboxes {
+                    println!(
+                        "{:<24} {:<10} {:<22} {}",
+                        s.id,
+                        s.profile,
+                        s.created_at,
+                        s.from_snapshot.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn rm(names: Vec<String>) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let mut code = 0;
+    for n in names {
+        if let Err(e) = svc.sandbox_destroy(&cli_meta("rm"), &n) {
+            code = fail(&e);
+        }
+    }
+    code
+}
+
+/// `NAME:path` is a sandbox path; anything with a `/` before the first `:` (or no
+/// `:`) is a host path. `./a:b` names a host file with a colon.
+fn parse_end(s: &str) -> CopyEnd {
+    if let Some((name, path)) = s.split_once(':')
+        && !name.is_empty()
+        && !name.contains('/')
+    {
+        return CopyEnd::Sandbox {
+            id: name.to_string(),
+            path: path.to_string(),
+        };
+    }
+    CopyEnd::Host(PathBuf::from(s))
+}
+
+pub fn cp(src: String, dst: String) -> u8 {
+    let (s, d) = (parse_end(&src), parse_end(&dst));
+    if matches!(
+        (&s, &d),
+        (CopyEnd::Host(_), CopyEnd::Host(_)) | (CopyEnd::Sandbox { .. }, CopyEnd::Sandbox { .. })
+    ) {
+        eprintln!(
+            "aisbx: one side of `aisbx cp` must be a sandbox path (NAME:path) and the other a host path"
+        );
+        return EXIT_AISBX;
+    }
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match svc.copy(&cli_meta("cp"), &s, &d, &CancelToken::default()) {
+        Ok(r) => {
+            eprintln!(
+                "copied {} files, {} directories, {} symlinks ({} bytes)",
+                r.files, r.dirs, r.symlinks, r.bytes
+            );
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}

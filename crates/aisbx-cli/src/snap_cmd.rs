@@ -1,0 +1,338 @@
+//! `aisbx snap ...`: snapshots of sandboxes and directories.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use aisbx_service::{Progress, RestoreTarget, SnapSource};
+use clap::{ArgGroup, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{EXIT_AISBX, cli_meta, fail, open_service};
+
+#[derive(Subcommand)]
+pub enum SnapCmd {
+    /// Snapshot a sandbox's files or a host directory.
+    #[command(group(ArgGroup::new("source").required(true).args(["sandbox", "workdir"])))]
+    Create {
+        /// The snapshot's name.
+        #[arg(value_name = "SNAP")]
+        name: String,
+        /// Snapshot this persistent sandbox.
+        #[arg(long, value_name = "NAME")]
+        sandbox: Option<String>,
+        /// Snapshot this host directory.
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into a new host directory (a copy) or a new sandbox
+    /// (copy-on-write: no file data is copied).
+    #[command(group(ArgGroup::new("target").required(true).args(["sandbox", "workdir"])))]
+    Restore {
+        #[arg(value_name = "SNAP")]
+        name: String,
+        /// A new or empty host directory to copy the files into.
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        /// The name of a new sandbox over the snapshot.
+        #[arg(long, value_name = "NEWNAME")]
+        sandbox: Option<String>,
+        /// Profile of the new sandbox (default: the snapshot's).
+        #[arg(long, value_name = "NAME", requires = "sandbox")]
+        profile: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots.
+    List {
+        /// Also show size, file count, source, profile, parent and bytes shared.
+        #[arg(long)]
+        show_metadata: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what changed between two snapshots.
+    Diff {
+        #[arg(value_name = "A")]
+        from: String,
+        #[arg(value_name = "B")]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove snapshots, freeing the data no other snapshot uses.
+    Rm {
+        #[arg(value_name = "SNAP", required = true)]
+        names: Vec<String>,
+    },
+    /// Check every snapshot against the content it names.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A progress bar on stderr, only when both stdout and stderr are terminals.
+struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    fn new(json: bool) -> Bar {
+        let _ = json;
+        Bar { bar: None }
+    }
+    fn enabled(json: bool) -> bool {
+        !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, what: &str, total: u64) {
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        self.bar = Some(bar);
+    }
+    fn advance(&mut self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+    fn warn(&mut self, m: &str) {
+        eprintln!("aisbx: warning: {m}");
+    }
+}
+
+/// Warnings only (no bar).
+struct Quiet;
+impl Progress for Quiet {
+    fn warn(&mut self, m: &str) {
+        eprintln!("aisbx: warning: {m}");
+    }
+}
+
+fn progress(json: bool) -> Box<dyn Progress> {
+    if Bar::enabled(json) {
+        Box::new(Bar::new(json))
+    } else {
+        Box::new(Quiet)
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+pub fn run(cmd: SnapCmd) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match cmd {
+        SnapCmd::Create {
+            name,
+            sandbox,
+            workdir,
+            json,
+        } => {
+            let source = match (sandbox, workdir) {
+                (Some(s), None) => SnapSource::Sandbox(s),
+                (None, Some(d)) => SnapSource::Workdir(d),
+                _ => {
+                    eprintln!("aisbx: give exactly one of --sandbox and --workdir");
+                    return EXIT_AISBX;
+                }
+            };
+            let mut p = progress(json);
+            match svc.snapshot_create(&cli_meta("snap_create"), &name, &source, p.as_mut()) {
+                Ok(info) => {
+                    if json {
+                        print_json(&info);
+                    } else {
+                        println!(
+                            "snapshot {}: {} files, {} directories, {} symlinks, {}",
+                            info.name,
+                            info.files,
+                            info.dirs,
+                            info.symlinks,
+                            human(info.bytes)
+                        );
+                    }
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        SnapCmd::Restore {
+            name,
+            workdir,
+            sandbox,
+            profile,
+            json,
+        } => {
+            let target = match (workdir, sandbox) {
+                (Some(d), None) => RestoreTarget::Workdir(d),
+                (None, Some(s)) => RestoreTarget::Sandbox(s),
+                _ => {
+                    eprintln!("aisbx: give exactly one of --workdir and --sandbox");
+                    return EXIT_AISBX;
+                }
+            };
+            let mut p = progress(json);
+            match svc.snapshot_restore(
+                &cli_meta("snap_restore"),
+                &name,
+                &target,
+                profile.as_deref(),
+                p.as_mut(),
+            ) {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else if let Some(sb) = &r.sandbox_id {
+                        println!(
+                            "sandbox {sb} restored from {} ({} files, copy-on-write) in {} ms",
+                            r.snapshot, r.files, r.duration_ms
+                        );
+                    } else {
+                        println!(
+                            "{} restored into {} ({} files, {}) in {} ms",
+                            r.snapshot,
+                            r.workdir.as_deref().unwrap_or("?"),
+                            r.files,
+                            human(r.bytes),
+                            r.duration_ms
+                        );
+                    }
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        SnapCmd::List {
+            show_metadata,
+            json,
+        } => match svc.snapshot_list(&cli_meta("snap_list"), show_metadata || json) {
+            Ok(l) => {
+                if json {
+                    print_json(&l);
+                } else if show_metadata {
+                    println!(
+                        "{:<20} {:<21} {:>10} {:>7} {:>10} {:<10} {:<12} SOURCE",
+                        "NAME", "CREATED", "SIZE", "FILES", "SHARED", "PROFILE", "PARENT"
+                    );
+                    for s in l.snapshots {
+                        println!(
+                            "{:<20} {:<21} {:>10} {:>7} {:>10} {:<10} {:<12} {}",
+                            s.name,
+                            s.created_at,
+                            human(s.bytes),
+                            s.files,
+                            human(s.shared_bytes.unwrap_or(0)),
+                            s.profile.as_deref().unwrap_or("-"),
+                            s.parent.as_deref().unwrap_or("-"),
+                            s.source
+                        );
+                    }
+                } else {
+                    for s in l.snapshots {
+                        println!("{}", s.name);
+                    }
+                }
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        SnapCmd::Diff { from, to, json } => {
+            match svc.snapshot_diff(&cli_meta("snap_diff"), &from, &to) {
+                Ok(d) => {
+                    if json {
+                        print_json(&d);
+                    } else {
+                        for p in &d.added {
+                            println!("A {p}");
+                        }
+                        for p in &d.removed {
+                            println!("D {p}");
+                        }
+                        for p in &d.changed {
+                            println!("M {p}");
+                        }
+                        for f in &d.diffs {
+                            print!("{}", f.unified);
+                        }
+                    }
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        SnapCmd::Rm { names } => {
+            let mut code = 0;
+            for n in names {
+                match svc.snapshot_remove(&cli_meta("snap_rm"), &n) {
+                    Ok(r) => eprintln!(
+                        "removed {}; freed {} objects ({})",
+                        r.name,
+                        r.freed_objects,
+                        human(r.freed_bytes)
+                    ),
+                    Err(e) => code = fail(&e),
+                }
+            }
+            code
+        }
+        SnapCmd::Verify { json } => match svc.snapshot_verify(&cli_meta("snap_verify")) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    for p in &r.problems {
+                        println!("PROBLEM {p}");
+                    }
+                    println!(
+                        "{}: {} snapshots, {} objects ({}) checked, {} unreferenced",
+                        if r.ok { "ok" } else { "FAILED" },
+                        r.snapshots,
+                        r.objects_checked,
+                        human(r.bytes_checked),
+                        r.unreferenced_objects
+                    );
+                }
+                if r.ok { 0 } else { 1 }
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}

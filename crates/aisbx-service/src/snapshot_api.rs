@@ -1,0 +1,278 @@
+//! The service calls for persistent sandboxes and snapshots: what `aisbx create |
+//! ls | rm | cp | snap ...` and the MCP `sandbox_*`, `file_*` and `snapshot_*` tools
+//! call. Each one is recorded in the audit log, like `run` and `build`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{self, CopyResult, FileContent, FileList, FileWriteResult, SandboxInfo};
+use crate::snapshot::{
+    self, Progress, RestoreResult, RestoreTarget, SnapSource, SnapshotDiff, SnapshotInfo,
+    VerifyReport,
+};
+use crate::{CancelToken, RequestMeta, Service, ServiceError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SandboxDestroyed {
+    pub sandbox_id: String,
+    pub destroyed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotRemoved {
+    pub name: String,
+    /// Objects no other snapshot used, now deleted.
+    pub freed_objects: u64,
+    pub freed_bytes: u64,
+}
+
+/// Where `cp` copies from or to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CopyEnd {
+    Host(std::path::PathBuf),
+    Sandbox { id: String, path: String },
+}
+
+impl Service {
+    /// Create a persistent sandbox: empty, or copy-on-write over a snapshot.
+    pub fn sandbox_create(
+        &self,
+        meta: &RequestMeta,
+        name: Option<&str>,
+        profile: Option<&str>,
+        from_snapshot: Option<&str>,
+    ) -> Result<SandboxInfo, ServiceError> {
+        let args = serde_json::json!({"name": name, "profile": profile, "from": from_snapshot});
+        let r = sandbox::create(self, name, profile, from_snapshot);
+        self.record(meta, &args, &r);
+        r
+    }
+
+    pub fn sandbox_list(&self, meta: &RequestMeta) -> Result<SandboxList, ServiceError> {
+        let r = Ok(SandboxList {
+            sandboxes: sandbox::list_sandboxes(self),
+        });
+        self.record(meta, &serde_json::json!({}), &r);
+        r
+    }
+
+    pub fn sandbox_destroy(
+        &self,
+        meta: &RequestMeta,
+        id: &str,
+    ) -> Result<SandboxDestroyed, ServiceError> {
+        let r = sandbox::remove_sandbox(self, id).map(|()| SandboxDestroyed {
+            sandbox_id: id.to_string(),
+            destroyed: true,
+        });
+        self.record(meta, &serde_json::json!({"sandbox_id": id}), &r);
+        r
+    }
+
+    pub fn file_read(
+        &self,
+        meta: &RequestMeta,
+        id: &str,
+        path: &str,
+    ) -> Result<FileContent, ServiceError> {
+        let r = sandbox::file_read(self, id, path);
+        let summary = match &r {
+            Ok(c) => {
+                Ok(serde_json::json!({"path": c.path, "size": c.size, "truncated": c.truncated}))
+            }
+            Err(e) => Err(clone_err(e)),
+        };
+        self.record(
+            meta,
+            &serde_json::json!({"sandbox_id": id, "path": path}),
+            &summary,
+        );
+        r
+    }
+
+    pub fn file_list(
+        &self,
+        meta: &RequestMeta,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<FileList, ServiceError> {
+        let r = sandbox::file_list(self, id, path, recursive);
+        let summary = match &r {
+            Ok(l) => Ok(serde_json::json!({"entries": l.entries.len(), "truncated": l.truncated})),
+            Err(e) => Err(clone_err(e)),
+        };
+        self.record(
+            meta,
+            &serde_json::json!({"sandbox_id": id, "path": path, "recursive": recursive}),
+            &summary,
+        );
+        r
+    }
+
+    pub fn file_write(
+        &self,
+        meta: &RequestMeta,
+        id: &str,
+        path: &str,
+        content: String,
+        cancel: &CancelToken,
+    ) -> Result<FileWriteResult, ServiceError> {
+        let args = serde_json::json!({"sandbox_id": id, "path": path, "bytes": content.len()});
+        let r = sandbox::file_write(self, id, path, content, cancel);
+        self.record(meta, &args, &r);
+        r
+    }
+
+    /// `aisbx cp`: host → sandbox (through a sandbox run) or sandbox → host
+    /// (fd-relative reads that never follow a sandbox symlink).
+    pub fn copy(
+        &self,
+        meta: &RequestMeta,
+        src: &CopyEnd,
+        dst: &CopyEnd,
+        cancel: &CancelToken,
+    ) -> Result<CopyResult, ServiceError> {
+        let args = serde_json::json!({"src": src, "dst": dst});
+        let r = match (src, dst) {
+            (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => {
+                sandbox::copy_in(self, s, id, path, cancel)
+            }
+            (CopyEnd::Sandbox { id, path }, CopyEnd::Host(d)) => {
+                sandbox::copy_out(self, id, path, d)
+            }
+            _ => Err(ServiceError::invalid(
+                "destination",
+                "exactly one side of a copy must be a sandbox (NAME:path)",
+            )),
+        };
+        self.record(meta, &args, &r);
+        r
+    }
+
+    pub fn snapshot_create(
+        &self,
+        meta: &RequestMeta,
+        name: &str,
+        source: &SnapSource,
+        progress: &mut dyn Progress,
+    ) -> Result<SnapshotInfo, ServiceError> {
+        let args = serde_json::json!({"name": name, "source": source});
+        let r = snapshot::create(self, name, source, progress);
+        self.record(meta, &args, &r);
+        r
+    }
+
+    pub fn snapshot_restore(
+        &self,
+        meta: &RequestMeta,
+        name: &str,
+        target: &RestoreTarget,
+        profile: Option<&str>,
+        progress: &mut dyn Progress,
+    ) -> Result<RestoreResult, ServiceError> {
+        let args = serde_json::json!({"name": name, "target": target, "profile": profile});
+        let r = match target {
+            RestoreTarget::Workdir(dir) => snapshot::restore_to_dir(self, name, dir, progress),
+            RestoreTarget::Sandbox(id) => {
+                let start = std::time::Instant::now();
+                sandbox::create(self, Some(id), profile, Some(name)).and_then(|sb| {
+                    let info = snapshot::list(self, false)?
+                        .into_iter()
+                        .find(|s| s.name == name);
+                    Ok(RestoreResult {
+                        snapshot: name.to_string(),
+                        sandbox_id: Some(sb.id),
+                        workdir: None,
+                        files: info.as_ref().map(|i| i.files).unwrap_or(0),
+                        bytes: info.as_ref().map(|i| i.bytes).unwrap_or(0),
+                        duration_ms: start.elapsed().as_millis() as u64,
+                    })
+                })
+            }
+        };
+        self.record(meta, &args, &r);
+        r
+    }
+
+    pub fn snapshot_list(
+        &self,
+        meta: &RequestMeta,
+        with_sharing: bool,
+    ) -> Result<SnapshotList, ServiceError> {
+        let r = snapshot::list(self, with_sharing).map(|snapshots| SnapshotList { snapshots });
+        let summary = match &r {
+            Ok(l) => Ok(serde_json::json!({"snapshots": l.snapshots.len()})),
+            Err(e) => Err(clone_err(e)),
+        };
+        self.record(meta, &serde_json::json!({}), &summary);
+        r
+    }
+
+    pub fn snapshot_diff(
+        &self,
+        meta: &RequestMeta,
+        from: &str,
+        to: &str,
+    ) -> Result<SnapshotDiff, ServiceError> {
+        let r = snapshot::diff(self, from, to);
+        let summary = match &r {
+            Ok(d) => Ok(serde_json::json!({
+                "added": d.added.len(), "removed": d.removed.len(), "changed": d.changed.len()
+            })),
+            Err(e) => Err(clone_err(e)),
+        };
+        self.record(meta, &serde_json::json!({"from": from, "to": to}), &summary);
+        r
+    }
+
+    pub fn snapshot_remove(
+        &self,
+        meta: &RequestMeta,
+        name: &str,
+    ) -> Result<SnapshotRemoved, ServiceError> {
+        let r = snapshot::remove(self, name).map(|(o, b)| SnapshotRemoved {
+            name: name.to_string(),
+            freed_objects: o,
+            freed_bytes: b,
+        });
+        self.record(meta, &serde_json::json!({"name": name}), &r);
+        r
+    }
+
+    pub fn snapshot_verify(&self, meta: &RequestMeta) -> Result<VerifyReport, ServiceError> {
+        let r = snapshot::verify(self);
+        self.record(meta, &serde_json::json!({}), &r);
+        r
+    }
+
+    /// The home of the store, for front ends that print where things are.
+    pub fn snapshots_dir(&self) -> std::path::PathBuf {
+        Path::new(self.home()).join("snapshots")
+    }
+}
+
+/// The audit record of a failed call keeps its class and message.
+fn clone_err(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::InvalidArgument { field, message } => ServiceError::InvalidArgument {
+            field: field.clone(),
+            message: message.clone(),
+        },
+        ServiceError::Refused(m) => ServiceError::Refused(m.clone()),
+        ServiceError::NotFound(m) => ServiceError::NotFound(m.clone()),
+        ServiceError::NoSuchSandbox(m) => ServiceError::NoSuchSandbox(m.clone()),
+        ServiceError::Internal(m) => ServiceError::Internal(m.clone()),
+    }
+}
