@@ -53,7 +53,10 @@ fn recv_cgroup_ready(sock: RawFd) -> Result<CgroupReady, String> {
     for c in msg.cmsgs().map_err(|e| e.to_string())? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             // SAFETY: the kernel installed these fds for us.
-            join.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            join.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     Ok(CgroupReady {

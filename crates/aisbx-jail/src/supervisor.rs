@@ -39,8 +39,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), JailError> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
-    nix::sys::socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| JailError::io("creating the control socket", e.into()))
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| JailError::io("creating the control socket", e.into()))
 }
 
 /// Tell the init its cgroups are ready: RLIMIT_DATA for the program, and the v1
@@ -50,7 +55,11 @@ fn send_cgroup_ready(sock: &OwnedFd, data_limit: u64, join: &[OwnedFd]) -> Resul
     let raw: Vec<std::os::fd::RawFd> = join.iter().map(|f| f.as_raw_fd()).collect();
     let bytes = data_limit.to_le_bytes();
     let iov = [std::io::IoSlice::new(&bytes)];
-    let cmsgs: Vec<ControlMessage> = if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)
         .map(|_| ())
         .map_err(|e| JailError::io("handing the cgroups to the sandbox", e.into()))
@@ -299,7 +308,15 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
 
     // The cgroups are made after the clone, while the sandbox builds its root.
     let mut cgroup: Option<RunCgroup> = None;
-    let result = run_in(spec, sink, &filters, &mut cgroup, prepared, host_uid, host_gid);
+    let result = run_in(
+        spec,
+        sink,
+        &filters,
+        &mut cgroup,
+        prepared,
+        host_uid,
+        host_gid,
+    );
     if let Some(cg) = cgroup {
         // Kills whatever might be left (nothing, normally) and removes the cgroups.
         cg.destroy();
@@ -389,19 +406,8 @@ fn run_in(
     drop((sync_r, status_w, out_w, err_w, stdin_child, prepared));
 
     let outcome = supervise(
-        spec,
-        sink,
-        pid,
-        cgroup,
-        sync_w,
-        status_r,
-        out_r,
-        err_r,
-        stdin_feed,
-        &sigfd,
-        start,
-        host_uid,
-        host_gid,
+        spec, sink, pid, cgroup, sync_w, status_r, out_r, err_r, stdin_feed, &sigfd, start,
+        host_uid, host_gid,
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -441,7 +447,8 @@ fn supervise(
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
         w("setgroups", "deny\n".into())?;
         w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
-        write_all(sync_w.as_raw_fd(), b"g").map_err(|e| JailError::io("starting the sandbox", e))?;
+        write_all(sync_w.as_raw_fd(), b"g")
+            .map_err(|e| JailError::io("starting the sandbox", e))?;
         // The sandbox now builds its root; make its cgroups meanwhile.
         *cgroup_slot = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
         if cgroup_slot.is_none() && spec.require_cgroups {
@@ -461,7 +468,9 @@ fn supervise(
                 let fds = cg.self_join_fds().map_err(JailError::Setup)?;
                 if fds.is_empty() {
                     // v2: no self-join through `tasks`; move the init from here.
-                    cg.add(pid).map_err(|e| JailError::Setup(format!("placing the sandbox in its cgroup: {e}")))?;
+                    cg.add(pid).map_err(|e| {
+                        JailError::Setup(format!("placing the sandbox in its cgroup: {e}"))
+                    })?;
                 }
                 fds
             }
