@@ -641,6 +641,9 @@ pub(crate) fn copy_out(
         let mut out = n.clone();
         out.path = name.clone();
         let rest = &n.path[rel.len()..];
+        if rel.is_empty() && !rest.is_empty() {
+            out.path.push(b'/');
+        }
         out.path.extend_from_slice(rest);
         let source = match n.kind {
             snapshot_fs::Kind::File => {

@@ -1,0 +1,157 @@
+//! Persistent sandboxes through the real binary: create, exec, ls, rm, cp.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use super::common::*;
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = cmd(home).args(args).output().expect("run aisbx");
+    assert!(
+        out.status.success(),
+        "aisbx {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn create_exec_ls_rm() {
+    let h = home();
+    ok(h.path(), &["create", "dev"]);
+    let out = cmd(h.path())
+        .args([
+            "exec",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /workspace/f; exit 3",
+        ])
+        .output()
+        .expect("exec");
+    assert_eq!(out.status.code(), Some(3));
+    let out = cmd(h.path())
+        .args(["exec", "--json", "dev", "--", "cat", "/workspace/f"])
+        .output()
+        .expect("exec");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("RunResult");
+    assert_eq!(v["stdout"], "kept\n");
+    assert_eq!(v["sandbox_id"], "dev");
+    let ls = ok(h.path(), &["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ls).expect("json");
+    assert_eq!(v["sandboxes"][0]["id"], "dev");
+    let again = cmd(h.path())
+        .args(["create", "dev"])
+        .output()
+        .expect("create");
+    assert_eq!(
+        again.status.code(),
+        Some(125),
+        "a second sandbox of one name"
+    );
+    ok(h.path(), &["rm", "dev"]);
+    let gone = cmd(h.path())
+        .args(["exec", "dev", "--", "true"])
+        .output()
+        .expect("exec");
+    assert_eq!(gone.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no sandbox named 'dev'"));
+}
+
+#[test]
+fn cp_in_and_out_keeps_links_as_links() {
+    let h = home();
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("proj");
+    std::fs::create_dir_all(src.join("d/empty")).expect("mkdir");
+    std::fs::write(src.join("d/a.txt"), "alpha").expect("write");
+    symlink("/etc/hostname", src.join("link")).expect("symlink");
+    ok(h.path(), &["create", "box"]);
+    ok(
+        h.path(),
+        &["cp", src.to_str().unwrap_or_default(), "box:in"],
+    );
+    let out = cmd(h.path())
+        .args([
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat in/d/a.txt; readlink in/link; test -d in/d/empty && echo empty-ok",
+        ])
+        .output()
+        .expect("exec");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alpha/etc/hostname\nempty-ok\n"
+    );
+    // The sandbox plants a symlink to a host secret and a file; copying out keeps
+    // the link as a link and never reads the host file through it.
+    ok(
+        h.path(),
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "ln -s /etc/shadow steal; echo out > o.txt",
+        ],
+    );
+    let dst = t.path().join("back");
+    ok(h.path(), &["cp", "box:", dst.to_str().unwrap_or_default()]);
+    assert_eq!(
+        std::fs::read_to_string(dst.join("o.txt")).expect("o.txt"),
+        "out\n"
+    );
+    let m = std::fs::symlink_metadata(dst.join("steal")).expect("steal");
+    assert!(m.file_type().is_symlink(), "copied as a link");
+    assert_eq!(
+        std::fs::read_link(dst.join("steal")).expect("link"),
+        Path::new("/etc/shadow")
+    );
+    // Reading through a sandbox symlink is refused.
+    let out = cmd(h.path())
+        .args([
+            "cp",
+            "box:steal/x",
+            t.path().join("x").to_str().unwrap_or_default(),
+        ])
+        .output()
+        .expect("cp");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!t.path().join("x").exists());
+    // `..` and absolute paths outside /workspace are refused.
+    for bad in ["box:../etc/passwd", "box:/etc/passwd"] {
+        let out = cmd(h.path())
+            .args(["cp", bad, t.path().join("y").to_str().unwrap_or_default()])
+            .output()
+            .expect("cp");
+        assert_eq!(out.status.code(), Some(125), "{bad}");
+        assert!(!t.path().join("y").exists());
+    }
+    // Copying into a path whose parent is a sandbox symlink to a host directory
+    // writes inside the sandbox only (the copy happens in a sandbox run).
+    let host_dir = t.path().join("hostdir");
+    std::fs::create_dir(&host_dir).expect("mkdir");
+    let hd = host_dir.to_str().unwrap_or_default().to_string();
+    ok(
+        h.path(),
+        &["exec", "box", "--", "ln", "-s", &hd, "/workspace/esc"],
+    );
+    let _ = cmd(h.path())
+        .args([
+            "cp",
+            src.join("d/a.txt").to_str().unwrap_or_default(),
+            "box:esc/a.txt",
+        ])
+        .output()
+        .expect("cp");
+    assert!(
+        std::fs::read_dir(&host_dir).expect("read").next().is_none(),
+        "nothing was written on the host"
+    );
+}
