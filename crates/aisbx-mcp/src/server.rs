@@ -445,6 +445,168 @@ impl AisbxServer {
     }
 }
 
+impl AisbxServer {
+    /// The sandbox, file and snapshot tools: parse, run on a blocking thread, and
+    /// return the result as `structuredContent` with a readable summary.
+    async fn call_sandbox_tool(
+        &self,
+        tool: &str,
+        arguments: Option<&JsonObject>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let meta = self.meta(tool, &ctx);
+        let call = match tools::parse_sandbox_call(tool, arguments) {
+            Ok(c) => c,
+            Err(e) => {
+                self.audit_refusal(&meta, &tools::args_value(arguments), &e);
+                return Err(arg_error(e));
+            }
+        };
+        let cancel = CancelToken::default();
+        let _guard = CancelOnDrop(cancel.clone());
+        let service = self.shared.service.clone();
+        let task_cancel = cancel.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            run_sandbox_call(&service, &meta, call, &task_cancel)
+        });
+        let disconnected = Self::disconnect_token(&ctx);
+        let outcome = loop {
+            tokio::select! {
+                res = &mut task => break res,
+                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+                _ = disconnected.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+            }
+        };
+        match outcome {
+            Ok(Ok((summary, value))) => Ok(structured(summary, value)),
+            Ok(Err(e)) => service_error(e),
+            Err(join) => service_error(ServiceError::Internal(format!(
+                "the worker thread failed: {join}"
+            ))),
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ServiceError> {
+    serde_json::to_value(v).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+/// Carry out one sandbox, file or snapshot call (blocking).
+fn run_sandbox_call(
+    service: &Service,
+    meta: &RequestMeta,
+    call: tools::SandboxCall,
+    cancel: &CancelToken,
+) -> Result<(String, Value), ServiceError> {
+    use aisbx_service::{NoProgress, RestoreTarget, SnapSource};
+    use tools::SandboxCall as C;
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let (summary, value) = match call {
+        C::SandboxList => {
+            let v = to_value(&service.sandbox_list(meta)?)?;
+            (pretty(&v), v)
+        }
+        C::SandboxDestroy { id } => {
+            let v = to_value(&service.sandbox_destroy(meta, &id)?)?;
+            (format!("sandbox {id} destroyed"), v)
+        }
+        C::FileWrite { id, path, content } => {
+            let r = service.file_write(meta, &id, &path, content, cancel)?;
+            (
+                format!("wrote {} bytes to {} in sandbox {id}", r.bytes, r.path),
+                to_value(&r)?,
+            )
+        }
+        C::FileRead { id, path } => {
+            let r = service.file_read(meta, &id, &path)?;
+            let s = if r.encoding == "utf-8" {
+                r.content.clone()
+            } else {
+                format!("({} bytes, not UTF-8: base64 in structuredContent)", r.size)
+            };
+            (s, to_value(&r)?)
+        }
+        C::FileList {
+            id,
+            path,
+            recursive,
+        } => {
+            let r = service.file_list(meta, &id, &path, recursive)?;
+            let mut s: String = r
+                .entries
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        aisbx_service::snapshot_fs::Kind::Dir => "dir ",
+                        aisbx_service::snapshot_fs::Kind::File => "file",
+                        aisbx_service::snapshot_fs::Kind::Symlink => "link",
+                    };
+                    format!("{kind} {:>10} {}\n", e.size, e.path)
+                })
+                .collect();
+            if r.truncated {
+                s.push_str("[more entries left out]\n");
+            }
+            (s, to_value(&r)?)
+        }
+        C::SnapshotCreate { name, id } => {
+            let r = service.snapshot_create(
+                meta,
+                &name,
+                &SnapSource::Sandbox(id.clone()),
+                &mut NoProgress,
+            )?;
+            (
+                format!(
+                    "snapshot {name} of sandbox {id}: {} files, {} bytes",
+                    r.files, r.bytes
+                ),
+                to_value(&r)?,
+            )
+        }
+        C::SnapshotRestore { name, id, profile } => {
+            let r = service.snapshot_restore(
+                meta,
+                &name,
+                &RestoreTarget::Sandbox(id.clone()),
+                profile.as_deref(),
+                &mut NoProgress,
+            )?;
+            (
+                format!(
+                    "sandbox {id} restored from snapshot {name}; use it with `run` and sandbox_id \"{id}\""
+                ),
+                to_value(&r)?,
+            )
+        }
+        C::SnapshotList => {
+            let v = to_value(&service.snapshot_list(meta, true)?)?;
+            (pretty(&v), v)
+        }
+        C::SnapshotDiff { from, to } => {
+            let d = service.snapshot_diff(meta, &from, &to)?;
+            let mut s = String::new();
+            for p in &d.added {
+                s.push_str(&format!("A {p}\n"));
+            }
+            for p in &d.removed {
+                s.push_str(&format!("D {p}\n"));
+            }
+            for p in &d.changed {
+                s.push_str(&format!("M {p}\n"));
+            }
+            for f in &d.diffs {
+                s.push_str(&f.unified);
+            }
+            if s.is_empty() {
+                s = "no differences".into();
+            }
+            (s, to_value(&d)?)
+        }
+    };
+    Ok((summary, value))
+}
+
 impl ServerHandler for AisbxServer {
     fn get_info(&self) -> ServerConfig {
         let mut implementation = Implementation::new("aisbx", env!("CARGO_PKG_VERSION"));
@@ -495,8 +657,14 @@ impl ServerHandler for AisbxServer {
             "run" => self.call_run(args, context).await,
             "build" => self.call_build(args, context).await,
             "profile_list" => self.call_profile_list(args, context).await,
+            t if tools::SANDBOX_TOOLS.contains(&t) => {
+                self.call_sandbox_tool(t, args, context).await
+            }
             other => Err(McpError::invalid_params(
-                format!("unknown tool '{other}': the tools are run, build and profile_list"),
+                format!(
+                    "unknown tool '{other}': the tools are run, build, profile_list, {}",
+                    tools::SANDBOX_TOOLS.join(", ")
+                ),
                 Some(json!({ "field": "name" })),
             )),
         }

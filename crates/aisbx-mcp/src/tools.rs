@@ -93,7 +93,196 @@ pub struct BuildInput {
 #[schemars(extend("additionalProperties" = false))]
 pub struct ProfileListInput {}
 
-/// The three tool definitions, built once.
+/// Arguments of `sandbox_list` and `snapshot_list` (none).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+pub struct NoInput {}
+
+/// Arguments of `sandbox_destroy`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct SandboxIdInput {
+    /// The persistent sandbox (from `build` or `snapshot_restore`).
+    sandbox_id: String,
+}
+
+/// Arguments of `file_write`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct FileWriteInput {
+    /// The persistent sandbox.
+    sandbox_id: String,
+    /// Path relative to /workspace; missing directories are created.
+    path: String,
+    /// UTF-8 text written to the file (replacing it).
+    content: String,
+}
+
+/// Arguments of `file_read`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct FileReadInput {
+    /// The persistent sandbox.
+    sandbox_id: String,
+    /// Path relative to /workspace.
+    path: String,
+}
+
+/// Arguments of `file_list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct FileListInput {
+    /// The persistent sandbox.
+    sandbox_id: String,
+    /// Directory relative to /workspace (default: /workspace itself).
+    path: Option<String>,
+    /// List everything below it, not only its entries (default false).
+    recursive: Option<bool>,
+}
+
+/// Arguments of `snapshot_create`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct SnapshotCreateInput {
+    /// A new snapshot name: letters, digits, '.', '_', '-'.
+    name: String,
+    /// The persistent sandbox whose files are saved.
+    sandbox_id: String,
+}
+
+/// Arguments of `snapshot_restore`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct SnapshotRestoreInput {
+    /// The snapshot to restore.
+    name: String,
+    /// Name of the new sandbox made from it (copy-on-write: the snapshot is never changed).
+    sandbox_id: String,
+    /// Profile of the new sandbox (default: the snapshot's).
+    profile: Option<String>,
+}
+
+/// Arguments of `snapshot_diff`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = false))]
+#[allow(dead_code)]
+pub struct SnapshotDiffInput {
+    /// The older snapshot.
+    from: String,
+    /// The newer snapshot.
+    to: String,
+}
+
+fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    read_only: bool,
+    destructive: bool,
+) -> Result<Tool, String> {
+    Ok(Tool::new(name, description, schema_for_input::<I>()?)
+        .with_title(title)
+        .with_raw_output_schema(schema_for_output::<O>())
+        .with_annotations(
+            ToolAnnotations::new()
+                .read_only(read_only)
+                .destructive(destructive)
+                .idempotent(read_only)
+                .open_world(false),
+        ))
+}
+
+/// The sandbox, file and snapshot tools.
+fn sandbox_definitions() -> Result<Vec<Tool>, String> {
+    use aisbx_service::{
+        FileContent, FileList, FileWriteResult, RestoreResult, SandboxDestroyed, SandboxList,
+        SnapshotDiff, SnapshotInfo, SnapshotList,
+    };
+    Ok(vec![
+        tool::<NoInput, SandboxList>(
+            "sandbox_list",
+            "List persistent sandboxes",
+            "List the persistent sandboxes: id, profile, creation time and the snapshot each \
+             was restored from.",
+            true,
+            false,
+        )?,
+        tool::<SandboxIdInput, SandboxDestroyed>(
+            "sandbox_destroy",
+            "Destroy a persistent sandbox",
+            "Delete a persistent sandbox and all its files. Snapshots taken of it are kept.",
+            false,
+            true,
+        )?,
+        tool::<FileWriteInput, FileWriteResult>(
+            "file_write",
+            "Write a file in a sandbox",
+            "Write UTF-8 text to a file of a persistent sandbox (path relative to \
+             /workspace), creating missing directories. The write happens inside the \
+             sandbox: symlinks cannot lead it elsewhere.",
+            false,
+            false,
+        )?,
+        tool::<FileReadInput, FileContent>(
+            "file_read",
+            "Read a file of a sandbox",
+            "Read a file of a persistent sandbox (path relative to /workspace), at most 1 MiB; \
+             text comes back as is, other bytes as base64. Symlinks are not followed.",
+            true,
+            false,
+        )?,
+        tool::<FileListInput, FileList>(
+            "file_list",
+            "List files of a sandbox",
+            "List a directory of a persistent sandbox (relative to /workspace): path, kind \
+             (file, dir, symlink), size, mode and mtime of each entry; `recursive` lists \
+             the whole tree (at most 10,000 entries).",
+            true,
+            false,
+        )?,
+        tool::<SnapshotCreateInput, SnapshotInfo>(
+            "snapshot_create",
+            "Snapshot a sandbox",
+            "Save the files of a persistent sandbox as a named snapshot (modes, times, \
+             symlinks kept; content stored once across snapshots). Restore it later with \
+             snapshot_restore to go back to this point.",
+            false,
+            false,
+        )?,
+        tool::<SnapshotRestoreInput, RestoreResult>(
+            "snapshot_restore",
+            "Restore a snapshot into a new sandbox",
+            "Create a new persistent sandbox from a snapshot, copy-on-write: instant whatever \
+             its size, and nothing the sandbox does changes the snapshot.",
+            false,
+            false,
+        )?,
+        tool::<NoInput, SnapshotList>(
+            "snapshot_list",
+            "List snapshots",
+            "List the snapshots: name, creation time, source, profile, parent, size, file \
+             count and bytes shared with other snapshots.",
+            true,
+            false,
+        )?,
+        tool::<SnapshotDiffInput, SnapshotDiff>(
+            "snapshot_diff",
+            "Compare two snapshots",
+            "The paths added, removed and changed from one snapshot to another, with a \
+             unified diff for small text files.",
+            true,
+            false,
+        )?,
+    ])
+}
+
+/// The tool definitions, built once.
 pub fn definitions() -> Result<Vec<Tool>, String> {
     let run = Tool::new(
         "run",
@@ -147,7 +336,162 @@ pub fn definitions() -> Result<Vec<Tool>, String> {
             .idempotent(true)
             .open_world(false),
     );
-    Ok(vec![run, build, profile_list])
+    let mut all = vec![run, build, profile_list];
+    all.extend(sandbox_definitions()?);
+    Ok(all)
+}
+
+/// Names of the sandbox, file and snapshot tools.
+pub const SANDBOX_TOOLS: &[&str] = &[
+    "sandbox_list",
+    "sandbox_destroy",
+    "file_write",
+    "file_read",
+    "file_list",
+    "snapshot_create",
+    "snapshot_restore",
+    "snapshot_list",
+    "snapshot_diff",
+];
+
+/// A checked call of one of [`SANDBOX_TOOLS`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SandboxCall {
+    SandboxList,
+    SandboxDestroy {
+        id: String,
+    },
+    FileWrite {
+        id: String,
+        path: String,
+        content: String,
+    },
+    FileRead {
+        id: String,
+        path: String,
+    },
+    FileList {
+        id: String,
+        path: String,
+        recursive: bool,
+    },
+    SnapshotCreate {
+        name: String,
+        id: String,
+    },
+    SnapshotRestore {
+        name: String,
+        id: String,
+        profile: Option<String>,
+    },
+    SnapshotList,
+    SnapshotDiff {
+        from: String,
+        to: String,
+    },
+}
+
+fn req_string(args: &Map<String, Value>, field: &str) -> Result<String, ArgError> {
+    opt_string(args, field)?.ok_or_else(|| bad(field, "is required"))
+}
+
+fn req_name(args: &Map<String, Value>, field: &str) -> Result<String, ArgError> {
+    let s = req_string(args, field)?;
+    check_name(field, &s)?;
+    Ok(s)
+}
+
+/// Arguments of a sandbox, file or snapshot tool.
+pub fn parse_sandbox_call(
+    tool: &str,
+    arguments: Option<&Map<String, Value>>,
+) -> Result<SandboxCall, ArgError> {
+    let args = as_object(arguments);
+    let known: &[&str] = match tool {
+        "sandbox_list" | "snapshot_list" => &[],
+        "sandbox_destroy" => &["sandbox_id"],
+        "file_write" => &["sandbox_id", "path", "content"],
+        "file_read" => &["sandbox_id", "path"],
+        "file_list" => &["sandbox_id", "path", "recursive"],
+        "snapshot_create" => &["name", "sandbox_id"],
+        "snapshot_restore" => &["name", "sandbox_id", "profile"],
+        "snapshot_diff" => &["from", "to"],
+        other => return Err(bad("name", format!("unknown tool '{other}'"))),
+    };
+    check_known(&args, known)?;
+    let path = |field: &str| -> Result<String, ArgError> {
+        let p = req_string(&args, field)?;
+        check_file_path(&p).map_err(|why| bad(field, why))?;
+        Ok(p)
+    };
+    Ok(match tool {
+        "sandbox_list" => SandboxCall::SandboxList,
+        "snapshot_list" => SandboxCall::SnapshotList,
+        "sandbox_destroy" => SandboxCall::SandboxDestroy {
+            id: req_name(&args, "sandbox_id")?,
+        },
+        "file_write" => {
+            let id = req_name(&args, "sandbox_id")?;
+            let path = path("path")?;
+            let content = req_string(&args, "content")?;
+            if content.len() > MAX_FILES_TOTAL_BYTES {
+                return Err(bad(
+                    "content",
+                    format!(
+                        "too large ({} bytes; at most {MAX_FILES_TOTAL_BYTES})",
+                        content.len()
+                    ),
+                ));
+            }
+            SandboxCall::FileWrite { id, path, content }
+        }
+        "file_read" => SandboxCall::FileRead {
+            id: req_name(&args, "sandbox_id")?,
+            path: path("path")?,
+        },
+        "file_list" => {
+            let id = req_name(&args, "sandbox_id")?;
+            let p = opt_string(&args, "path")?.unwrap_or_default();
+            if !p.is_empty() && p != "." {
+                check_file_path(p.trim_end_matches('/')).map_err(|why| bad("path", why))?;
+            }
+            let recursive = match get(&args, "recursive") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(bad(
+                        "recursive",
+                        format!("expected a boolean, got {}", type_name(v)),
+                    ));
+                }
+            };
+            SandboxCall::FileList {
+                id,
+                path: p,
+                recursive,
+            }
+        }
+        "snapshot_create" => SandboxCall::SnapshotCreate {
+            name: req_name(&args, "name")?,
+            id: req_name(&args, "sandbox_id")?,
+        },
+        "snapshot_restore" => {
+            let name = req_name(&args, "name")?;
+            let id = req_name(&args, "sandbox_id")?;
+            let profile = match opt_string(&args, "profile")? {
+                Some(p) => {
+                    check_name("profile", &p)?;
+                    Some(p)
+                }
+                None => None,
+            };
+            SandboxCall::SnapshotRestore { name, id, profile }
+        }
+        _ => SandboxCall::SnapshotDiff {
+            from: req_name(&args, "from")?,
+            to: req_name(&args, "to")?,
+        },
+    })
 }
 
 /// The tool definitions as shared, ready-to-list values.
@@ -608,7 +952,8 @@ mod tests {
     fn definitions_have_schemas() {
         let defs = definitions().expect("definitions");
         let names: Vec<&str> = defs.iter().map(|t| t.name.as_ref()).collect();
-        assert_eq!(names, ["run", "build", "profile_list"]);
+        assert_eq!(names[..3], ["run", "build", "profile_list"]);
+        assert_eq!(names[3..], *SANDBOX_TOOLS);
         for t in &defs {
             assert!(t.description.is_some());
             assert_eq!(t.input_schema.get("type"), Some(&json!("object")));
@@ -749,6 +1094,63 @@ mod tests {
         assert!(parse_profile_list(Some(&Map::new())).is_ok());
         let e = parse_profile_list(Some(&obj(json!({"x": 1})))).expect_err("bad");
         assert_eq!(e.field, "x");
+    }
+
+    #[test]
+    fn sandbox_tool_arguments_name_the_field() {
+        let call = |t: &str, v: Value| parse_sandbox_call(t, Some(&obj(v)));
+        assert_eq!(
+            call("file_read", json!({"sandbox_id": "a", "path": "x/y"})),
+            Ok(SandboxCall::FileRead {
+                id: "a".into(),
+                path: "x/y".into()
+            })
+        );
+        let field = |t: &str, v: Value| call(t, v).expect_err("bad").field;
+        assert_eq!(field("file_read", json!({"sandbox_id": "a"})), "path");
+        assert_eq!(
+            field("file_read", json!({"sandbox_id": "a", "path": "../x"})),
+            "path"
+        );
+        assert_eq!(
+            field(
+                "file_read",
+                json!({"sandbox_id": "a", "path": "/etc/passwd"})
+            ),
+            "path"
+        );
+        assert_eq!(
+            field("file_write", json!({"sandbox_id": "a", "path": "x"})),
+            "content"
+        );
+        assert_eq!(
+            field(
+                "file_write",
+                json!({"sandbox_id": "a b", "path": "x", "content": ""})
+            ),
+            "sandbox_id"
+        );
+        assert_eq!(
+            field("file_list", json!({"sandbox_id": "a", "recursive": "yes"})),
+            "recursive"
+        );
+        assert_eq!(field("sandbox_destroy", json!({})), "sandbox_id");
+        assert_eq!(
+            field(
+                "snapshot_create",
+                json!({"name": "../x", "sandbox_id": "a"})
+            ),
+            "name"
+        );
+        assert_eq!(
+            field(
+                "snapshot_restore",
+                json!({"name": "s", "sandbox_id": "a", "profile": 1})
+            ),
+            "profile"
+        );
+        assert_eq!(field("snapshot_diff", json!({"from": "a"})), "to");
+        assert_eq!(field("snapshot_list", json!({"x": 1})), "x");
     }
 
     #[test]

@@ -34,7 +34,23 @@ fn initialize_lists_tools_with_schemas() {
     let list = s.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
     let tools = list["result"]["tools"].as_array().expect("tools");
     let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["run", "build", "profile_list"]);
+    assert_eq!(
+        names,
+        [
+            "run",
+            "build",
+            "profile_list",
+            "sandbox_list",
+            "sandbox_destroy",
+            "file_write",
+            "file_read",
+            "file_list",
+            "snapshot_create",
+            "snapshot_restore",
+            "snapshot_list",
+            "snapshot_diff"
+        ]
+    );
     for t in tools {
         assert!(
             t["description"].as_str().is_some_and(|d| d.len() > 20),

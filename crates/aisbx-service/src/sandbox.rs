@@ -746,9 +746,9 @@ pub(crate) fn copy_in(
     for n in &nodes {
         let mut name = b"x".to_vec();
         name.extend_from_slice(&n.path[base.len()..]);
-        let name = std::path::PathBuf::from(std::ffi::OsString::from(
+        let name = std::path::PathBuf::from(
             <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name),
-        ));
+        );
         let mut h = tar::Header::new_gnu();
         h.set_mode(n.mode);
         h.set_mtime(n.mtime.0.max(0) as u64);

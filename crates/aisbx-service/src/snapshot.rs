@@ -480,7 +480,7 @@ impl Store {
         let objects = self.sub("objects").map_err(|e| internal("objects", e))?;
         for (key, tname) in &pending {
             mkdir_ok(&objects, &key[..2], 0o700).map_err(|e| internal("objects", e))?;
-            let dir = open_dir(objects.as_fd(), key[..2].as_bytes())
+            let dir = open_dir(objects.as_fd(), &key.as_bytes()[..2])
                 .map_err(|e| internal("objects", e))?;
             rfs::renameat(&tmp, tname.as_str(), &dir, key.as_str())
                 .map_err(|e| internal("storing an object", io_err(e)))?;
@@ -557,13 +557,10 @@ impl Store {
             let node = e
                 .node()
                 .map_err(|err| internal("a damaged manifest entry", err))?;
-            let source = match e.key() {
-                Some(key) => Some(Source::Link {
-                    dir: objects.as_fd(),
-                    name: object_rel(&key)["objects/".len()..].to_vec(),
-                }),
-                None => None,
-            };
+            let source = e.key().map(|key| Source::Link {
+                dir: objects.as_fd(),
+                name: object_rel(&key)["objects/".len()..].to_vec(),
+            });
             w.put(&node, source).map_err(|err| {
                 internal(
                     &format!("materializing {}", String::from_utf8_lossy(&node.path)),

@@ -175,6 +175,7 @@ pub fn stat_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<rfs::Stat> {
     rfs::statat(&dfd, os(name), AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)
 }
 
+#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
 pub fn mtime_of(st: &rfs::Stat) -> (i64, u32) {
     (st.st_mtime as i64, st.st_mtime_nsec as u32)
 }
@@ -220,6 +221,9 @@ fn node_from(
     }))
 }
 
+/// Merged children of a directory: name → (entry, the layers a directory spans).
+type Children = BTreeMap<Vec<u8>, (Node, Vec<usize>)>;
+
 /// A tree to read: one directory, or overlay layers (top first).
 pub struct Layers {
     pub fds: Vec<OwnedFd>,
@@ -261,8 +265,8 @@ impl Layers {
         dir: &[u8],
         active: &[usize],
         warn: &mut dyn FnMut(String),
-    ) -> io::Result<BTreeMap<Vec<u8>, (Node, Vec<usize>)>> {
-        let mut out: BTreeMap<Vec<u8>, (Node, Vec<usize>)> = BTreeMap::new();
+    ) -> io::Result<Children> {
+        let mut out: Children = BTreeMap::new();
         let mut hidden: BTreeSet<Vec<u8>> = BTreeSet::new();
         for (i, &layer) in active.iter().enumerate() {
             let dfd = match open_dir(self.fd(layer), dir) {

@@ -58,8 +58,11 @@ fn sample_tree(root: &Path) {
     unsafe { libc::utimensat(libc::AT_FDCWD, old.as_ptr(), times.as_ptr(), 0) };
 }
 
-/// (relative path, kind, mode, mtime, content or link target) of every entry.
-fn describe(root: &Path) -> Vec<(Vec<u8>, &'static str, u32, i64, Vec<u8>)> {
+/// (relative path, kind, mode, mtime, content or link target) of one entry.
+type Described = (Vec<u8>, &'static str, u32, i64, Vec<u8>);
+
+/// Every entry below `root`, sorted.
+fn describe(root: &Path) -> Vec<Described> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
