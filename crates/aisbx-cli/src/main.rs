@@ -2,9 +2,10 @@
 //! service requests and formats results; everything else is the service's.
 
 mod audit_cmd;
+mod profile_cmd;
 mod sandbox_cmd;
-mod snap_cmd;
 mod size;
+mod snap_cmd;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -52,9 +53,9 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
         #[arg(long)]
         json: bool,
     },
-    /// List and inspect profiles.
+    /// List, show, detect and validate profiles (see docs/PROFILES.md).
     #[command(subcommand)]
-    Profile(ProfileCmd),
+    Profile(profile_cmd::ProfileCmd),
     /// Read and check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -88,15 +89,6 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
 }
 
 #[derive(Subcommand)]
-enum ProfileCmd {
-    /// List the profiles and whether this host can run them.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
 enum AuditCmd {
     /// Print the last entries of the audit log.
     Tail {
@@ -112,7 +104,8 @@ enum AuditCmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Profile to run with (default: the language's, else `default`).
+    /// Profile to run with (default: detected from --lang, the file, the workdir's
+    /// project markers or the code, else `base`; the choice is noted on stderr).
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
     /// Host directory mounted read-write at /workspace (default: a fresh one, removed after).
@@ -133,11 +126,12 @@ struct RunArgs {
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Language of --code (python, node, bash, sh, perl).
+    /// Language of --code (python, node, bash, sh, perl, ruby, go, java, rust; see
+    /// `aisbx profile list`); detected when absent.
     #[arg(long, value_name = "LANG", requires = "code")]
     lang: Option<String>,
-    /// Source code to run; needs --lang.
-    #[arg(long, value_name = "SOURCE", requires = "lang", conflicts_with_all = ["file", "command"])]
+    /// Source code to run.
+    #[arg(long, value_name = "SOURCE", conflicts_with_all = ["file", "command"])]
     code: Option<String>,
     /// Print one RunResult JSON object on stdout instead of streaming the output.
     #[arg(long)]
@@ -170,7 +164,7 @@ fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Doctor { json } => cmd_doctor(json),
-        Cmd::Profile(ProfileCmd::List { json }) => cmd_profile_list(json),
+        Cmd::Profile(c) => profile_cmd::run(c),
         Cmd::Audit(a) => {
             let home = aisbx_service::default_home();
             let code = match a {
@@ -254,6 +248,7 @@ fn cmd_run(a: RunArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
+    note_detected_profile(&svc, &req);
     let result = if a.json {
         svc.run(
             &cli_meta("run"),
@@ -333,35 +328,38 @@ fn cmd_doctor(json: bool) -> u8 {
     if report.ok() { 0 } else { 1 }
 }
 
-fn cmd_profile_list(json: bool) -> u8 {
-    let svc = match open_service() {
-        Ok(s) => s,
-        Err(c) => return c,
+/// Say on stderr which profile aisbx inferred (from an extension, a shebang, a
+/// project marker or the code), so the choice is never silent. Nothing is printed
+/// when the profile or language was given, or for a plain command outside a project.
+/// Errors are left to the run itself, which makes the same choice.
+fn note_detected_profile(svc: &Service, req: &RunRequest) {
+    if req.profile.is_some() || req.sandbox_id.is_some() {
+        return;
+    }
+    let script = match &req.program {
+        Program::File(p) => match std::fs::metadata(p) {
+            Ok(m) if m.len() <= 4 << 20 => std::fs::read(p).ok().map(|c| (p.clone(), c)),
+            _ => None,
+        },
+        _ => None,
     };
-    match svc.profile_list(&cli_meta("profile_list")) {
-        Ok(list) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "{:<10} {:<10} {:<11} DESCRIPTION",
-                    "NAME", "LANGUAGE", "AVAILABLE"
-                );
-                for p in list.profiles {
-                    println!(
-                        "{:<10} {:<10} {:<11} {}",
-                        p.name,
-                        p.language.unwrap_or_else(|| "-".into()),
-                        if p.available { "yes" } else { "no" },
-                        p.description
-                    );
-                }
-            }
-            0
-        }
-        Err(e) => fail(&e),
+    let (lang, code) = match &req.program {
+        Program::Code { language, code } => (
+            Some(language.as_str()).filter(|l| !l.is_empty()),
+            Some(code.as_str()),
+        ),
+        _ => (None, None),
+    };
+    let input = aisbx_service::profile::DetectInput {
+        profile: None,
+        lang,
+        file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
+        code,
+        dir: req.workdir.as_deref(),
+    };
+    if let Ok(d) = svc.profiles(req.workdir.as_deref()).detect(&input)
+        && d.inferred()
+    {
+        eprintln!("aisbx: using profile {} ({})", d.profile.name, d.reason);
     }
 }

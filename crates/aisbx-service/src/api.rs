@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub enum Program {
     /// An argv, executed inside the sandbox (a bare name is looked up on the sandbox PATH).
     Command(Vec<String>),
-    /// Source code in a language (`python`, `node`, `bash`, `sh`, `perl`, ...).
+    /// Source code in a language (`python`, `node`, `bash`, `sh`, `perl`, ...); an
+    /// empty language means the profile's, else one detected from the code.
     Code { language: String, code: String },
     /// A host file; its content is copied into the sandbox and run by the language its
     /// extension or shebang names.
@@ -33,7 +34,7 @@ pub struct LimitOverrides {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
     pub program: Program,
-    /// Profile name; `None` picks one from the language (or `default`).
+    /// Profile name; `None` detects one (docs/PROFILES.md), `base` for a plain command.
     pub profile: Option<String>,
     /// Host directory bound read-write at /workspace; `None` gives a fresh, capped
     /// workspace that disappears with the run.
@@ -166,6 +167,15 @@ pub struct ProfileInfo {
     pub extends: Vec<String>,
     /// Whether this host has what the profile needs (its runtime).
     pub available: bool,
+    /// Where the profile comes from: `builtin`, `user` or `project`.
+    #[serde(default)]
+    pub source: String,
+    /// The file of a `user` or `project` profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Why it is not available: the missing runtime, or what is wrong with the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

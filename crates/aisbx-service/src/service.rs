@@ -162,15 +162,28 @@ impl Service {
     }
 
     pub fn profile_list(&self, meta: &RequestMeta) -> Result<ProfileList, ServiceError> {
+        self.profile_list_in(meta, None)
+    }
+
+    /// The profiles from every source, the project's found from `project_start`
+    /// (default: the current directory) upward.
+    pub fn profile_list_in(
+        &self,
+        meta: &RequestMeta,
+        project_start: Option<&Path>,
+    ) -> Result<ProfileList, ServiceError> {
         let list = ProfileList {
-            profiles: profile::builtins()
-                .iter()
-                .map(|p| profile::info(p, &self.inner.host_path))
-                .collect(),
+            profiles: self.profiles(project_start).infos(),
         };
         let ok: Result<ProfileList, ServiceError> = Ok(list);
         self.record(meta, &serde_json::json!({}), &ok);
         ok
+    }
+
+    /// Every profile, for `aisbx profile show|detect|validate`; host runtimes are
+    /// looked up on the caller's PATH.
+    pub fn profiles(&self, project_start: Option<&Path>) -> profile::Catalog {
+        profile::Catalog::load(project_start).with_host_path(&self.inner.host_path)
     }
 
     pub(crate) fn record<T: serde::Serialize>(
@@ -219,27 +232,18 @@ impl Service {
                 "a run in a persistent sandbox uses the sandbox's workspace; drop --workdir",
             ));
         }
-        // Program → language and code.
-        let (lang, code_file, argv_tail): (
-            Option<&'static Language>,
-            Option<CodeFile>,
-            Vec<String>,
-        ) = match &req.program {
+        // Program → code; then the profile and language, chosen by profile::detect
+        // (the same code `aisbx profile detect` and the CLI's notice use).
+        let script = match &req.program {
+            Program::File(path) => Some((path.clone(), read_script(path)?)),
+            _ => None,
+        };
+        let (lang_arg, code, argv_tail) = match &req.program {
             Program::Command(argv) => {
                 check_argv(argv)?;
                 (None, None, argv.clone())
             }
             Program::Code { language, code } => {
-                let l = runtime::language(language).ok_or_else(|| {
-                    let known: Vec<&str> = runtime::LANGUAGES.iter().map(|l| l.name).collect();
-                    ServiceError::invalid(
-                        "language",
-                        format!(
-                            "unknown language '{language}' (known: {})",
-                            known.join(", ")
-                        ),
-                    )
-                })?;
                 if code.len() > MAX_CODE_BYTES {
                     return Err(ServiceError::invalid(
                         "code",
@@ -250,37 +254,53 @@ impl Service {
                         ),
                     ));
                 }
-                (
-                    Some(l),
-                    Some((l.file_name.to_string(), code.clone().into_bytes())),
-                    Vec::new(),
-                )
+                let l = Some(language.as_str()).filter(|l| !l.is_empty());
+                (l, Some(code.as_str()), Vec::new())
             }
-            Program::File(path) => {
-                let content = read_script(path)?;
-                let l = runtime::language_of_file(path, &content).ok_or_else(|| {
-                    ServiceError::invalid(
-                        "file",
-                        format!("cannot tell the language of {}: give it a known extension (.py .js .sh .pl) or a #! line, or use --lang", path.display()),
-                    )
-                })?;
+            Program::File(_) => (None, None, Vec::new()),
+        };
+        let catalog =
+            profile::Catalog::load(req.workdir.as_deref()).with_host_path(&self.inner.host_path);
+        let detection = catalog.detect(&profile::DetectInput {
+            profile: req
+                .profile
+                .as_deref()
+                .or(sandbox.as_ref().map(|sb| sb.profile.as_str())),
+            lang: lang_arg,
+            file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
+            code,
+            dir: req
+                .workdir
+                .as_deref()
+                .or(sandbox.as_ref().map(|sb| sb.workspace.as_path())),
+        })?;
+        let mut profile: Profile = detection.profile;
+        let lang: Option<Language> = detection.language;
+        if profile.language.is_none()
+            && let Some(l) = &lang
+        {
+            // `--profile strict --lang python`: the language's environment too.
+            let own = std::mem::take(&mut profile.env);
+            profile.env = l.env.clone();
+            for (k, v) in own {
+                profile.env.retain(|(ek, _)| *ek != k);
+                profile.env.push((k, v));
+            }
+        }
+        let code_file: Option<CodeFile> = match (&req.program, &lang) {
+            (Program::Code { code, .. }, Some(l)) => {
+                Some((l.file_name.clone(), code.clone().into_bytes()))
+            }
+            (Program::File(path), Some(l)) => {
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .filter(|n| !n.starts_with('.') && !n.contains('/'))
-                    .unwrap_or_else(|| l.file_name.to_string());
-                (Some(l), Some((name, content)), Vec::new())
+                    .unwrap_or_else(|| l.file_name.clone());
+                script.map(|(_, content)| (name, content))
             }
+            _ => None,
         };
-
-        let profile: Profile = match (&req.profile, &sandbox, lang) {
-            (Some(p), _, _) => profile::find(p)?,
-            (None, Some(sb), _) => profile::find(&sb.profile)?,
-            (None, None, Some(l)) => profile::find(l.name)?,
-            (None, None, None) => profile::find(profile::DEFAULT_PROFILE)?,
-        };
-        // A language profile without code: the command runs with its runtime.
-        let lang = lang.or(profile.language);
         let limits = profile::check_limits(profile.limits.clone(), &req.limits)?;
 
         let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
@@ -295,19 +315,30 @@ impl Service {
         let mut path_var = SANDBOX_PATH.to_string();
         let mut argv = argv_tail;
         let mut code_files = Vec::new();
-        if let Some(l) = lang {
+        if let Some(l) = &lang {
             let rt = runtime::resolve(l, &self.inner.host_path).map_err(ServiceError::NotFound)?;
             if let Some(prefix) = &rt.prefix {
                 ro_binds.push(prefix.clone());
                 path_var = format!("{}:{path_var}", prefix.join("bin").display());
             }
             if let Some((name, content)) = code_file {
-                argv = vec![
-                    rt.interpreter.to_string_lossy().into_owned(),
-                    format!("{CODE_DIR}/{name}"),
-                ];
+                if l.feed == runtime::Feed::None {
+                    return Err(ServiceError::invalid(
+                        "profile",
+                        format!(
+                            "profile '{}' runs commands only ({} code is not fed to it); give a command after `--`",
+                            profile.name, l.name
+                        ),
+                    ));
+                }
+                argv = l.argv(&rt.interpreter, &format!("{CODE_DIR}/{name}"));
                 code_files.push((name, content));
             }
+        }
+        for b in &profile.ro_binds {
+            profile::schema::check_bind(&b.to_string_lossy())
+                .map_err(|e| ServiceError::Refused(format!("profile '{}': {e}", profile.name)))?;
+            ro_binds.push(b.clone());
         }
 
         let env = build_env(&profile, &path_var, &req.env)?;
@@ -647,7 +678,7 @@ mod tests {
 
     #[test]
     fn env_is_clean_and_overridable() {
-        let p = profile::find("python").unwrap();
+        let p = profile::Catalog::builtin().resolve("python").unwrap();
         let env = build_env(
             &p,
             "/usr/bin",

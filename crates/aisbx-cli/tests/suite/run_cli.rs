@@ -44,7 +44,7 @@ fn json_result_has_every_field() {
     assert_eq!(v["exit_code"], 3);
     assert_eq!(v["signal"], serde_json::Value::Null);
     assert_eq!(v["stdout"], "hi\n");
-    assert_eq!(v["profile"], "default");
+    assert_eq!(v["profile"], "base");
     assert_eq!(v["sandbox_id"], serde_json::Value::Null);
 }
 
@@ -325,7 +325,10 @@ fn a_missing_runtime_is_127_never_a_host_fallback() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(127), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not installed"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not installed"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -335,5 +338,8 @@ fn oversized_scripts_are_refused() {
     std::fs::write(&big, "#".repeat(5 << 20)).expect("write");
     let out = aisbx(&["run", big.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("larger than"),
+        "{out:?}"
+    );
 }

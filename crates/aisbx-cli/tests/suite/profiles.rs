@@ -1,0 +1,346 @@
+//! Profiles through the real `aisbx` binary: list, show, detect, validate, and the
+//! profile `aisbx run` chooses (docs/PROFILES.md).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use super::common::*;
+
+/// `aisbx ARGS` with a private state dir and config dir, run in `cwd`.
+fn aisbx_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
+    let h = home();
+    let mut c: Command = cmd(h.path());
+    c.current_dir(cwd)
+        .env("XDG_CONFIG_HOME", config)
+        .args(args)
+        .output()
+        .expect("run aisbx")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A project directory with `.aisbx/profiles/<name>.toml` files, and a config dir.
+fn project(profiles: &[(&str, &str)]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let p = tempfile::tempdir().expect("tempdir");
+    let dir = p.path().join(".aisbx/profiles");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (name, body) in profiles {
+        std::fs::write(dir.join(format!("{name}.toml")), body).expect("write");
+    }
+    (p, tempfile::tempdir().expect("tempdir"))
+}
+
+fn list_json(cwd: &Path, config: &Path) -> Vec<Value> {
+    let out = aisbx_in(cwd, config, &["profile", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["profiles"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn list_shows_every_builtin_with_source_and_availability() {
+    let (p, cfg) = project(&[]);
+    let list = list_json(p.path(), cfg.path());
+    let names: Vec<&str> = list.iter().filter_map(|p| p["name"].as_str()).collect();
+    for want in [
+        "base",
+        "strict",
+        "dev",
+        "python",
+        "python-dev",
+        "python-prod",
+        "node",
+        "node-dev",
+        "node-prod",
+        "bash",
+        "bash-dev",
+        "bash-prod",
+        "sh",
+        "perl",
+        "go",
+        "ruby",
+        "java",
+        "rust",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for p in &list {
+        assert_eq!(p["source"], "builtin", "{p}");
+        assert!(p["available"].is_boolean(), "{p}");
+        if p["available"] == false {
+            assert!(p["missing"].as_str().is_some_and(|m| !m.is_empty()), "{p}");
+        }
+    }
+    let base = list.iter().find(|p| p["name"] == "base").expect("base");
+    assert_eq!(base["available"], true);
+    let out = aisbx_in(p.path(), cfg.path(), &["profile", "list"]);
+    let t = text(&out.stdout);
+    assert!(t.starts_with("NAME"), "{t}");
+    assert!(t.contains("SOURCE"), "{t}");
+}
+
+#[test]
+fn a_project_profile_overrides_a_builtin_and_the_run_uses_it() {
+    let (p, cfg) = project(&[(
+        "python",
+        "description = \"team python\"\nextends = [\"python\"]\n[env]\nTEAM = \"yes\"\n[limits]\ntimeout = \"7s\"\n",
+    )]);
+    let list = list_json(p.path(), cfg.path());
+    let py = list.iter().find(|x| x["name"] == "python").expect("python");
+    assert_eq!(py["source"], "project", "{py}");
+    assert_eq!(py["description"], "team python");
+
+    let out = aisbx_in(
+        p.path(),
+        cfg.path(),
+        &["profile", "show", "python", "--resolved"],
+    );
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        t.contains("base (builtin) → python (builtin) → python (project)"),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("timeout = \"7s\"") && l.ends_with("# python (project)")),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("pids = 256") && l.ends_with("# base (builtin)")),
+        "{t}"
+    );
+
+    // The run picks the project's python: its env and its limit.
+    let out = aisbx_in(
+        p.path(),
+        cfg.path(),
+        &[
+            "run",
+            "--json",
+            "--lang",
+            "python",
+            "--code",
+            "import os; print(os.environ.get('TEAM'))",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("RunResult");
+    assert_eq!(stdout(&v), "yes\n", "{v}");
+    assert_eq!(v["profile"], "python");
+}
+
+#[test]
+fn user_profiles_sit_between_builtins_and_the_project() {
+    let (p, cfg) = project(&[("team", "extends = [\"mine\"]\n[limits]\npids = 33\n")]);
+    let user = cfg.path().join("aisbx/profiles");
+    std::fs::create_dir_all(&user).expect("mkdir");
+    std::fs::write(
+        user.join("mine.toml"),
+        "description = \"my defaults\"\nextends = [\"base\"]\n[limits]\npids = 22\nnofile = 99\n",
+    )
+    .expect("write");
+    let out = aisbx_in(p.path(), cfg.path(), &["profile", "show", "team", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["values"]["limits.pids"]["value"], 33);
+    assert_eq!(v["values"]["limits.pids"]["from"][0], "team (project)");
+    assert_eq!(v["values"]["limits.nofile"]["value"], 99);
+    assert_eq!(v["values"]["limits.nofile"]["from"][0], "mine (user)");
+    let list = list_json(p.path(), cfg.path());
+    let mine = list.iter().find(|x| x["name"] == "mine").expect("mine");
+    assert_eq!(mine["source"], "user");
+}
+
+#[test]
+fn detect_explains_its_choice() {
+    let (p, cfg) = project(&[]);
+    let d = p.path();
+    std::fs::write(d.join("package.json"), "{}").expect("write");
+    std::fs::write(d.join("stray.py"), "print(1)\n").expect("write");
+    std::fs::write(d.join("tool"), "#!/usr/bin/env python3\nprint(1)\n").expect("write");
+    let detect = |args: &[&str]| -> Value {
+        let mut full = vec!["profile", "detect", "--json"];
+        full.extend_from_slice(args);
+        let out = aisbx_in(d, cfg.path(), &full);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["stray.py"], "python", "extension"),
+        (&["tool"], "python", "shebang"),
+        (&["."], "node", "marker"),
+        (&[], "node", "marker"),
+        (&["--code", "x = 1", "--workdir", "."], "node", "marker"),
+        (&["--code", "console.log(1)"], "node", "code"),
+        (&["--code", "print(1)", "--lang", "py"], "python", "lang"),
+        (&["stray.py", "--profile", "strict"], "strict", "profile"),
+    ];
+    for (args, profile, basis) in cases {
+        let v = detect(args);
+        assert_eq!(v["profile"], *profile, "{args:?}: {v}");
+        assert_eq!(v["basis"], *basis, "{args:?}: {v}");
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    }
+    let out = aisbx_in(d, cfg.path(), &["profile", "detect", "--code", "42"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("cannot tell the language"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn run_says_on_stderr_which_profile_it_inferred() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tool = dir.path().join("tool");
+    std::fs::write(&tool, "#!/usr/bin/env python3\nprint('inferred')\n").expect("write");
+    let out = aisbx(&["run", "--json", tool.to_str().unwrap_or_default()]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is only the RunResult");
+    assert_eq!(stdout(&v), "inferred\n");
+    assert_eq!(v["profile"], "python");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("aisbx: using profile python ("), "{err}");
+    // --code without --lang: the code decides, and says so.
+    let out = aisbx(&["run", "--code", "console.log('js', 6*7)"]);
+    assert_eq!(text(&out.stdout), "js 42\n", "{out:?}");
+    assert!(text(&out.stderr).contains("using profile node"), "{out:?}");
+    // Told explicitly, or a plain command: nothing is added.
+    let out = aisbx(&["run", "--lang", "python", "--code", "print(1)"]);
+    assert_eq!(text(&out.stderr), "");
+    let out = aisbx(&["run", "--", "/bin/true"]);
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn profiles_set_limits_env_and_seccomp_of_the_run() {
+    // strict: 10 s wall time and 64 processes.
+    let (v, code) = run_json(&["--profile", "strict", "--", "/bin/sh", "-c", "ulimit -n"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(stdout(&v), "256\n", "{v}");
+    assert_eq!(v["profile"], "strict");
+    // A per-call option overrides the profile last.
+    let (v, code) = run_json(&[
+        "--profile",
+        "strict",
+        "--timeout",
+        "0.5",
+        "--",
+        "sleep",
+        "3",
+    ]);
+    assert_eq!(code, 124, "{v}");
+    // A runtime-less profile with a language gets the language's environment.
+    let (v, code) = run_json(&[
+        "--profile",
+        "strict",
+        "--lang",
+        "python",
+        "--code",
+        "import os; print(os.environ.get('PYTHONUNBUFFERED'))",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(stdout(&v), "1\n");
+    assert_eq!(v["profile"], "strict");
+}
+
+#[test]
+fn validate_lists_every_error_with_lines_and_exits_non_zero() {
+    let (p, cfg) = project(&[]);
+    let bad = p.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "extends = [\"base\"]\n[limits]\ntimout = \"5s\"\nmemory = \"lots\"\n[security]\nseccomp = \"off\"\n[filesystem]\nro_binds = [\"/root/.ssh\"]\n[network]\nallow = [\"example.com\"]\n",
+    )
+    .expect("write");
+    let out = aisbx_in(p.path(), cfg.path(), &["profile", "validate", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let t = text(&out.stdout);
+    assert!(t.contains("5 errors"), "{t}");
+    assert!(
+        t.contains("bad.toml:3:1: unknown key 'timout' in [limits]; did you mean 'timeout'?"),
+        "{t}"
+    );
+    assert!(t.contains("bad.toml:4:"), "{t}");
+    assert!(t.contains("bad.toml:6:"), "{t}");
+    assert!(t.contains("/root/.ssh"), "{t}");
+    assert!(t.contains("network.allow is reserved"), "{t}");
+
+    let good = p.path().join("good.toml");
+    std::fs::write(&good, "extends = [\"python\", \"dev\"]\n").expect("write");
+    let out = aisbx_in(p.path(), cfg.path(), &["profile", "validate", "good.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).contains(
+            "ok (chain: base (builtin) → python (builtin) → dev (builtin) → good (project)"
+        ),
+        "{out:?}"
+    );
+
+    // A broken chain: a cycle through project files, and a missing parent.
+    let (p, cfg) = project(&[("a", "extends = [\"b\"]\n"), ("b", "extends = [\"a\"]\n")]);
+    let out = aisbx_in(
+        p.path(),
+        cfg.path(),
+        &["profile", "validate", ".aisbx/profiles/a.toml"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("cycle"), "{out:?}");
+    let lost = p.path().join("lost.toml");
+    std::fs::write(&lost, "extends = [\"nowhere\"]\n").expect("write");
+    let out = aisbx_in(p.path(), cfg.path(), &["profile", "validate", "lost.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("chain: lost → nowhere"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_run_with_an_invalid_or_unavailable_profile_is_refused_clearly() {
+    let (p, cfg) = project(&[
+        (
+            "typo",
+            "extends = [\"base\"]\n[security]\nseccom = \"dev\"\n",
+        ),
+        (
+            "cobol",
+            "extends = [\"base\"]\n[runtime]\nlanguage = \"cobol\"\ninterpreters = [\"no-such-cobc-xyz\"]\nextensions = [\"cob\"]\n",
+        ),
+    ]);
+    let out = aisbx_in(
+        p.path(),
+        cfg.path(),
+        &["run", "--profile", "typo", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("did you mean 'seccomp'?"),
+        "{out:?}"
+    );
+    let list = list_json(p.path(), cfg.path());
+    let cobol = list.iter().find(|x| x["name"] == "cobol").expect("cobol");
+    assert_eq!(cobol["available"], false);
+    assert!(
+        cobol["missing"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-such-cobc-xyz"),
+        "{cobol}"
+    );
+    let out = aisbx_in(
+        p.path(),
+        cfg.path(),
+        &["run", "--lang", "cobol", "--code", "x"],
+    );
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("cobol is not installed"),
+        "{out:?}"
+    );
+}
