@@ -134,7 +134,12 @@ async def exercise(session: ClientSession, transport: str) -> None:
     t = transport
     tools = await session.list_tools()
     names = [tool.name for tool in tools.tools]
-    check(f"{t}: tools/list names", names == ["run", "build", "profile_list"], repr(names))
+    expected = [
+        "run", "build", "profile_list",
+        "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list",
+        "snapshot_create", "snapshot_restore", "snapshot_list", "snapshot_diff",
+    ]
+    check(f"{t}: tools/list names", sorted(names) == sorted(expected), repr(names))
     for tool in tools.tools:
         out = getattr(tool, "output_schema", None) or getattr(tool, "outputSchema", None)
         inp = getattr(tool, "input_schema", None) or getattr(tool, "inputSchema", None)

@@ -56,7 +56,8 @@ fn bad(field: &str, message: impl Into<String>) -> ArgError {
 pub struct RunInput {
     /// Source code to run. Give exactly one of `code` and `command`.
     code: Option<String>,
-    /// The language of `code`: python, node, bash, sh, perl, ... (default: python).
+    /// The language of `code`: python, node, bash, sh, perl, ... (default: the
+    /// profile's language, else detected from the code).
     language: Option<String>,
     /// A program and its arguments, e.g. ["ls", "-la"]. Give exactly one of `code` and `command`.
     command: Option<Vec<String>>,
@@ -728,7 +729,9 @@ pub fn parse_run(arguments: Option<&Map<String, Value>>) -> Result<RunRequest, A
                     check_name("language", &l)?;
                     l
                 }
-                None => "python".to_string(),
+                // Empty: the service takes the profile's language, else detects
+                // it from the code (the same rules as `aisbx run --code`).
+                None => String::new(),
             };
             Program::Code { language, code }
         }
@@ -993,7 +996,7 @@ mod tests {
         assert_eq!(
             r.program,
             Program::Code {
-                language: "python".into(),
+                language: String::new(),
                 code: "print(1)".into()
             }
         );
