@@ -168,7 +168,7 @@ fn show(name: &str, resolved: bool, workdir: Option<&Path>, json: bool) -> u8 {
         let text = c
             .files(&p.name)
             .last()
-            .and_then(|f| f.layer.as_ref().ok())
+            .and_then(|f| f.layer().as_ref().ok())
             .map(|l| l.text.clone())
             .unwrap_or_default();
         println!("# {} ({}, {})", p.name, p.source, p.file);
@@ -281,7 +281,7 @@ fn validate(files: &[PathBuf], workdir: Option<&Path>) -> u8 {
             _ => Source::Project,
         };
         let entry = profile::load_file(f, source);
-        let result = match entry.layer {
+        let result = match entry.layer().clone() {
             Err(diags) => Err(diags),
             Ok(layer) => c.resolve_layer(layer).map_err(|e| e.diags),
         };

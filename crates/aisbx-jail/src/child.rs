@@ -75,6 +75,10 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Namespaces the init enters itself, right after the clone.
+pub const LATE_NAMESPACES: libc::c_int =
+    libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
 /// The sandbox init. Never returns.
 pub fn init_main(ctx: InitCtx<'_>) -> ! {
     for fd in &ctx.parent_fds {
@@ -84,6 +88,12 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
     // Die with the supervisor; the kernel then kills the whole pid namespace.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // New net, ipc and uts namespaces, owned by our user namespace (we hold every
+    // capability in it from the clone on), made while the supervisor writes our id
+    // maps. A failure is reported once the status pipe is ours to use below.
+    // SAFETY: plain unshare.
+    let late = unsafe { libc::unshare(LATE_NAMESPACES) };
+    let late_err = (late != 0).then(std::io::Error::last_os_error);
     // Wait until the supervisor has written our id maps. EOF means it died first.
     let mut b = [0u8; 1];
     // SAFETY: reading into a local buffer.
@@ -92,6 +102,13 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
         exit_now(1);
     }
     let status_w = ctx.status_w;
+    if let Some(e) = late_err {
+        report(
+            status_w,
+            &format!("E creating the net, ipc and uts namespaces: {e}\n"),
+        );
+        exit_now(1);
+    }
     match init_setup_and_wait(&ctx) {
         Ok(never) => match never {},
         Err(msg) => {

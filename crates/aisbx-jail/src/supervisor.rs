@@ -14,12 +14,11 @@ use crate::{
     DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp,
 };
 
-const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
-    | libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS;
+/// The namespaces the init is cloned into. It enters new net, ipc and uts
+/// namespaces itself right away ([`crate::child::LATE_NAMESPACES`]), so that
+/// creating them (a network namespace takes a while) overlaps the supervisor's
+/// work on id maps and cgroups.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
 
 /// Upper bounds that keep a specification sane.
 const MAX_ARGV_BYTES: usize = 1 << 20;

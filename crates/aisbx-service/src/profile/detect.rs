@@ -79,7 +79,9 @@ struct Found {
 impl Catalog {
     /// Choose the profile (and language) for a run.
     pub fn detect(&self, input: &DetectInput<'_>) -> Result<Detection, ProfileError> {
-        let langs = self.languages();
+        // Resolving every language profile costs real time: only when needed.
+        let cell = std::cell::OnceCell::new();
+        let langs = || -> &[Profile] { cell.get_or_init(|| self.languages()) };
         if let Some(name) = input.profile {
             let profile = self.resolve(name)?;
             let (language, why) = match (&profile.language, input.lang) {
@@ -94,11 +96,11 @@ impl Catalog {
                 }
                 (Some(l), _) => (Some(l.clone()), String::new()),
                 (None, Some(asked)) => {
-                    let p = by_lang(&langs, asked)?;
+                    let p = by_lang(langs(), asked)?;
                     (p.language.clone(), format!("; language {asked} given"))
                 }
                 (None, None) if input.file.is_some() || input.code.is_some() => {
-                    match self.find_language(&langs, input)? {
+                    match self.find_language(langs(), input)? {
                         Some(f) => (
                             f.profile.language.clone(),
                             format!("; language {}", f.reason),
@@ -117,7 +119,7 @@ impl Catalog {
             });
         }
         if let Some(asked) = input.lang {
-            let profile = by_lang(&langs, asked)?;
+            let profile = by_lang(langs(), asked)?;
             return Ok(Detection {
                 language: profile.language.clone(),
                 reason: format!("language {asked} given"),
@@ -126,7 +128,7 @@ impl Catalog {
             });
         }
         if input.file.is_some() || input.code.is_some() {
-            return match self.find_language(&langs, input)? {
+            return match self.find_language(langs(), input)? {
                 Some(f) => Ok(Detection {
                     language: f.profile.language.clone(),
                     reason: f.reason,
@@ -137,7 +139,7 @@ impl Catalog {
             };
         }
         // A command: the project's markers, else the base profile.
-        if let Some(f) = markers(&langs, input.dir) {
+        if let Some(f) = input.dir.and_then(|d| markers(langs(), Some(d))) {
             let available = f
                 .profile
                 .language

@@ -198,13 +198,47 @@ fn spec_defaults() -> BTreeMap<String, Provenanced> {
     m
 }
 
-/// One profile file as loaded: checked, or with every problem found.
+/// One profile file as loaded: checked, or with every problem found. Built-ins
+/// are parsed on first use: a run needs only its own chain, not all of them.
 #[derive(Debug, Clone)]
 pub struct FileEntry {
     pub source: Source,
     pub file: String,
     pub path: Option<PathBuf>,
-    pub layer: Result<Layer, Vec<Diag>>,
+    /// The profile's name: the file's stem until the file is parsed.
+    name: String,
+    builtin_text: Option<&'static str>,
+    parsed: std::sync::OnceLock<Result<Layer, Vec<Diag>>>,
+}
+
+impl FileEntry {
+    fn checked(
+        source: Source,
+        file: String,
+        path: Option<PathBuf>,
+        layer: Result<Layer, Vec<Diag>>,
+    ) -> Self {
+        let name = match &layer {
+            Ok(l) => l.name.clone(),
+            Err(_) => stem_of(&file),
+        };
+        FileEntry {
+            source,
+            file,
+            path,
+            name,
+            builtin_text: None,
+            parsed: std::sync::OnceLock::from(layer),
+        }
+    }
+
+    /// The checked profile of this file, or every problem found in it.
+    pub fn layer(&self) -> &Result<Layer, Vec<Diag>> {
+        self.parsed.get_or_init(|| {
+            let text = self.builtin_text.unwrap_or_default();
+            schema::parse(text, &self.name, self.source, &self.file, None)
+        })
+    }
 }
 
 /// Every profile from every source.
@@ -249,13 +283,13 @@ impl Catalog {
             host_path: std::env::var("PATH").unwrap_or_default(),
         };
         for (name, text) in BUILTINS {
-            let file = format!("builtin:{name}.toml");
-            let layer = schema::parse(text, name, Source::Builtin, &file, None);
             c.add(FileEntry {
                 source: Source::Builtin,
-                file,
+                file: format!("builtin:{name}.toml"),
                 path: None,
-                layer,
+                name: name.to_string(),
+                builtin_text: Some(text),
+                parsed: std::sync::OnceLock::new(),
             });
         }
         c
@@ -285,10 +319,7 @@ impl Catalog {
     }
 
     fn add(&mut self, f: FileEntry) {
-        let name = match &f.layer {
-            Ok(l) => l.name.clone(),
-            Err(_) => stem_of(&f.file),
-        };
+        let name = f.name.clone();
         if !self.files.contains_key(&name) {
             self.order.push(name.clone());
         }
@@ -361,12 +392,12 @@ impl Catalog {
     pub fn resolve_layer(&self, layer: Layer) -> Result<Profile, ProfileError> {
         let mut c = self.clone();
         let name = layer.name.clone();
-        c.add(FileEntry {
-            source: layer.source,
-            file: layer.file.clone(),
-            path: layer.path.clone(),
-            layer: Ok(layer),
-        });
+        c.add(FileEntry::checked(
+            layer.source,
+            layer.file.clone(),
+            layer.path.clone(),
+            Ok(layer),
+        ));
         let idx = c.files[&name].len() - 1;
         c.resolve_node((name, idx))
     }
@@ -374,7 +405,7 @@ impl Catalog {
     fn layer(&self, node: &(String, usize)) -> Result<&Layer, ProfileError> {
         match self.files.get(&node.0).and_then(|s| s.get(node.1)) {
             Some(f) => f
-                .layer
+                .layer()
                 .as_ref()
                 .map_err(|d| ProfileError { diags: d.clone() }),
             None => Err(self.not_found(&node.0, "")),
@@ -575,7 +606,7 @@ impl Catalog {
                 description: String::new(),
                 language: None,
                 extends: top
-                    .and_then(|f| f.layer.as_ref().ok())
+                    .and_then(|f| f.layer().as_ref().ok())
                     .map(|l| l.extends.iter().map(|e| e.0.clone()).collect())
                     .unwrap_or_default(),
                 available: false,
@@ -604,16 +635,18 @@ pub fn load_file(path: &Path, source: Source) -> FileEntry {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let fail = |message: String| FileEntry {
-        source,
-        file: file.clone(),
-        path: Some(path.to_path_buf()),
-        layer: Err(vec![Diag {
-            file: file.clone(),
-            line: 0,
-            col: 0,
-            message,
-        }]),
+    let fail = |message: String| {
+        FileEntry::checked(
+            source,
+            file.clone(),
+            Some(path.to_path_buf()),
+            Err(vec![Diag {
+                file: file.clone(),
+                line: 0,
+                col: 0,
+                message,
+            }]),
+        )
     };
     match std::fs::metadata(path) {
         Ok(m) if m.len() > MAX_FILE_BYTES => {
@@ -629,12 +662,8 @@ pub fn load_file(path: &Path, source: Source) -> FileEntry {
         Ok(t) => t,
         Err(e) => return fail(format!("cannot read it: {e}")),
     };
-    FileEntry {
-        source,
-        file: file.clone(),
-        path: Some(path.to_path_buf()),
-        layer: schema::parse(&text, &stem, source, &file, Some(path.to_path_buf())),
-    }
+    let layer = schema::parse(&text, &stem, source, &file, Some(path.to_path_buf()));
+    FileEntry::checked(source, file, Some(path.to_path_buf()), layer)
 }
 
 fn text(values: &BTreeMap<String, Provenanced>, k: &str) -> Option<String> {
