@@ -395,7 +395,7 @@ fn program_setup(ctx: &InitCtx<'_>, data_limit: u64) -> Result<Infallible, Progr
         .map_err(|_| setup("environment contains a NUL byte".into()))?;
     let candidates = exec_candidates(spec);
 
-    lsm::restrict(spec.landlock).map_err(setup)?;
+    lsm::restrict(spec.landlock, &spec.rw_binds).map_err(setup)?;
     crate::seccomp::install(ctx.filters).map_err(setup)?;
 
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();

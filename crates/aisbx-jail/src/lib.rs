@@ -59,6 +59,11 @@ pub struct Spec {
     pub cwd: String,
     /// Host paths bound read-only at the same path inside (missing ones are skipped).
     pub ro_binds: Vec<PathBuf>,
+    /// Host directories bound read-write at the same path inside (they must exist).
+    /// As for a `Bind` workspace, what the sandbox creates there belongs to the
+    /// directory's owner on the host.
+    #[serde(default)]
+    pub rw_binds: Vec<PathBuf>,
     /// Files written under `/etc` (name, content), e.g. a synthesized `passwd`.
     pub etc_files: Vec<(String, Vec<u8>)>,
     /// Files written under [`CODE_DIR`] (name, content), read-only for the program.

@@ -25,7 +25,10 @@ pub const WRITABLE_FILES: &[&str] = &[
 
 /// Restrict the calling thread (inherited by everything it executes).
 /// Returns `full`, `partial` or `none`.
-pub fn restrict(mode: Enforcement) -> Result<&'static str, String> {
+pub fn restrict(
+    mode: Enforcement,
+    extra_writable: &[std::path::PathBuf],
+) -> Result<&'static str, String> {
     let level = match mode {
         Enforcement::BestEffort => CompatLevel::BestEffort,
         Enforcement::Required => CompatLevel::HardRequirement,
@@ -43,6 +46,11 @@ pub fn restrict(mode: Enforcement) -> Result<&'static str, String> {
         .map_err(err)?
         .add_rules(path_beneath_rules(
             WRITABLE_DIRS,
+            AccessFs::from_all(TARGET_ABI),
+        ))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(
+            extra_writable,
             AccessFs::from_all(TARGET_ABI),
         ))
         .map_err(err)?

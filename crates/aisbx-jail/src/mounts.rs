@@ -100,6 +100,32 @@ pub enum BindPlan {
 /// Plan the read-only bind of host path `path`, looked up beneath `root` (`/` on
 /// the host side, the old root inside the init). `None` when it does not exist.
 pub fn plan_bind(path: &Path, root: &Path) -> R<Option<BindPlan>> {
+    plan_bind_with(
+        path,
+        root,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+}
+
+/// Plan the read-write bind of a host directory (it must exist and be a real
+/// directory, not a link).
+pub fn plan_rw_bind(path: &Path, root: &Path) -> R<BindPlan> {
+    let src = root.join(path.strip_prefix("/").unwrap_or(path));
+    match fs::symlink_metadata(&src) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "read-write bind {} is not a directory",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("read-write bind {}: {e}", path.display())),
+    }
+    plan_bind_with(path, root, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?
+        .ok_or_else(|| format!("read-write bind {} is not accessible", path.display()))
+}
+
+fn plan_bind_with(path: &Path, root: &Path, attrs: u64) -> R<Option<BindPlan>> {
     let src = root.join(path.strip_prefix("/").unwrap_or(path));
     let meta = match fs::symlink_metadata(&src) {
         Ok(m) => m,
@@ -121,13 +147,8 @@ pub fn plan_bind(path: &Path, root: &Path) -> R<Option<BindPlan>> {
     }
     let fd = open_tree_clone(libc::AT_FDCWD, &cs(&src)?, 0)
         .map_err(ctx(|| format!("cloning the mount of {}", path.display())))?;
-    mount_setattr_fd(
-        fd.as_raw_fd(),
-        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        0,
-        None,
-    )
-    .map_err(ctx(|| format!("making {} read-only", path.display())))?;
+    mount_setattr_fd(fd.as_raw_fd(), attrs, 0, None)
+        .map_err(ctx(|| format!("securing the bind of {}", path.display())))?;
     Ok(Some(BindPlan::Tree {
         path: path.to_path_buf(),
         fd,
@@ -179,13 +200,47 @@ pub fn bind_paths(spec: &Spec) -> R<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Plan every bind beneath `root`.
-pub fn plan_binds(spec: &Spec, root: &Path) -> R<Vec<BindPlan>> {
+/// Plan every read-only bind beneath `root`.
+pub fn plan_ro_binds(spec: &Spec, root: &Path) -> R<Vec<BindPlan>> {
     let mut plans = Vec::new();
     for p in bind_paths(spec)? {
         if let Some(plan) = plan_bind(&p, root)? {
             plans.push(plan);
         }
+    }
+    Ok(plans)
+}
+
+/// Check the read-write binds of a spec: absolute, and not inside another one.
+pub fn check_rw_binds(spec: &Spec) -> R<()> {
+    for p in &spec.rw_binds {
+        if !p.is_absolute() {
+            return Err(format!(
+                "read-write bind {} is not an absolute path",
+                p.display()
+            ));
+        }
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!("read-write bind {} contains '..'", p.display()));
+        }
+        for fixed in ["/", "/proc", "/dev", "/tmp", "/workspace", "/etc", CODE_DIR] {
+            if p == Path::new(fixed) {
+                return Err(format!("{} cannot be a read-write bind", p.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plan every bind beneath `root`: the read-only ones, then the read-write ones
+/// (plain binds: used inside the init of an unprivileged user, where files
+/// belong to that user anyway).
+pub fn plan_binds(spec: &Spec, root: &Path) -> R<Vec<BindPlan>> {
+    let mut plans = plan_ro_binds(spec, root)?;
+    for p in &spec.rw_binds {
+        plans.push(plan_rw_bind(p, root)?);
     }
     Ok(plans)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::RunCgroup;
 use crate::child::{InitCtx, init_main};
-use crate::mounts::{Prepared, plan_binds};
+use crate::mounts::{BindPlan, Prepared, check_rw_binds, plan_ro_binds, plan_rw_bind};
 use crate::sys::{clone_fork, thread_count, write_all};
 use crate::{
     DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp,
@@ -122,9 +122,10 @@ fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
     Ok((DEFAULT_HOST_ID, DEFAULT_HOST_ID))
 }
 
-/// An idmapped, detached copy of a root-owned workspace, so that what the sandbox
-/// writes there belongs to root on the host while the sandbox runs as an
-/// unprivileged id. Prepared on the host side (it needs host privileges).
+/// An idmapped, detached copy of a directory (a root-owned workspace, a
+/// read-write bind), so that what the sandbox writes there belongs to the
+/// directory's owner on the host while the sandbox runs as an unprivileged id.
+/// Prepared on the host side (it needs host privileges).
 fn idmapped_workspace(
     host: &std::path::Path,
     host_uid: u32,
@@ -298,11 +299,27 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
             );
         }
     }
+    check_rw_binds(spec).map_err(JailError::InvalidSpec)?;
     if root {
         // The sandbox's id cannot read root-only host directories (a pyenv under
         // /root, say): clone the binds here, with host privileges, read-only.
-        prepared.binds =
-            Some(plan_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?);
+        let mut plans = plan_ro_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?;
+        // Read-write binds: what the sandbox writes belongs to the directory's
+        // owner, through an idmapped mount when that is not the sandbox's id.
+        for p in &spec.rw_binds {
+            let meta = std::fs::metadata(p)
+                .map_err(|e| JailError::io(format!("read-write bind {}", p.display()), e))?;
+            if meta.uid() == host_uid {
+                plans.push(plan_rw_bind(p, std::path::Path::new("/")).map_err(JailError::Setup)?);
+            } else {
+                plans.push(BindPlan::Tree {
+                    path: p.clone(),
+                    fd: idmapped_workspace(p, host_uid, host_gid)?,
+                    is_dir: true,
+                });
+            }
+        }
+        prepared.binds = Some(plans);
     }
 
     // The cgroups are made after the clone, while the sandbox builds its root.

@@ -335,6 +335,29 @@ impl Service {
                 code_files.push((name, content));
             }
         }
+        let mut rw_binds = Vec::new();
+        for b in &profile.rw_binds {
+            profile::schema::check_bind(&b.to_string_lossy())
+                .map_err(|e| ServiceError::Refused(format!("profile '{}': {e}", profile.name)))?;
+            // Never aisbx's own state, whatever the path looks like.
+            let canon = std::fs::canonicalize(b).map_err(|e| {
+                ServiceError::Refused(format!(
+                    "profile '{}': read-write bind {}: {e}",
+                    profile.name,
+                    b.display()
+                ))
+            })?;
+            let home =
+                std::fs::canonicalize(self.home()).unwrap_or_else(|_| self.home().to_path_buf());
+            if canon.starts_with(&home) || home.starts_with(&canon) {
+                return Err(ServiceError::Refused(format!(
+                    "profile '{}': read-write bind {} holds aisbx state",
+                    profile.name,
+                    b.display()
+                )));
+            }
+            rw_binds.push(canon);
+        }
         for b in &profile.ro_binds {
             profile::schema::check_bind(&b.to_string_lossy())
                 .map_err(|e| ServiceError::Refused(format!("profile '{}': {e}", profile.name)))?;
@@ -372,6 +395,7 @@ impl Service {
             env,
             cwd: "/workspace".into(),
             ro_binds,
+            rw_binds,
             etc_files: etc_files(),
             code_files,
             workspace,

@@ -344,3 +344,80 @@ fn a_run_with_an_invalid_or_unavailable_profile_is_refused_clearly() {
         "{out:?}"
     );
 }
+
+#[test]
+fn read_write_binds_from_a_project_profile() {
+    use std::os::unix::fs::MetadataExt;
+    let project = tempfile::tempdir().expect("tempdir");
+    // Binds of the host's /tmp are refused by design: use a directory elsewhere.
+    std::fs::create_dir_all("/srv").expect("/srv");
+    let shared = tempfile::tempdir_in("/srv").expect("tempdir");
+    let other = tempfile::tempdir_in("/srv").expect("tempdir");
+    std::fs::write(other.path().join("ro.txt"), "x").expect("write");
+    let profiles = project.path().join(".aisbx/profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    std::fs::write(
+        profiles.join("cache.toml"),
+        format!(
+            "extends = [\"base\"]\n[filesystem]\nrw_binds = [\"{}\"]\nro_binds = [\"{}\"]\n",
+            shared.path().display(),
+            other.path().display()
+        ),
+    )
+    .expect("profile");
+    let h = home();
+    let script = format!(
+        "echo kept > {s}/made.txt && echo wrote; echo no > {o}/ro.txt 2>/dev/null || echo ro-refused; echo no > {o}/new 2>/dev/null || echo ro-new-refused",
+        s = shared.path().display(),
+        o = other.path().display()
+    );
+    let out = cmd(h.path())
+        .current_dir(project.path())
+        .args([
+            "run",
+            "--json",
+            "--profile",
+            "cache",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(stdout(&v), "wrote\nro-refused\nro-new-refused\n", "{v}");
+    let made = shared.path().join("made.txt");
+    assert_eq!(std::fs::read_to_string(&made).expect("made"), "kept\n");
+    // It belongs to the directory's owner, not to a stray uid.
+    let owner = std::fs::metadata(shared.path()).expect("meta").uid();
+    assert_eq!(std::fs::metadata(&made).expect("meta").uid(), owner);
+    assert_eq!(
+        std::fs::read_to_string(other.path().join("ro.txt")).expect("ro"),
+        "x"
+    );
+}
+
+#[test]
+fn read_write_binds_of_secrets_are_refused() {
+    let project = tempfile::tempdir().expect("tempdir");
+    let profiles = project.path().join(".aisbx/profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    std::fs::write(
+        profiles.join("bad.toml"),
+        "[filesystem]\nrw_binds = [\"/root\"]\n",
+    )
+    .expect("profile");
+    let h = home();
+    let out = cmd(h.path())
+        .current_dir(project.path())
+        .args(["run", "--profile", "bad", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/root"),
+        "{out:?}"
+    );
+}

@@ -150,6 +150,8 @@ pub struct Profile {
     /// The language's `runtime.env`, then the profile's `[env]` over it.
     pub env: Vec<(String, String)>,
     pub ro_binds: Vec<PathBuf>,
+    /// Host directories bound read-write at the same path.
+    pub rw_binds: Vec<PathBuf>,
     pub seccomp: SeccompLevel,
     pub landlock: Enforcement,
     /// Every effective value by dotted path, with where it came from.
@@ -805,6 +807,10 @@ fn build(
             env
         },
         ro_binds: list(&values, "filesystem.ro_binds")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        rw_binds: list(&values, "filesystem.rw_binds")
             .into_iter()
             .map(PathBuf::from)
             .collect(),

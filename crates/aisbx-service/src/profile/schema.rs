@@ -84,7 +84,7 @@ enum Kind {
     List,
     /// Host paths bound read-only.
     RoPaths,
-    /// Host paths bound read-write (reserved: refused when not empty).
+    /// Host directories bound read-write.
     RwPaths,
     /// Reserved list that must stay empty; the message says why.
     Reserved(&'static str),
@@ -458,9 +458,6 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
                         if let Err(e) = check_bind(s) {
                             ctx.err(sp.clone(), format!("{path}: {e}"));
                         }
-                    }
-                    if matches!(kind, Kind::RwPaths) && !items.is_empty() {
-                        ctx.err(span.clone(), format!("{path}: read-write binds are not supported by this version of aisbx; use --workdir for one read-write directory at /workspace"));
                     }
                 }
                 Kind::Reserved(why) if !items.is_empty() => ctx.err(span.clone(), why.to_string()),
@@ -853,11 +850,11 @@ landlock = "required"
             assert!(check_bind(ok).is_ok(), "{ok}");
         }
         let m = messages(
-            "[filesystem]\nro_binds = [\"/opt/x\", \"/root/.aws\"]\nrw_binds = [\"/srv\"]\n",
+            "[filesystem]\nro_binds = [\"/opt/x\", \"/root/.aws\"]\nrw_binds = [\"/srv\", \"/home/me\"]\n",
         );
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(m[0].contains("/root/.aws"));
-        assert!(m[1].contains("read-write binds are not supported"));
+        assert!(m[1].contains("/home/me"), "{m:?}");
     }
 
     #[test]
