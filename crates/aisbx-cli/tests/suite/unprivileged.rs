@@ -172,3 +172,44 @@ fn unprivileged_workdir_files_belong_to_the_user() {
         NOBODY
     );
 }
+
+#[test]
+fn unprivileged_copy_on_write_restore_keeps_the_snapshot_intact() {
+    let Some(env) = setup() else { return };
+    let ok = |args: &[&str]| {
+        let out = as_nobody(&env, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["create", "s1"]);
+    ok(&[
+        "exec",
+        "s1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo one > a.txt; mkdir d; echo two > d/b",
+    ]);
+    ok(&["snap", "create", "snap1", "--sandbox", "s1"]);
+    ok(&["snap", "restore", "snap1", "--sandbox", "s2"]);
+    let seen = ok(&[
+        "exec",
+        "s2",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat a.txt d/b; echo changed > a.txt; rm d/b",
+    ]);
+    assert_eq!(seen, "one\ntwo\n");
+    ok(&["snap", "verify"]);
+    ok(&["snap", "restore", "snap1", "--sandbox", "s3"]);
+    assert_eq!(
+        ok(&["exec", "s3", "--", "/bin/cat", "a.txt", "d/b"]),
+        "one\ntwo\n"
+    );
+}
