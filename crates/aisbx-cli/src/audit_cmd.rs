@@ -48,7 +48,7 @@ pub fn verify(home: &Path) -> i32 {
                 } else {
                     "no head record to compare"
                 };
-                println!(
+                outln!(
                     "audit log OK: {} line{}, last seq {}, {head} ({})",
                     r.lines,
                     if r.lines == 1 { "" } else { "s" },
@@ -58,13 +58,13 @@ pub fn verify(home: &Path) -> i32 {
                 0
             }
             Some(p) => {
-                println!(
+                outln!(
                     "audit log BROKEN at line {} ({}): {}",
                     p.line,
                     kind_name(p.kind),
                     p.message
                 );
-                println!(
+                outln!(
                     "  {} line{} before it verified; file: {}",
                     r.last_seq,
                     if r.last_seq == 1 { "" } else { "s" },

@@ -1,6 +1,19 @@
 //! `aisbx`: run untrusted code in a sandbox. A thin front end: it maps arguments to
 //! service requests and formats results; everything else is the service's.
 
+/// `println!` that ignores a closed stdout (`aisbx ... | head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// One value as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
 mod audit_cmd;
 mod profile_cmd;
 mod sandbox_cmd;
@@ -288,12 +301,12 @@ fn cmd_run(a: RunArgs) -> u8 {
 fn cmd_doctor(json: bool) -> u8 {
     let report = aisbx_jail::probe();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        println!(
+        outln!(
             "aisbx doctor ({})",
             if report.running_as_root {
                 "running as root"
@@ -307,9 +320,9 @@ fn cmd_doctor(json: bool) -> u8 {
                 aisbx_jail::LayerState::Missing => "MISSING",
             };
             let req = if l.required { "required" } else { "optional" };
-            println!("  {state}  {:<17} ({req})  {}", l.name, l.detail);
+            outln!("  {state}  {:<17} ({req})  {}", l.name, l.detail);
         }
-        println!(
+        outln!(
             "  cgroup version: {}{}",
             report.cgroup_version,
             if report.cgroup_controllers.is_empty() {
@@ -318,11 +331,11 @@ fn cmd_doctor(json: bool) -> u8 {
                 format!(" ({})", report.cgroup_controllers.join(", "))
             }
         );
-        println!("  landlock ABI:   {}", report.landlock_abi);
+        outln!("  landlock ABI:   {}", report.landlock_abi);
         if report.ok() {
-            println!("All required layers are active.");
+            outln!("All required layers are active.");
         } else {
-            println!("A required layer is missing: runs will be refused until it is fixed.");
+            outln!("A required layer is missing: runs will be refused until it is fixed.");
         }
     }
     if report.ok() { 0 } else { 1 }

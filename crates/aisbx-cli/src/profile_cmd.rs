@@ -110,7 +110,7 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
         Err(e) => return fail(&e),
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
@@ -123,12 +123,15 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "{:<w$}  {:<8}  {:<8}  {:<9}  DESCRIPTION",
-        "NAME", "LANGUAGE", "SOURCE", "AVAILABLE"
+        "NAME",
+        "LANGUAGE",
+        "SOURCE",
+        "AVAILABLE"
     );
     for p in &list.profiles {
-        println!(
+        outln!(
             "{:<w$}  {:<8}  {:<8}  {:<9}  {}",
             p.name,
             p.language.as_deref().unwrap_or("-"),
@@ -137,7 +140,7 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
             p.description
         );
         if let Some(m) = &p.missing {
-            println!("{:<w$}  └ {m}", "");
+            outln!("{:<w$}  └ {m}", "");
         }
     }
     0
@@ -158,7 +161,7 @@ fn show(name: &str, resolved: bool, workdir: Option<&Path>, json: bool) -> u8 {
         }
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&p.to_json()).unwrap_or_default()
         );
@@ -171,10 +174,10 @@ fn show(name: &str, resolved: bool, workdir: Option<&Path>, json: bool) -> u8 {
             .and_then(|f| f.layer().as_ref().ok())
             .map(|l| l.text.clone())
             .unwrap_or_default();
-        println!("# {} ({}, {})", p.name, p.source, p.file);
+        outln!("# {} ({}, {})", p.name, p.source, p.file);
         print!("{text}");
         if !text.ends_with('\n') {
-            println!();
+            outln!();
         }
     }
     0
@@ -236,18 +239,18 @@ fn detect(
             "available": missing.is_none(),
             "missing": missing,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("profile:   {} ({})", d.profile.name, d.profile.source);
-        println!(
+        outln!("profile:   {} ({})", d.profile.name, d.profile.source);
+        outln!(
             "language:  {}",
             d.language.as_ref().map_or("-", |l| l.name.as_str())
         );
-        println!("basis:     {}", d.basis.as_str());
-        println!("why:       {}", d.reason);
+        outln!("basis:     {}", d.basis.as_str());
+        outln!("why:       {}", d.reason);
         match &missing {
-            None => println!("available: yes"),
-            Some(m) => println!("available: no ({m})"),
+            None => outln!("available: yes"),
+            Some(m) => outln!("available: no ({m})"),
         }
     }
     0
@@ -295,18 +298,18 @@ fn validate(files: &[PathBuf], workdir: Option<&Path>) -> u8 {
                     },
                     None => String::new(),
                 };
-                println!("{}: ok (chain: {}{lang})", f.display(), chain.join(" → "));
+                outln!("{}: ok (chain: {}{lang})", f.display(), chain.join(" → "));
             }
             Err(diags) => {
                 failed = true;
-                println!(
+                outln!(
                     "{}: {} error{}",
                     f.display(),
                     diags.len(),
                     if diags.len() == 1 { "" } else { "s" }
                 );
                 for d in diags {
-                    println!("  {d}");
+                    outln!("  {d}");
                 }
             }
         }

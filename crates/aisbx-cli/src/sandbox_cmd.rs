@@ -3,6 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
+use crate::print_json;
+
 use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, Program, RunRequest};
 use clap::Args;
 
@@ -46,15 +48,6 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_default()
-    );
-}
-
 pub fn create(a: CreateArgs) -> u8 {
     let svc = match open_service() {
         Ok(s) => s,
@@ -71,11 +64,12 @@ pub fn create(a: CreateArgs) -> u8 {
                 print_json(&sb);
             } else {
                 match &sb.from_snapshot {
-                    Some(s) => println!(
+                    Some(s) => outln!(
                         "{} (profile {}, copy-on-write from snapshot {s})",
-                        sb.id, sb.profile
+                        sb.id,
+                        sb.profile
                     ),
-                    None => println!("{} (profile {})", sb.id, sb.profile),
+                    None => outln!("{} (profile {})", sb.id, sb.profile),
                 }
             }
             0
@@ -135,9 +129,9 @@ pub fn ls(json: bool) -> u8 {
             if json {
                 print_json(&l);
             } else {
-                println!("{:<24} {:<10} {:<22} FROM", "NAME", "PROFILE", "CREATED");
+                outln!("{:<24} {:<10} {:<22} FROM", "NAME", "PROFILE", "CREATED");
                 for s in l.sandboxes {
-                    println!(
+                    outln!(
                         "{:<24} {:<10} {:<22} {}",
                         s.id,
                         s.profile,

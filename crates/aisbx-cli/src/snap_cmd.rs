@@ -1,7 +1,9 @@
 //! `aisbx snap ...`: snapshots of sandboxes and directories.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+
+use crate::print_json;
 
 use aisbx_service::{Progress, RestoreTarget, SnapSource};
 use clap::{ArgGroup, Subcommand};
@@ -130,15 +132,6 @@ fn progress(json: bool) -> Box<dyn Progress> {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_default()
-    );
-}
-
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -180,7 +173,7 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     if json {
                         print_json(&info);
                     } else {
-                        println!(
+                        outln!(
                             "snapshot {}: {} files, {} directories, {} symlinks, {}",
                             info.name,
                             info.files,
@@ -221,12 +214,14 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     if json {
                         print_json(&r);
                     } else if let Some(sb) = &r.sandbox_id {
-                        println!(
+                        outln!(
                             "sandbox {sb} restored from {} ({} files, copy-on-write) in {} ms",
-                            r.snapshot, r.files, r.duration_ms
+                            r.snapshot,
+                            r.files,
+                            r.duration_ms
                         );
                     } else {
-                        println!(
+                        outln!(
                             "{} restored into {} ({} files, {}) in {} ms",
                             r.snapshot,
                             r.workdir.as_deref().unwrap_or("?"),
@@ -248,12 +243,18 @@ pub fn run(cmd: SnapCmd) -> u8 {
                 if json {
                     print_json(&l);
                 } else if show_metadata {
-                    println!(
+                    outln!(
                         "{:<20} {:<21} {:>10} {:>7} {:>10} {:<10} {:<12} SOURCE",
-                        "NAME", "CREATED", "SIZE", "FILES", "SHARED", "PROFILE", "PARENT"
+                        "NAME",
+                        "CREATED",
+                        "SIZE",
+                        "FILES",
+                        "SHARED",
+                        "PROFILE",
+                        "PARENT"
                     );
                     for s in l.snapshots {
-                        println!(
+                        outln!(
                             "{:<20} {:<21} {:>10} {:>7} {:>10} {:<10} {:<12} {}",
                             s.name,
                             s.created_at,
@@ -267,7 +268,7 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     }
                 } else {
                     for s in l.snapshots {
-                        println!("{}", s.name);
+                        outln!("{}", s.name);
                     }
                 }
                 0
@@ -281,13 +282,13 @@ pub fn run(cmd: SnapCmd) -> u8 {
                         print_json(&d);
                     } else {
                         for p in &d.added {
-                            println!("A {p}");
+                            outln!("A {p}");
                         }
                         for p in &d.removed {
-                            println!("D {p}");
+                            outln!("D {p}");
                         }
                         for p in &d.changed {
-                            println!("M {p}");
+                            outln!("M {p}");
                         }
                         for f in &d.diffs {
                             print!("{}", f.unified);
@@ -319,9 +320,9 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     print_json(&r);
                 } else {
                     for p in &r.problems {
-                        println!("PROBLEM {p}");
+                        outln!("PROBLEM {p}");
                     }
-                    println!(
+                    outln!(
                         "{}: {} snapshots, {} objects ({}) checked, {} unreferenced",
                         if r.ok { "ok" } else { "FAILED" },
                         r.snapshots,
