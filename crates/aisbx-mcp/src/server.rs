@@ -363,18 +363,7 @@ impl AisbxServer {
             }
             s.finish().await;
         }
-        match outcome {
-            Ok(Ok(result)) => {
-                let summary = tools::run_summary(&result);
-                let value = serde_json::to_value(&result)
-                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-                Ok(structured(summary, value))
-            }
-            Ok(Err(e)) => service_error(e),
-            Err(join) => service_error(ServiceError::Internal(format!(
-                "the run's worker thread failed: {join}"
-            ))),
-        }
+        respond(outcome, tools::run_summary)
     }
 
     async fn call_build(
@@ -390,32 +379,10 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
-        let cancel = CancelToken::default();
-        let _guard = CancelOnDrop(cancel.clone());
         let service = self.shared.service.clone();
-        let build_cancel = cancel.clone();
-        let mut task =
-            tokio::task::spawn_blocking(move || service.build(&meta, req, &build_cancel));
-        let disconnected = Self::disconnect_token(&ctx);
-        let outcome = loop {
-            tokio::select! {
-                res = &mut task => break res,
-                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
-                _ = disconnected.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
-            }
-        };
-        match outcome {
-            Ok(Ok(result)) => {
-                let summary = tools::build_summary(&result);
-                let value = serde_json::to_value(&result)
-                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-                Ok(structured(summary, value))
-            }
-            Ok(Err(e)) => service_error(e),
-            Err(join) => service_error(ServiceError::Internal(format!(
-                "the build's worker thread failed: {join}"
-            ))),
-        }
+        let outcome =
+            Self::cancellable(&ctx, move |cancel| service.build(&meta, req, cancel)).await;
+        respond(outcome, tools::build_summary)
     }
 
     async fn call_profile_list(
@@ -430,18 +397,7 @@ impl AisbxServer {
         }
         let service = self.shared.service.clone();
         let outcome = tokio::task::spawn_blocking(move || service.profile_list(&meta)).await;
-        match outcome {
-            Ok(Ok(result)) => {
-                let summary = tools::profile_list_summary(&result);
-                let value = serde_json::to_value(&result)
-                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-                Ok(structured(summary, value))
-            }
-            Ok(Err(e)) => service_error(e),
-            Err(join) => service_error(ServiceError::Internal(format!(
-                "the worker thread failed: {join}"
-            ))),
-        }
+        respond(outcome, tools::profile_list_summary)
     }
 }
 
@@ -462,21 +418,11 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
-        let cancel = CancelToken::default();
-        let _guard = CancelOnDrop(cancel.clone());
         let service = self.shared.service.clone();
-        let task_cancel = cancel.clone();
-        let mut task = tokio::task::spawn_blocking(move || {
-            run_sandbox_call(&service, &meta, call, &task_cancel)
-        });
-        let disconnected = Self::disconnect_token(&ctx);
-        let outcome = loop {
-            tokio::select! {
-                res = &mut task => break res,
-                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
-                _ = disconnected.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
-            }
-        };
+        let outcome = Self::cancellable(&ctx, move |cancel| {
+            run_sandbox_call(&service, &meta, call, cancel)
+        })
+        .await;
         match outcome {
             Ok(Ok((summary, value))) => Ok(structured(summary, value)),
             Ok(Err(e)) => service_error(e),
@@ -484,6 +430,45 @@ impl AisbxServer {
                 "the worker thread failed: {join}"
             ))),
         }
+    }
+
+    /// Run `f` on a blocking thread with a cancel token that fires when the client
+    /// cancels the request or disconnects, or when this future is dropped.
+    async fn cancellable<T: Send + 'static>(
+        ctx: &RequestContext<RoleServer>,
+        f: impl FnOnce(&CancelToken) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let cancel = CancelToken::default();
+        let _guard = CancelOnDrop(cancel.clone());
+        let task_cancel = cancel.clone();
+        let mut task = tokio::task::spawn_blocking(move || f(&task_cancel));
+        let disconnected = Self::disconnect_token(ctx);
+        loop {
+            tokio::select! {
+                res = &mut task => break res,
+                _ = ctx.ct.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+                _ = disconnected.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+            }
+        }
+    }
+}
+
+/// A service result as a tool response: `structuredContent` plus a readable
+/// summary, or the service's refusal as `isError`.
+fn respond<T: serde::Serialize>(
+    outcome: Result<Result<T, ServiceError>, tokio::task::JoinError>,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<CallToolResponse, McpError> {
+    match outcome {
+        Ok(Ok(result)) => {
+            let value = serde_json::to_value(&result)
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            Ok(structured(summary(&result), value))
+        }
+        Ok(Err(e)) => service_error(e),
+        Err(join) => service_error(ServiceError::Internal(format!(
+            "the worker thread failed: {join}"
+        ))),
     }
 }
 
