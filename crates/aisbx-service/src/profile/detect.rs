@@ -196,42 +196,15 @@ impl Catalog {
                     }));
                 }
             }
-            if let Some(prog) = runtime::shebang_program(content) {
-                let hits: Vec<&Profile> = langs
-                    .iter()
-                    .filter(|p| lang(p).runs_shebang(&prog))
-                    .collect();
-                if let Some(p) = hits.first() {
-                    return Ok(Some(Found {
-                        profile: (*p).clone(),
-                        basis: Basis::Shebang,
-                        reason: format!(
-                            "{} from the #!{prog} line of {shown}{}",
-                            p.name,
-                            others(&hits)
-                        ),
-                    }));
-                }
+            if let Some(f) = by_shebang(langs, content, &shown.to_string()) {
+                return Ok(Some(f));
             }
         }
-        if let Some(code) = input.code
-            && let Some(prog) = runtime::shebang_program(code.as_bytes())
+        if let Some(f) = input
+            .code
+            .and_then(|code| by_shebang(langs, code.as_bytes(), "the code"))
         {
-            let hits: Vec<&Profile> = langs
-                .iter()
-                .filter(|p| lang(p).runs_shebang(&prog))
-                .collect();
-            if let Some(p) = hits.first() {
-                return Ok(Some(Found {
-                    profile: (*p).clone(),
-                    basis: Basis::Shebang,
-                    reason: format!(
-                        "{} from the #!{prog} line of the code{}",
-                        p.name,
-                        others(&hits)
-                    ),
-                }));
-            }
+            return Ok(Some(f));
         }
         let dir = input.dir.or_else(|| {
             input
@@ -345,6 +318,25 @@ fn found_markers(l: &Language, entries: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The language whose interpreter a `#!` line names; `what` says where the line is.
+fn by_shebang(langs: &[Profile], content: &[u8], what: &str) -> Option<Found> {
+    let prog = runtime::shebang_program(content)?;
+    let hits: Vec<&Profile> = langs
+        .iter()
+        .filter(|p| lang(p).runs_shebang(&prog))
+        .collect();
+    let p = hits.first()?;
+    Some(Found {
+        profile: (*p).clone(),
+        basis: Basis::Shebang,
+        reason: format!(
+            "{} from the #!{prog} line of {what}{}",
+            p.name,
+            others(&hits)
+        ),
+    })
 }
 
 fn markers(langs: &[Profile], dir: Option<&Path>) -> Option<Found> {
