@@ -420,6 +420,12 @@ impl Service {
         sink: &mut dyn OutputSink,
         cancel: &CancelToken,
     ) -> Result<RunResult, ServiceError> {
+        // Two overlay mounts must never share an upper directory: runs in one
+        // copy-on-write sandbox take turns (held until the run has ended).
+        let _turn = match &p.spec.workspace {
+            Workspace::Overlay { upper, .. } => Some(overlay_turn(upper)?),
+            _ => None,
+        };
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
         let (result, note) = to_result(outcome, &p);
         // The note on a program that could not be executed goes to the live stream too.
@@ -428,6 +434,20 @@ impl Service {
         }
         Ok(result)
     }
+}
+
+/// Wait for, then hold, the exclusive lock of a copy-on-write sandbox's upper
+/// layer (a lock file beside it; released when the returned guard is dropped).
+fn overlay_turn(upper: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServiceError> {
+    let lock = upper.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| ServiceError::Internal(format!("cannot open {}: {e}", lock.display())))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| ServiceError::Internal(format!("cannot lock {}: {e}", lock.display())))
 }
 
 /// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.

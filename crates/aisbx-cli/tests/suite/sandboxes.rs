@@ -155,3 +155,29 @@ fn cp_in_and_out_keeps_links_as_links() {
         "nothing was written on the host"
     );
 }
+
+#[test]
+fn concurrent_runs_in_a_copy_on_write_sandbox_take_turns() {
+    let h = home();
+    ok(h.path(), &["create", "base"]);
+    ok(h.path(), &["exec", "base", "--", "sh", "-c", "echo 0 > n"]);
+    ok(h.path(), &["snap", "create", "s", "--sandbox", "base"]);
+    ok(h.path(), &["snap", "restore", "s", "--sandbox", "cow"]);
+    // Each run reads, waits, then writes: interleaved runs would lose an update.
+    let script = "n=$(cat n); sleep 0.3; echo $((n+1)) > n";
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            cmd(h.path())
+                .args(["exec", "cow", "--", "sh", "-c", script])
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for c in children {
+        assert!(c.wait_with_output().expect("wait").status.success());
+    }
+    assert_eq!(ok(h.path(), &["exec", "cow", "--", "cat", "n"]), "3\n");
+    // The snapshot itself is untouched.
+    ok(h.path(), &["snap", "restore", "s", "--sandbox", "again"]);
+    assert_eq!(ok(h.path(), &["exec", "again", "--", "cat", "n"]), "0\n");
+}
