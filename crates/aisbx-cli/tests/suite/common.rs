@@ -120,3 +120,15 @@ pub fn is_root() -> bool {
     // SAFETY: getter.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Run `aisbx ARGS` with state in `home`, assert it succeeded, return its stdout.
+pub fn ok(home: &std::path::Path, args: &[&str]) -> String {
+    let out = cmd(home).args(args).output().expect("run aisbx");
+    assert!(
+        out.status.success(),
+        "aisbx {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

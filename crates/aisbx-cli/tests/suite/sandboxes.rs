@@ -5,17 +5,6 @@ use std::path::Path;
 
 use super::common::*;
 
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = cmd(home).args(args).output().expect("run aisbx");
-    assert!(
-        out.status.success(),
-        "aisbx {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn create_exec_ls_rm() {
     let h = home();

@@ -12,17 +12,6 @@ use serde_json::Value;
 
 use super::common::*;
 
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = cmd(home).args(args).output().expect("run aisbx");
-    assert!(
-        out.status.success(),
-        "aisbx {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn json(home: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(home, args)).expect("json")
 }
