@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::mounts::{self, Prepared};
 use crate::seccomp::Filters;
-use crate::sys::{cloexec_from, write_all};
+use crate::sys::{cloexec_from, spawn_shared, write_all};
 use crate::{SANDBOX_ID, Spec, lsm};
 
 /// The fds and prepared data the init needs (all inherited through the fork).
@@ -162,15 +162,10 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
             }
         }
     }
-    // SAFETY: fork in a single-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(errno_str("fork"));
-    }
-    if pid == 0 {
-        let err = program_main(ctx, ready.data_limit);
-        // Only reached when something failed before execve.
-        match err {
+    // The program's process borrows our memory until its execve: nothing to copy.
+    let mut program = || {
+        // Only returns when something failed before execve.
+        match program_main(ctx, ready.data_limit) {
             ProgramError::Exec(errno) => {
                 report(ctx.status_w, &format!("N {errno}\n"));
                 exit_now(127)
@@ -180,7 +175,10 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
                 exit_now(125)
             }
         }
-    }
+    };
+    // SAFETY: the init is single-threaded; `program` ends in execve or _exit.
+    let pid =
+        unsafe { spawn_shared(&mut program) }.map_err(|e| format!("starting the program: {e}"))?;
     // The init keeps no copy of the program's stdio.
     // SAFETY: opening /dev/null and replacing our fds 0-2.
     unsafe {

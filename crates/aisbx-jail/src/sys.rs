@@ -58,6 +58,64 @@ pub unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
     check(ret).map(|pid| pid as libc::pid_t)
 }
 
+/// Stack for [`spawn_shared`]: the program's set-up (Landlock, seccomp, argv) needs
+/// little; a guard page below it turns an overflow into a fault, not corruption.
+const SPAWN_STACK: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+extern "C" fn spawn_trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&mut dyn FnMut()` that `spawn_shared` passed, alive until
+    // this process calls execve or exits (the parent is suspended until then).
+    let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+    f();
+    // SAFETY: ending this process without touching the shared memory's state.
+    unsafe { libc::_exit(127) }
+}
+
+/// Run `f` in a new process that shares this one's memory until it calls execve or
+/// exits (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does): no page tables are
+/// copied and nothing is copied on write, and the caller is suspended until then.
+/// `f` runs on its own stack and must end in execve or `_exit`; the child has its
+/// own credentials, fd table, rlimits, signal dispositions and working directory.
+/// Returns the child's pid.
+///
+/// # Safety
+/// The caller must be single-threaded, and `f` must not unwind, return into shared
+/// state it changed, or leave locks held (it ends in execve or `_exit`).
+pub unsafe fn spawn_shared(f: &mut dyn FnMut()) -> io::Result<libc::pid_t> {
+    // SAFETY: a fresh private mapping that we unmap after the child is gone from it.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SPAWN_STACK + PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the lowest page of our own mapping becomes the guard page.
+    unsafe { libc::mprotect(base, PAGE, libc::PROT_NONE) };
+    let mut f = f;
+    // SAFETY: the stack top is the end of the mapping (16-byte aligned); `f` outlives
+    // the child's use of it because CLONE_VFORK suspends us until execve or exit.
+    let pid = unsafe {
+        libc::clone(
+            spawn_trampoline,
+            base.cast::<u8>().add(SPAWN_STACK + PAGE).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut f as *mut &mut dyn FnMut()).cast(),
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: the child has left this memory (execve or exit) by now.
+    unsafe { libc::munmap(base, SPAWN_STACK + PAGE) };
+    if pid < 0 { Err(err) } else { Ok(pid) }
+}
+
 /// A detached copy of the mount tree at `path` (recursive).
 pub fn open_tree_clone(dirfd: RawFd, path: &CStr, extra_flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain system call with a valid C string.
