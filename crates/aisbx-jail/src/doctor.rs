@@ -159,7 +159,7 @@ pub fn probe() -> Report {
         "kernel too old",
     ));
     let seccomp = in_child(|| {
-        let Ok(f) = crate::seccomp::deny_list(crate::SeccompLevel::Default) else {
+        let Ok(f) = crate::seccomp::compile(crate::SeccompLevel::Default) else {
             return 2;
         };
         if crate::seccomp::install(&f).is_err() {

@@ -262,7 +262,7 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     if thread_count() != 1 {
         return Err(JailError::NotSingleThreaded);
     }
-    let filters = seccomp::deny_list(spec.seccomp).map_err(JailError::Setup)?;
+    let filters = seccomp::compile(spec.seccomp).map_err(JailError::Setup)?;
     crate::cgroup::reap_stale();
     // SAFETY: getter without preconditions.
     let root = unsafe { libc::geteuid() } == 0;
