@@ -65,6 +65,46 @@ fn recv_cgroup_ready(sock: RawFd) -> Result<CgroupReady, String> {
     })
 }
 
+/// Receive the binds the supervisor planned, up to the end marker. EOF: it gave up.
+fn recv_binds(sock: RawFd) -> Result<Vec<mounts::BindPlan>, String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    // A message holds a path and a link target, each at most PATH_MAX.
+    let mut buf = vec![0u8; 2 * 4096 + 64];
+    let mut plans = Vec::new();
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| format!("waiting for the binds: {e}"))?;
+        if msg.bytes == 0 {
+            exit_now(1);
+        }
+        if msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+        {
+            return Err("a bind message from the supervisor was truncated".into());
+        }
+        let mut fd = None;
+        for c in msg.cmsgs().map_err(|e| e.to_string())? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for f in fds {
+                    // SAFETY: the kernel installed this fd for us.
+                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        let n = msg.bytes;
+        if n == 1 && buf[0] == mounts::BIND_END {
+            return Ok(plans);
+        }
+        plans.push(mounts::BindPlan::decode(&buf[..n], fd)?);
+    }
+}
+
 fn report(fd: RawFd, msg: &str) {
     let _ = write_all(fd, msg.as_bytes());
 }
@@ -75,9 +115,96 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Namespaces the init enters itself, right after the clone.
+/// Namespaces made by the init's helper process ([`NsHelper`]) and then joined by
+/// the init, so that creating them (a network namespace takes most of a
+/// millisecond) runs in parallel with building the root.
 pub const LATE_NAMESPACES: libc::c_int =
     libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// A child of the init that creates the net, ipc and uts namespaces, sets the
+/// hostname and brings up `lo`, then waits until the init has joined them.
+struct NsHelper {
+    pid: libc::pid_t,
+    /// The helper's report: empty (EOF) on success, else the error text.
+    report_r: OwnedFd,
+    /// Held until the init has joined; the helper exits when it closes.
+    hold_w: OwnedFd,
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(errno_str("pipe"));
+    }
+    // SAFETY: the kernel returned two new fds that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl NsHelper {
+    /// Fork the helper. It holds every capability of the sandbox's user namespace
+    /// (the init has not changed ids yet) and needs no id mapping for its work.
+    fn start(hostname: &str) -> Result<NsHelper, String> {
+        let (report_r, report_w) = pipe_pair()?;
+        let (hold_r, hold_w) = pipe_pair()?;
+        // SAFETY: the init is single-threaded; the child only makes system calls
+        // and exits.
+        let pid = unsafe { crate::sys::clone_fork(0) }.map_err(|e| format!("fork: {e}"))?;
+        if pid == 0 {
+            drop((report_r, hold_w));
+            // SAFETY: lowering our own priority.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            // SAFETY: plain prctl; the helper dies with the init.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            // SAFETY: plain unshare.
+            let result = if unsafe { libc::unshare(LATE_NAMESPACES) } != 0 {
+                Err(errno_str("creating the net, ipc and uts namespaces"))
+            } else {
+                nix::unistd::sethostname(hostname)
+                    .map_err(|e| format!("sethostname: {e}"))
+                    .and_then(|()| loopback_up())
+            };
+            if let Err(msg) = result {
+                report(report_w.as_raw_fd(), &msg);
+            }
+            drop(report_w);
+            let mut b = [0u8; 1];
+            // SAFETY: blocking read into a local buffer until the init closes.
+            unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            exit_now(0);
+        }
+        Ok(NsHelper {
+            pid,
+            report_r,
+            hold_w,
+        })
+    }
+
+    /// Wait for the helper's namespaces and move the init into them.
+    fn join(self) -> Result<(), String> {
+        let mut msg = Vec::new();
+        let mut f = std::fs::File::from(self.report_r);
+        std::io::Read::read_to_end(&mut f, &mut msg)
+            .map_err(|e| format!("waiting for the namespaces: {e}"))?;
+        if !msg.is_empty() {
+            return Err(String::from_utf8_lossy(&msg).into_owned());
+        }
+        // SAFETY: pidfd_open on our own live child.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if pidfd < 0 {
+            return Err(errno_str("pidfd_open"));
+        }
+        // SAFETY: the kernel returned a new fd that we now own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        // SAFETY: plain setns on a pidfd.
+        if unsafe { libc::setns(pidfd.as_raw_fd(), LATE_NAMESPACES) } != 0 {
+            return Err(errno_str("joining the net, ipc and uts namespaces"));
+        }
+        // The helper exits now; the init's reaping loop collects it.
+        drop(self.hold_w);
+        Ok(())
+    }
+}
 
 /// The sandbox init. Never returns.
 pub fn init_main(ctx: InitCtx<'_>) -> ! {
@@ -88,12 +215,10 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
     // Die with the supervisor; the kernel then kills the whole pid namespace.
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    // New net, ipc and uts namespaces, owned by our user namespace (we hold every
-    // capability in it from the clone on), made while the supervisor writes our id
-    // maps. A failure is reported once the status pipe is ours to use below.
-    // SAFETY: plain unshare.
-    let late = unsafe { libc::unshare(LATE_NAMESPACES) };
-    let late_err = (late != 0).then(std::io::Error::last_os_error);
+    // New net, ipc and uts namespaces, made by a helper while the supervisor writes
+    // our id maps and we build the root. A failure is reported once the status
+    // pipe is ours to use below.
+    let helper = NsHelper::start(&ctx.spec.hostname);
     // Wait until the supervisor has written our id maps. EOF means it died first.
     let mut b = [0u8; 1];
     // SAFETY: reading into a local buffer.
@@ -102,14 +227,7 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
         exit_now(1);
     }
     let status_w = ctx.status_w;
-    if let Some(e) = late_err {
-        report(
-            status_w,
-            &format!("E creating the net, ipc and uts namespaces: {e}\n"),
-        );
-        exit_now(1);
-    }
-    match init_setup_and_wait(&ctx) {
+    match helper.and_then(|h| init_setup_and_wait(&ctx, h)) {
         Ok(never) => match never {},
         Err(msg) => {
             report(status_w, &format!("E {}\n", msg.replace('\n', " ")));
@@ -122,7 +240,7 @@ fn errno_str(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
-fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
+fn init_setup_and_wait(ctx: &InitCtx<'_>, helper: NsHelper) -> Result<Infallible, String> {
     // Become the sandbox user; capabilities in our own user namespace stay.
     // SAFETY: plain id changes.
     unsafe {
@@ -135,9 +253,8 @@ fn init_setup_and_wait(ctx: &InitCtx<'_>) -> Result<Infallible, String> {
         }
     }
     raise_all_caps()?;
-    nix::unistd::sethostname(&ctx.spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
-    loopback_up()?;
-    mounts::build_root(ctx.spec, &ctx.prepared)?;
+    mounts::build_root(ctx.spec, &ctx.prepared, || recv_binds(ctx.sync_r))?;
+    helper.join()?;
 
     // Meanwhile the supervisor made the run's cgroups: join them before the program
     // exists, then give the sandbox a cgroup namespace rooted there.

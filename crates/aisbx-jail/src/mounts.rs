@@ -97,6 +97,63 @@ pub enum BindPlan {
     },
 }
 
+/// How the supervisor hands a planned bind to the init: one message per plan on
+/// the control socket, `[kind][path length, u32 LE][path][link target]`, with the
+/// detached tree's fd attached for a tree; a lone [`BIND_END`] ends the list.
+const BIND_LINK: u8 = 0;
+const BIND_DIR: u8 = 1;
+const BIND_FILE: u8 = 2;
+pub const BIND_END: u8 = 0xff;
+
+impl BindPlan {
+    /// The message for this plan, and the fd to send with it.
+    pub fn encode(&self) -> (Vec<u8>, Option<std::os::fd::RawFd>) {
+        let (kind, path, rest, fd) = match self {
+            BindPlan::Link { path, target } => (BIND_LINK, path, target.as_os_str(), None),
+            BindPlan::Tree { path, fd, is_dir } => (
+                if *is_dir { BIND_DIR } else { BIND_FILE },
+                path,
+                std::ffi::OsStr::new(""),
+                Some(fd.as_raw_fd()),
+            ),
+        };
+        let p = path.as_os_str().as_bytes();
+        let mut m = Vec::with_capacity(5 + p.len() + rest.len());
+        m.push(kind);
+        m.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        m.extend_from_slice(p);
+        m.extend_from_slice(rest.as_bytes());
+        (m, fd)
+    }
+
+    /// The plan a message describes (`fd`: the one that came with it).
+    pub fn decode(m: &[u8], fd: Option<OwnedFd>) -> R<BindPlan> {
+        use std::ffi::OsStr;
+        let bad = || "malformed bind message from the supervisor".to_string();
+        let (&kind, rest) = m.split_first().ok_or_else(bad)?;
+        let len = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(bad)? as usize;
+        let path = rest.get(4..4 + len).ok_or_else(bad)?;
+        let tail = &rest[4 + len..];
+        let path = PathBuf::from(OsStr::from_bytes(path));
+        match (kind, fd) {
+            (BIND_LINK, None) => Ok(BindPlan::Link {
+                path,
+                target: PathBuf::from(OsStr::from_bytes(tail)),
+            }),
+            (BIND_DIR | BIND_FILE, Some(fd)) if tail.is_empty() => Ok(BindPlan::Tree {
+                path,
+                fd,
+                is_dir: kind == BIND_DIR,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// Plan the read-only bind of host path `path`, looked up beneath `root` (`/` on
 /// the host side, the old root inside the init). `None` when it does not exist.
 pub fn plan_bind(path: &Path, root: &Path) -> R<Option<BindPlan>> {
@@ -258,7 +315,9 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> R<()> {
 /// read-only binds and an idmapped workspace, as detached mounts to attach here.
 #[derive(Default)]
 pub struct Prepared {
-    pub binds: Option<Vec<BindPlan>>,
+    /// The supervisor plans the binds (as root) and sends them over the control
+    /// socket after the clone; otherwise the init plans them from the old root.
+    pub binds_from_supervisor: bool,
     pub workspace: Option<OwnedFd>,
     pub overlay: Option<OverlayLayers>,
 }
@@ -360,7 +419,11 @@ fn mount_overlay(layers: &OverlayLayers, upper: &str, work: &str) -> R<()> {
 
 /// Build the whole root and pivot into it. Runs in the sandbox init, in its own
 /// user and mount namespaces, before the program is forked.
-pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
+pub fn build_root(
+    spec: &Spec,
+    prepared: &Prepared,
+    receive_binds: impl FnOnce() -> R<Vec<BindPlan>>,
+) -> R<()> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // Nothing we do may propagate back to the host.
     mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
@@ -376,12 +439,12 @@ pub fn build_root(spec: &Spec, prepared: &Prepared) -> R<()> {
     nix::unistd::pivot_root(BASE, &put_old).map_err(|e| format!("pivot_root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
 
-    match &prepared.binds {
-        Some(plans) => plans.iter().try_for_each(apply_bind)?,
-        None => plan_binds(spec, Path::new(OLD))?
-            .iter()
-            .try_for_each(apply_bind)?,
-    }
+    let plans = if prepared.binds_from_supervisor {
+        receive_binds()?
+    } else {
+        plan_binds(spec, Path::new(OLD))?
+    };
+    plans.iter().try_for_each(apply_bind)?;
 
     // /etc: only what the service synthesized or chose to bind.
     mkdir_p(Path::new("/etc"))?;
@@ -614,6 +677,45 @@ pub fn write_workspace_files(files: &[(String, Vec<u8>)]) -> R<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_plans_cross_the_socket_intact() {
+        let link = BindPlan::Link {
+            path: "/bin".into(),
+            target: "usr/bin".into(),
+        };
+        let (m, fd) = link.encode();
+        assert!(fd.is_none());
+        match BindPlan::decode(&m, None).unwrap() {
+            BindPlan::Link { path, target } => {
+                assert_eq!(path, Path::new("/bin"));
+                assert_eq!(target, Path::new("usr/bin"));
+            }
+            BindPlan::Tree { .. } => panic!("a link came back as a tree"),
+        }
+        let null: OwnedFd = fs::File::open("/dev/null").unwrap().into();
+        let tree = BindPlan::Tree {
+            path: "/etc/odd name\nwith newline".into(),
+            fd: null,
+            is_dir: false,
+        };
+        let (m, fd) = tree.encode();
+        let dup = fd.map(|f| {
+            // SAFETY: duplicating a live fd into one we own.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(f)) }
+        });
+        match BindPlan::decode(&m, dup).unwrap() {
+            BindPlan::Tree { path, is_dir, .. } => {
+                assert_eq!(path, Path::new("/etc/odd name\nwith newline"));
+                assert!(!is_dir);
+            }
+            BindPlan::Link { .. } => panic!("a tree came back as a link"),
+        }
+        // A tree without its fd, a truncated message, an unknown kind: refused.
+        assert!(BindPlan::decode(&m, None).is_err());
+        assert!(BindPlan::decode(&m[..3], None).is_err());
+        assert!(BindPlan::decode(&[7, 0, 0, 0, 0], None).is_err());
+    }
 
     #[test]
     fn relative_paths_are_checked() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::RunCgroup;
 use crate::child::{InitCtx, init_main};
-use crate::mounts::{BindPlan, Prepared, check_rw_binds, plan_ro_binds, plan_rw_bind};
+use crate::mounts::{BIND_END, BindPlan, Prepared, check_rw_binds, plan_ro_binds, plan_rw_bind};
 use crate::sys::{clone_fork, thread_count, write_all};
 use crate::{
     DEFAULT_HOST_ID, JailError, Outcome, SANDBOX_ID, Sink, Spec, Stdin, Workspace, seccomp,
@@ -185,6 +185,57 @@ fn idmapped_workspace(
     result
 }
 
+/// The binds, planned on the host side as root: the sandbox's id cannot read
+/// root-only host directories (a pyenv under /root, say), so the read-only binds
+/// are cloned here, with host privileges. What the sandbox writes to a read-write
+/// bind belongs to the directory's owner, through an idmapped mount when that is
+/// not the sandbox's id.
+fn host_binds(spec: &Spec, host_uid: u32, host_gid: u32) -> Result<Vec<BindPlan>, JailError> {
+    let mut plans = plan_ro_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?;
+    for p in &spec.rw_binds {
+        let meta = std::fs::metadata(p)
+            .map_err(|e| JailError::io(format!("read-write bind {}", p.display()), e))?;
+        if meta.uid() == host_uid {
+            plans.push(plan_rw_bind(p, std::path::Path::new("/")).map_err(JailError::Setup)?);
+        } else {
+            plans.push(BindPlan::Tree {
+                path: p.clone(),
+                fd: idmapped_workspace(p, host_uid, host_gid)?,
+                is_dir: true,
+            });
+        }
+    }
+    Ok(plans)
+}
+
+/// Hand the planned binds to the init, one message per bind (see
+/// [`BindPlan::encode`]), then the end marker.
+fn send_binds(sock: &OwnedFd, plans: &[BindPlan]) -> Result<(), JailError> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let send = |m: &[u8], fd: Option<std::os::fd::RawFd>| {
+        let fds = fd.map(|f| [f]);
+        let cmsgs: Vec<ControlMessage> = fds
+            .as_ref()
+            .map(|f| ControlMessage::ScmRights(f))
+            .into_iter()
+            .collect();
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[std::io::IoSlice::new(m)],
+            &cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| JailError::io("handing the binds to the sandbox", e.into()))
+    };
+    for p in plans {
+        let (m, fd) = p.encode();
+        send(&m, fd)?;
+    }
+    send(&[BIND_END], None)
+}
+
 /// Host-side checks of a copy-on-write workspace: three directories, upper and
 /// work side by side with usable names, the writable ones not root's (the sandbox
 /// runs as their owner, and must never run as, or write as, root).
@@ -263,7 +314,6 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
         return Err(JailError::NotSingleThreaded);
     }
     let filters = seccomp::compile(spec.seccomp).map_err(JailError::Setup)?;
-    crate::cgroup::reap_stale();
     // SAFETY: getter without preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
@@ -300,27 +350,8 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
         }
     }
     check_rw_binds(spec).map_err(JailError::InvalidSpec)?;
-    if root {
-        // The sandbox's id cannot read root-only host directories (a pyenv under
-        // /root, say): clone the binds here, with host privileges, read-only.
-        let mut plans = plan_ro_binds(spec, std::path::Path::new("/")).map_err(JailError::Setup)?;
-        // Read-write binds: what the sandbox writes belongs to the directory's
-        // owner, through an idmapped mount when that is not the sandbox's id.
-        for p in &spec.rw_binds {
-            let meta = std::fs::metadata(p)
-                .map_err(|e| JailError::io(format!("read-write bind {}", p.display()), e))?;
-            if meta.uid() == host_uid {
-                plans.push(plan_rw_bind(p, std::path::Path::new("/")).map_err(JailError::Setup)?);
-            } else {
-                plans.push(BindPlan::Tree {
-                    path: p.clone(),
-                    fd: idmapped_workspace(p, host_uid, host_gid)?,
-                    is_dir: true,
-                });
-            }
-        }
-        prepared.binds = Some(plans);
-    }
+    // As root the binds are planned here, after the clone (see `host_binds`).
+    prepared.binds_from_supervisor = root;
 
     // The cgroups are made after the clone, while the sandbox builds its root.
     let mut cgroup: Option<RunCgroup> = None;
@@ -419,11 +450,22 @@ fn run_in(
             prepared,
         });
     }
+    let binds_from_supervisor = prepared.binds_from_supervisor;
     drop((sync_r, status_w, out_w, err_w, stdin_child, prepared));
 
     let outcome = supervise(
-        spec, sink, pid, cgroup, sync_w, status_r, out_r, err_r, stdin_feed, &sigfd, start,
-        host_uid, host_gid,
+        spec,
+        sink,
+        pid,
+        cgroup,
+        sync_w,
+        status_r,
+        out_r,
+        err_r,
+        stdin_feed,
+        &sigfd,
+        start,
+        (host_uid, host_gid, binds_from_supervisor),
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -452,8 +494,7 @@ fn supervise(
     mut stdin_feed: Option<(OwnedFd, Vec<u8>)>,
     sigfd: &OwnedFd,
     start: Instant,
-    host_uid: u32,
-    host_gid: u32,
+    (host_uid, host_gid, binds_from_supervisor): (u32, u32, bool),
 ) -> Result<Outcome, JailError> {
     let setup = (|| -> Result<(), JailError> {
         let w = |file: &str, content: String| {
@@ -465,6 +506,10 @@ fn supervise(
         w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
         write_all(sync_w.as_raw_fd(), b"g")
             .map_err(|e| JailError::io("starting the sandbox", e))?;
+        // The init now changes ids and mounts its new root; plan the binds meanwhile.
+        if binds_from_supervisor {
+            send_binds(&sync_w, &host_binds(spec, host_uid, host_gid)?)?;
+        }
         // The sandbox now builds its root; make its cgroups meanwhile.
         *cgroup_slot = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
         if cgroup_slot.is_none() && spec.require_cgroups {
@@ -492,7 +537,10 @@ fn supervise(
             }
             None => Vec::new(),
         };
-        send_cgroup_ready(&sync_w, data_limit, &join)
+        send_cgroup_ready(&sync_w, data_limit, &join)?;
+        // Cgroups left by runs whose aisbx was killed: removed while this one starts.
+        crate::cgroup::reap_stale();
+        Ok(())
     })();
     drop(sync_w);
     let cgroup = cgroup_slot.as_ref();

@@ -243,6 +243,34 @@ fn hostname_and_ipc_are_private() {
 }
 
 #[test]
+fn every_namespace_is_new_and_loopback_works() {
+    // The net, ipc and uts namespaces are made by a helper and joined by the init:
+    // the program must be in them, not in the host's.
+    let kinds = ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"];
+    let script = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/self/ns/{k}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (v, code) = sh(&script);
+    assert_eq!(code, 0, "{v}");
+    let inside: Vec<&str> = stdout(&v).lines().collect();
+    assert_eq!(inside.len(), kinds.len(), "{v}");
+    for (k, ns) in kinds.iter().zip(&inside) {
+        let host = std::fs::read_link(format!("/proc/self/ns/{k}")).expect("host ns");
+        assert_ne!(
+            host.to_string_lossy(),
+            *ns,
+            "{k} namespace shared with the host"
+        );
+    }
+    let (v, _) = py(
+        "import socket\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\nc=socket.create_connection(s.getsockname(), timeout=2); a,_=s.accept(); c.sendall(b'ping'); print(a.recv(4).decode())",
+    );
+    assert_eq!(stdout(&v), "ping\n", "{v}");
+}
+
+#[test]
 fn proc_kernel_knobs_are_read_only() {
     let (v, _) = sh(
         "echo 1 > /proc/sys/kernel/sysrq 2>/dev/null && echo WROTE; echo c > /proc/sysrq-trigger 2>/dev/null && echo TRIGGERED; echo end",
