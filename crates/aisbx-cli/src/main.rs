@@ -216,17 +216,27 @@ fn cli_meta(tool: &str) -> RequestMeta {
     }
 }
 
-/// Streams the program's output to ours as it comes.
-struct Passthrough;
+/// Streams the program's output to ours as it comes (or, with `--json`, keeps it for
+/// the result); aisbx's own notices go to stderr either way.
+struct CliSink {
+    live: bool,
+}
 
-impl OutputSink for Passthrough {
+impl OutputSink for CliSink {
     fn stdout(&mut self, data: &[u8]) {
-        let mut o = std::io::stdout().lock();
-        let _ = o.write_all(data);
-        let _ = o.flush();
+        if self.live {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(data);
+            let _ = o.flush();
+        }
     }
     fn stderr(&mut self, data: &[u8]) {
-        let _ = std::io::stderr().lock().write_all(data);
+        if self.live {
+            let _ = std::io::stderr().lock().write_all(data);
+        }
+    }
+    fn notice(&mut self, text: &str) {
+        eprintln!("aisbx: {text}");
     }
 }
 
@@ -261,22 +271,12 @@ fn cmd_run(a: RunArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    note_detected_profile(&svc, &req);
-    let result = if a.json {
-        svc.run(
-            &cli_meta("run"),
-            req,
-            &mut aisbx_service::NullSink,
-            &CancelToken::default(),
-        )
-    } else {
-        svc.run(
-            &cli_meta("run"),
-            req,
-            &mut Passthrough,
-            &CancelToken::default(),
-        )
-    };
+    let result = svc.run(
+        &cli_meta("run"),
+        req,
+        &mut CliSink { live: !a.json },
+        &CancelToken::default(),
+    );
     match result {
         Ok(r) => {
             if a.json {
@@ -339,40 +339,4 @@ fn cmd_doctor(json: bool) -> u8 {
         }
     }
     if report.ok() { 0 } else { 1 }
-}
-
-/// Say on stderr which profile aisbx inferred (from an extension, a shebang, a
-/// project marker or the code), so the choice is never silent. Nothing is printed
-/// when the profile or language was given, or for a plain command outside a project.
-/// Errors are left to the run itself, which makes the same choice.
-fn note_detected_profile(svc: &Service, req: &RunRequest) {
-    if req.profile.is_some() || req.sandbox_id.is_some() {
-        return;
-    }
-    let script = match &req.program {
-        Program::File(p) => match std::fs::metadata(p) {
-            Ok(m) if m.len() <= 4 << 20 => std::fs::read(p).ok().map(|c| (p.clone(), c)),
-            _ => None,
-        },
-        _ => None,
-    };
-    let (lang, code) = match &req.program {
-        Program::Code { language, code } => (
-            Some(language.as_str()).filter(|l| !l.is_empty()),
-            Some(code.as_str()),
-        ),
-        _ => (None, None),
-    };
-    let input = aisbx_service::profile::DetectInput {
-        profile: None,
-        lang,
-        file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
-        code,
-        dir: req.workdir.as_deref(),
-    };
-    if let Ok(d) = svc.profiles(req.workdir.as_deref()).detect(&input)
-        && d.inferred()
-    {
-        eprintln!("aisbx: using profile {} ({})", d.profile.name, d.reason);
-    }
 }

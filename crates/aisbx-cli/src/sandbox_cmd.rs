@@ -8,7 +8,7 @@ use crate::print_json;
 use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, Program, RunRequest};
 use clap::Args;
 
-use super::{EXIT_AISBX, Passthrough, cli_meta, fail, open_service, parse_env, size};
+use super::{CliSink, EXIT_AISBX, cli_meta, fail, open_service, parse_env, size};
 
 #[derive(Args)]
 pub struct CreateArgs {
@@ -93,16 +93,12 @@ pub fn exec(a: ExecArgs) -> u8 {
         Err(c) => return c,
     };
     let cancel = CancelToken::default();
-    let result = if a.json {
-        svc.run(
-            &cli_meta("exec"),
-            req,
-            &mut aisbx_service::NullSink,
-            &cancel,
-        )
-    } else {
-        svc.run(&cli_meta("exec"), req, &mut Passthrough, &cancel)
-    };
+    let result = svc.run(
+        &cli_meta("exec"),
+        req,
+        &mut CliSink { live: !a.json },
+        &cancel,
+    );
     match result {
         Ok(r) => {
             if a.json {

@@ -126,6 +126,9 @@ pub struct RequestMeta {
 pub trait OutputSink: Send {
     fn stdout(&mut self, data: &[u8]);
     fn stderr(&mut self, data: &[u8]);
+    /// A note from aisbx about the run, given before it starts: which profile it
+    /// inferred, and why. Ignored unless a front end shows it.
+    fn notice(&mut self, _text: &str) {}
 }
 
 /// A sink that drops everything (the result still carries the captured output).

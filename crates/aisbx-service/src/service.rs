@@ -94,6 +94,8 @@ pub(crate) struct Prepared {
     pub spec: Spec,
     pub profile: String,
     pub sandbox_id: Option<String>,
+    /// Which profile was inferred and why, when aisbx chose it.
+    pub notice: Option<String>,
 }
 
 impl Service {
@@ -274,6 +276,12 @@ impl Service {
                 .as_deref()
                 .or(sandbox.as_ref().map(|sb| sb.workspace.as_path())),
         })?;
+        let notice = detection.inferred().then(|| {
+            format!(
+                "using profile {} ({})",
+                detection.profile.name, detection.reason
+            )
+        });
         let mut profile: Profile = detection.profile;
         let lang: Option<Language> = detection.language;
         if profile.language.is_none()
@@ -411,6 +419,7 @@ impl Service {
             spec,
             profile: profile.name.clone(),
             sandbox_id: sandbox.map(|s| s.id),
+            notice,
         })
     }
 
@@ -422,6 +431,9 @@ impl Service {
     ) -> Result<RunResult, ServiceError> {
         // Two overlay mounts must never share an upper directory: runs in one
         // copy-on-write sandbox take turns (held until the run has ended).
+        if let Some(n) = &p.notice {
+            sink.notice(n);
+        }
         let _turn = match &p.spec.workspace {
             Workspace::Overlay { upper, .. } => Some(overlay_turn(upper)?),
             _ => None,
