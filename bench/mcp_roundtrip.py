@@ -28,9 +28,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def host_tuple() -> str:
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    return next(l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("host: "))
+
+
 def find(name: str) -> str:
+    # Binaries live under the host's target tuple (see .cargo/config.toml).
     for profile in ("release", "debug"):
-        p = os.path.join(ROOT, "target", profile, name)
+        p = os.path.join(ROOT, "target", host_tuple(), profile, name)
         if os.path.exists(p):
             return p
     sys.exit(f"{name} not built: cargo build --release -p aisbx-cli -p aisbx-mcp")

@@ -3,9 +3,9 @@
 #   first snapshot vs `cp -a`; second snapshot of the unchanged tree;
 #   restore into a sandbox for 1 GiB vs 10 MiB (copy-on-write: ratio near 1);
 #   restore into a directory vs `cp -a`; store size for two nearly equal snapshots.
-# Usage: bench/snapshots.sh [path/to/aisbx]   (default: target/release/aisbx)
+# Usage: bench/snapshots.sh [path/to/aisbx]   (default: target/<host tuple>/release/aisbx)
 set -euo pipefail
-AISBX=${1:-target/release/aisbx}
+AISBX=${1:-target/$(rustc -vV | sed -n 's/^host: //p')/release/aisbx}
 [ -x "$AISBX" ] || { echo "build first: cargo build --release (or pass the binary)" >&2; exit 2; }
 AISBX=$(realpath "$AISBX")
 W=$(mktemp -d "${TMPDIR:-/tmp}/aisbx-bench-snap.XXXXXX")

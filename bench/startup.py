@@ -66,12 +66,17 @@ def timed(cmd, env):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=60)
-    ap.add_argument("--aisbx", default=os.path.join(ROOT, "target", "release", "aisbx"))
+    ap.add_argument("--aisbx", default=None, help="default: target/<host tuple>/release/aisbx")
     a = ap.parse_args()
+    if a.aisbx is None:
+        # Binaries live under the host's target tuple (see .cargo/config.toml).
+        host = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+        tuple_ = next(l.split(": ", 1)[1] for l in host.splitlines() if l.startswith("host: "))
+        a.aisbx = os.path.join(ROOT, "target", tuple_, "release", "aisbx")
     if not shutil.which("bwrap"):
         sys.exit("bubblewrap is needed as the baseline: apt-get install bubblewrap")
     if not os.path.exists(a.aisbx):
-        sys.exit(f"{a.aisbx} not found: cargo build --release")
+        sys.exit(f"{a.aisbx} not found: cargo build --release --bin aisbx")
     home = tempfile.mkdtemp(prefix="aisbx-bench-")
     env = dict(os.environ, AISBX_HOME=home)
     exe, prefix = python_interpreter()

@@ -26,7 +26,9 @@ passed=$(grep -oE '^test result: ok\. [0-9]+ passed' /tmp/aisbx-cargo-test.log |
 
 step "MCP: Python SDK client (stdio and HTTP)"
 cargo build --quiet -p aisbx-mcp
-mcp_bin="${CARGO_TARGET_DIR:-target}/debug/aisbx-mcp"
+# Binaries live under the host's target tuple (see .cargo/config.toml).
+host=$(rustc -vV | sed -n 's/^host: //p')
+mcp_bin="${CARGO_TARGET_DIR:-target}/$host/debug/aisbx-mcp"
 tests/clients/run_python.sh "$mcp_bin" --transport both
 
 step "MCP: conformance suite"

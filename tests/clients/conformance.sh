@@ -11,7 +11,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${1:-${AISBX_MCP_BIN:-$ROOT/target/debug/aisbx-mcp}}"
+BIN="${1:-${AISBX_MCP_BIN:-$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/debug/aisbx-mcp}}"
 SUITE_VERSION="${AISBX_CONFORMANCE_VERSION:-0.1.16}"
 DIR="${AISBX_CONFORMANCE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aisbx-conformance}"
 SCENARIOS=(

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Drive aisbx-mcp with the official Python MCP SDK (`pip install mcp`).
 
-    python3 tests/clients/python_client.py --bin target/debug/aisbx-mcp --transport stdio
-    python3 tests/clients/python_client.py --bin target/debug/aisbx-mcp --transport http
+    python3 tests/clients/python_client.py --bin target/x86_64-unknown-linux-gnu/debug/aisbx-mcp --transport stdio
+    python3 tests/clients/python_client.py --bin target/x86_64-unknown-linux-gnu/debug/aisbx-mcp --transport http
 
 Checks, per transport: the tool list (names, schemas), `run`, progress notifications,
 `logging/setLevel`, `build` then `run` in the sandbox, and bad arguments (-32602 naming

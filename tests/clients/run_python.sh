@@ -3,7 +3,7 @@
 #   tests/clients/run_python.sh [PATH-TO-aisbx-mcp] [--transport stdio|http|both]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${1:-${AISBX_MCP_BIN:-$ROOT/target/debug/aisbx-mcp}}"
+BIN="${1:-${AISBX_MCP_BIN:-$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/debug/aisbx-mcp}}"
 shift || true
 VENV="${AISBX_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/aisbx-mcp-venv}"
 if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import mcp' 2>/dev/null; then
