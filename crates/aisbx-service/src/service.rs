@@ -31,16 +31,15 @@ pub const MAX_ENV: usize = 256;
 /// The sandbox's PATH; an interpreter prefix outside /usr is put first.
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Host `/etc` entries the runtimes need (library cache, alternatives, time zone,
-/// certificates, interpreter configuration); nothing with secrets.
+/// Host `/etc` entries the runtimes read (library cache, alternatives, time zone,
+/// certificates, interpreter configuration); nothing with secrets. Each is a
+/// mount of every run, so only what programs read at run time: not ldconfig's
+/// `ld.so.conf*` or the certificate tooling's `ca-certificates`.
 const ETC_BINDS: &[&str] = &[
     "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
     "/etc/alternatives",
     "/etc/localtime",
     "/etc/ssl/certs",
-    "/etc/ca-certificates",
     "/etc/mime.types",
     "/etc/perl",
 ];
