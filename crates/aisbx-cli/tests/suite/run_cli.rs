@@ -314,6 +314,10 @@ fn help_teaches() {
     for needle in ["--workdir", "--memory", "--json", "Exit status", "Examples"] {
         assert!(h.contains(needle), "{needle} missing from help");
     }
+    // `run` is parsed on a fast path; its errors still come from the full parser.
+    let out = aisbx(&["run", "--frobnicate", "--", "true"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("Usage: aisbx run"), "{e}");
 }
 
 #[test]
