@@ -35,6 +35,13 @@ pub fn detect() -> Option<Hierarchy> {
     detect_at(Path::new(CGROUP_ROOT))
 }
 
+/// The hierarchy, detected once per process: cgroup mounts do not change under a
+/// running aisbx, and detection costs a dozen system calls on cgroupfs.
+fn hierarchy() -> Option<&'static Hierarchy> {
+    static H: std::sync::OnceLock<Option<Hierarchy>> = std::sync::OnceLock::new();
+    H.get_or_init(detect).as_ref()
+}
+
 fn v2_controllers(dir: &Path) -> Option<Vec<String>> {
     let s = fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
     Some(s.split_whitespace().map(str::to_string).collect())
@@ -83,17 +90,21 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 }
 
 fn run_name() -> String {
-    let pid = std::process::id() as i32;
-    let start = process_start_time(pid).unwrap_or(0);
-    format!("{pid}-{start}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+    // This process's pid and start time, read once.
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let me = ME.get_or_init(|| {
+        let pid = std::process::id() as i32;
+        format!("{pid}-{}", process_start_time(pid).unwrap_or(0))
+    });
+    format!("{me}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 impl RunCgroup {
     /// Create and configure the cgroups of a run. `Ok(None)`: this host or user has
     /// no cgroups we may use (rlimits remain).
     pub fn create(limits: &Limits) -> Result<Option<RunCgroup>, String> {
-        match detect() {
-            Some(h) => Self::create_in(&h, limits),
+        match hierarchy() {
+            Some(h) => Self::create_in(h, limits),
             None => Ok(None),
         }
     }
@@ -405,8 +416,8 @@ fn is_stale(name: &str) -> bool {
 /// Remove the cgroups that runs of dead aisbx processes left behind (after a
 /// `kill -9`, say), killing whatever is still in them. Returns how many it removed.
 pub fn reap_stale() -> usize {
-    let dirs: Vec<PathBuf> = match detect() {
-        Some(Hierarchy::V1(m)) => m.into_iter().map(|(_, p)| p.join(PARENT)).collect(),
+    let dirs: Vec<PathBuf> = match hierarchy() {
+        Some(Hierarchy::V1(m)) => m.iter().map(|(_, p)| p.join(PARENT)).collect(),
         Some(Hierarchy::V2(root, _)) => vec![root.join(PARENT)],
         None => Vec::new(),
     };

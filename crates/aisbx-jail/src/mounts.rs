@@ -64,23 +64,46 @@ fn mnt<P: AsRef<Path>>(
     })
 }
 
-/// `mkdir -p`, with one system call when the parent exists (the common case).
+thread_local! {
+    /// Directories this process already made or found (the init builds the root
+    /// alone): most mount points share parents, and a system call saved is a path
+    /// walk saved.
+    static MADE: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Forget the directories made so far: after the root changes, or after removing one.
+fn forget_made() {
+    MADE.with(|m| m.borrow_mut().clear());
+}
+
+/// Forget the directories beneath `p`, which a mount now covers.
+fn forget_under(p: &Path) {
+    MADE.with(|m| m.borrow_mut().retain(|d| d == p || !d.starts_with(p)));
+}
+
+/// `mkdir -p`, with one system call when the parent exists (the common case) and
+/// none for a directory made before.
 fn mkdir_p(p: &Path) -> R<()> {
+    if p == Path::new("/") || MADE.with(|m| m.borrow().iter().any(|d| d == p)) {
+        return Ok(());
+    }
+    let made = |p: &Path| MADE.with(|m| m.borrow_mut().push(p.to_path_buf()));
     match fs::DirBuilder::new().mode(0o755).create(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => made(p),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => made(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = p.parent() {
                 mkdir_p(parent)?;
             }
             match fs::DirBuilder::new().mode(0o755).create(p) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(format!("creating {}: {e}", p.display())),
+                Ok(()) => made(p),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => made(p),
+                Err(e) => return Err(format!("creating {}: {e}", p.display())),
             }
         }
-        Err(e) => Err(format!("creating {}: {e}", p.display())),
+        Err(e) => return Err(format!("creating {}: {e}", p.display())),
     }
+    Ok(())
 }
 
 /// A read-only bind, planned either on the host side (as root, where the host
@@ -237,7 +260,9 @@ fn apply_bind(plan: &BindPlan) -> R<()> {
                     .map_err(ctx(|| format!("creating mount point {}", path.display())))?;
             }
             move_mount_to(fd.as_raw_fd(), &cs(path)?)
-                .map_err(ctx(|| format!("mounting {}", path.display())))
+                .map_err(ctx(|| format!("mounting {}", path.display())))?;
+            forget_under(path);
+            Ok(())
         }
     }
 }
@@ -414,6 +439,7 @@ fn mount_overlay(layers: &OverlayLayers, upper: &str, work: &str) -> R<()> {
             .map_err(|e| format!("detaching the staging mount {}: {e}", p.display()))?;
         fs::remove_dir(p).map_err(ctx(|| format!("removing {}", p.display())))?;
     }
+    forget_made();
     fs::remove_dir(stage).map_err(ctx(|| format!("removing {}", stage.display())))
 }
 
@@ -437,6 +463,7 @@ pub fn build_root(
     let put_old = PathBuf::from(BASE).join(OLD.trim_start_matches('/'));
     mkdir_p(&put_old)?;
     nix::unistd::pivot_root(BASE, &put_old).map_err(|e| format!("pivot_root: {e}"))?;
+    forget_made();
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
 
     let plans = if prepared.binds_from_supervisor {
@@ -466,9 +493,10 @@ pub fn build_root(
     )?;
     for p in PROC_READONLY {
         let path = Path::new("/proc").join(p);
-        if path.exists() {
-            let fd = open_tree_clone(libc::AT_FDCWD, &cs(&path)?, 0)
-                .map_err(ctx(|| format!("cloning {}", path.display())))?;
+        // Entries this kernel lacks are skipped.
+        let cloned = open_tree_clone(libc::AT_FDCWD, &cs(&path)?, 0);
+        if !matches!(&cloned, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            let fd = cloned.map_err(ctx(|| format!("cloning {}", path.display())))?;
             mount_setattr_fd(
                 fd.as_raw_fd(),
                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
@@ -547,6 +575,7 @@ pub fn build_root(
     // Detach the host root for good.
     umount2(OLD, MntFlags::MNT_DETACH).map_err(|e| format!("detaching the host root: {e}"))?;
     fs::remove_dir(OLD).map_err(ctx(|| "removing the old root mount point".to_string()))?;
+    forget_made();
     mount_setattr_path(
         c"/",
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
@@ -567,12 +596,12 @@ fn build_dev() -> R<()> {
     for d in DEVICES {
         let src = Path::new("/dev").join(d);
         let old_src = Path::new(OLD).join("dev").join(d);
-        if !old_src.exists() {
-            continue;
-        }
+        // Devices the host lacks are skipped.
+        let fd = match open_tree_clone(libc::AT_FDCWD, &cs(&old_src)?, 0) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => r.map_err(ctx(|| format!("cloning {}", old_src.display())))?,
+        };
         fs::File::create(&src).map_err(ctx(|| format!("creating {}", src.display())))?;
-        let fd = open_tree_clone(libc::AT_FDCWD, &cs(&old_src)?, 0)
-            .map_err(ctx(|| format!("cloning {}", old_src.display())))?;
         mount_setattr_fd(
             fd.as_raw_fd(),
             MOUNT_ATTR_NOSUID | crate::sys::MOUNT_ATTR_NOEXEC,
