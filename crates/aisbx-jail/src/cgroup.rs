@@ -89,14 +89,18 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-fn run_name() -> String {
-    // This process's pid and start time, read once.
-    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let me = ME.get_or_init(|| {
+/// This process's pid and start time, read once.
+fn me() -> (i32, u64) {
+    static ME: std::sync::OnceLock<(i32, u64)> = std::sync::OnceLock::new();
+    *ME.get_or_init(|| {
         let pid = std::process::id() as i32;
-        format!("{pid}-{}", process_start_time(pid).unwrap_or(0))
-    });
-    format!("{me}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+        (pid, process_start_time(pid).unwrap_or(0))
+    })
+}
+
+fn run_name() -> String {
+    let (pid, start) = me();
+    format!("{pid}-{start}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 impl RunCgroup {
@@ -410,6 +414,10 @@ fn is_stale(name: &str) -> bool {
     let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
         return false;
     };
+    if pid == me().0 {
+        // Ours, unless an earlier process had our pid.
+        return start != me().1;
+    }
     process_start_time(pid) != Some(start)
 }
 

@@ -586,12 +586,14 @@ pub fn build_root(
 
 fn build_dev() -> R<()> {
     mkdir_p(Path::new("/dev"))?;
+    // One tmpfs for /dev and the POSIX shared memory in /dev/shm (64 MiB between
+    // them); the devices are binds with their own mount flags.
     mnt(
         Some("tmpfs"),
         "/dev",
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=64k,nr_inodes=64"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64m,nr_inodes=4096"),
     )?;
     for d in DEVICES {
         let src = Path::new("/dev").join(d);
@@ -621,13 +623,8 @@ fn build_dev() -> R<()> {
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
     mkdir_p(Path::new("/dev/shm"))?;
-    mnt(
-        Some("tmpfs"),
-        "/dev/shm",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=64m"),
-    )?;
+    fs::set_permissions("/dev/shm", fs::Permissions::from_mode(0o1777))
+        .map_err(ctx(|| "setting the mode of /dev/shm".to_string()))?;
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/fd", "/proc/self/fd"),

@@ -115,6 +115,22 @@ fn tmp_is_capped() {
 }
 
 #[test]
+fn dev_shm_is_capped() {
+    // /dev and /dev/shm share one 64 MiB tmpfs.
+    let (v, _) = sh(
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=100 2>&1; ls -l /dev/shm/fill | awk '{print $5}'",
+    );
+    let out = stdout(&v);
+    assert!(out.contains("No space left on device"), "{v}");
+    let size: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(size <= 64 << 20, "{size}");
+}
+
+#[test]
 fn ephemeral_workspace_is_capped_at_one_gib() {
     // tmpfs pages count against memory: give the run room for them.
     let (v, _) = run_json(&[
