@@ -234,9 +234,10 @@ impl RunCgroup {
             write(&d.join("pids.max"), &l.pids.to_string()).map_err(e)?;
         }
         if let Some(d) = self.dir_of("cpu") {
+            // A new cgroup's period is the kernel's default, 100 ms: only the quota
+            // needs writing.
             let period = 100_000u64;
             let quota = (l.cpus * period as f64).round().max(1000.0) as u64;
-            write(&d.join("cpu.cfs_period_us"), &period.to_string()).map_err(e)?;
             write(&d.join("cpu.cfs_quota_us"), &quota.to_string()).map_err(e)?;
         }
         Ok(())

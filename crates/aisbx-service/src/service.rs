@@ -43,9 +43,38 @@ const ETC_BINDS: &[&str] = &[
     "/etc/mime.types",
     "/etc/perl",
 ];
-/// Host `/etc` directories bound when their name starts with one of these
-/// (per-version directories such as `python3.11`, `java-17-openjdk`).
-const ETC_PREFIX_BINDS: &[&str] = &["python3", "java-"];
+/// Per-version interpreter configuration in `/etc` (`python3.11`,
+/// `java-17-openjdk`), found from where the host's default `python3` and `java`
+/// lead rather than by listing `/etc` (an ext4 directory listing costs a tenth of
+/// a millisecond of every run). Entries that do not exist are skipped when binding.
+fn etc_runtime_dirs() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/etc/python3")];
+    // /usr/bin/python3 -> python3.11
+    if let Ok(py) = std::fs::canonicalize("/usr/bin/python3")
+        && let Some(name) = py.file_name().and_then(|n| n.to_str())
+        && name.starts_with("python3.")
+    {
+        v.push(Path::new("/etc").join(name));
+    }
+    // /usr/bin/java -> /usr/lib/jvm/java-17-openjdk-amd64/bin/java -> java-17-openjdk
+    if let Ok(java) = std::fs::canonicalize("/usr/bin/java")
+        && let Some(jvm) = java
+            .ancestors()
+            .find(|a| a.parent() == Some(Path::new("/usr/lib/jvm")))
+            .and_then(|a| a.file_name())
+            .and_then(|n| n.to_str())
+    {
+        let mut name = jvm;
+        // The JVM directory names the architecture; /etc's does not.
+        if let Some((base, _arch)) = jvm.rsplit_once('-')
+            && base.ends_with("-openjdk")
+        {
+            name = base;
+        }
+        v.push(Path::new("/etc").join(name));
+    }
+    v
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct ServiceConfig {
@@ -311,14 +340,7 @@ impl Service {
         let limits = profile::check_limits(profile.limits.clone(), &req.limits)?;
 
         let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
-        if let Ok(rd) = std::fs::read_dir("/etc") {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if ETC_PREFIX_BINDS.iter().any(|p| n.starts_with(p)) {
-                    ro_binds.push(e.path());
-                }
-            }
-        }
+        ro_binds.extend(etc_runtime_dirs());
         let mut path_var = SANDBOX_PATH.to_string();
         let mut argv = argv_tail;
         let mut code_files = Vec::new();

@@ -67,6 +67,21 @@ fn code_form_runs_each_language() {
         assert_eq!(stdout(&v), want, "{lang}: {v}");
         assert_eq!(v["profile"], lang);
     }
+    // Java reads its configuration from /etc/java-<N>-openjdk, bound per run.
+    if std::path::Path::new("/usr/bin/java").exists() {
+        let code = "public class Main { public static void main(String[] a) { System.out.println(\"jv\"); } }";
+        let (v, status) = run_json(&["--timeout", "60", "--lang", "java", "--code", code]);
+        assert_eq!(status, 0, "java: {v}");
+        assert_eq!(stdout(&v), "jv\n", "java: {v}");
+    }
+    // Debian's per-version python configuration is there too, as on the host.
+    if let Ok(py) = std::fs::canonicalize("/usr/bin/python3") {
+        let etc = std::path::Path::new("/etc").join(py.file_name().unwrap_or_default());
+        if etc.is_dir() {
+            let (v, _) = sh(&format!("test -d {} && echo bound", etc.display()));
+            assert_eq!(stdout(&v), "bound\n", "{v}");
+        }
+    }
 }
 
 #[test]
