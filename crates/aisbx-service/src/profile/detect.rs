@@ -96,7 +96,7 @@ impl Catalog {
                 }
                 (Some(l), _) => (Some(l.clone()), String::new()),
                 (None, Some(asked)) => {
-                    let p = by_lang(langs(), asked)?;
+                    let p = self.language_profile(asked, langs)?;
                     (p.language.clone(), format!("; language {asked} given"))
                 }
                 (None, None) if input.file.is_some() || input.code.is_some() => {
@@ -119,7 +119,7 @@ impl Catalog {
             });
         }
         if let Some(asked) = input.lang {
-            let profile = by_lang(langs(), asked)?;
+            let profile = self.language_profile(asked, langs)?;
             return Ok(Detection {
                 language: profile.language.clone(),
                 reason: format!("language {asked} given"),
@@ -169,6 +169,24 @@ impl Catalog {
             basis: Basis::Default,
             reason: "a command, and no project marker in the workdir".into(),
         })
+    }
+
+    /// The profile for `--lang asked`: the language profile of that name when there
+    /// is one (resolving only it), else the first language profile that answers to
+    /// the name (`py`, `js`, ...), which needs every profile resolved.
+    fn language_profile<'a>(
+        &self,
+        asked: &str,
+        langs: impl FnOnce() -> &'a [Profile],
+    ) -> Result<Profile, ProfileError> {
+        if let Ok(p) = self.resolve(asked)
+            && p.language
+                .as_ref()
+                .is_some_and(|l| l.name == p.name && l.is_called(asked))
+        {
+            return Ok(p);
+        }
+        by_lang(langs(), asked)
     }
 
     /// Steps 3 to 5 for code or a file: extension, shebang, markers, content.

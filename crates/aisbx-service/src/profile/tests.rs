@@ -645,6 +645,44 @@ fn detection_table() {
 }
 
 #[test]
+fn lang_finds_the_profile_by_name_alias_or_override() {
+    let lang = |c: &Catalog, asked: &str| {
+        c.detect(&DetectInput {
+            lang: Some(asked),
+            code: Some("1"),
+            ..Default::default()
+        })
+        .map(|d| (d.profile.name, d.language.map(|l| l.name)))
+    };
+    let c = Catalog::builtin();
+    let py = ("python".to_string(), Some("python".to_string()));
+    assert_eq!(lang(&c, "python").unwrap(), py);
+    // Aliases go through every language profile.
+    assert_eq!(lang(&c, "py").unwrap(), py);
+    assert_eq!(lang(&c, "js").unwrap().0, "node");
+    assert!(lang(&c, "cobol").is_err());
+    // A project profile named python replaces the built-in one for --lang python.
+    let (c, _t) = catalog_with(&[(
+        "python",
+        "description = \"team\"\nextends = [\"python\"]\n[env]\nTEAM = \"1\"\n",
+    )]);
+    let d = c
+        .detect(&DetectInput {
+            lang: Some("python"),
+            code: Some("1"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(d.profile.description, "team");
+    // A profile that is named like a language but runs none is not that language.
+    let (c, _t) = catalog_with(&[(
+        "perl",
+        "description = \"no language\"\nextends = [\"base\"]\n",
+    )]);
+    assert!(lang(&c, "perl").is_err());
+}
+
+#[test]
 fn detection_explains_ambiguity_and_language_of_runtimeless_profiles() {
     let c = Catalog::builtin();
     let t = tempfile::tempdir().unwrap();
