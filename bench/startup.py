@@ -5,7 +5,8 @@ Measures the wall time of `aisbx run -- /usr/bin/true` and of
 `aisbx run --lang python --code pass`, each next to bubblewrap doing the same
 (user, mount, pid, net, ipc, uts namespaces, read-only /usr, fresh /proc and /dev,
 tmpfs /tmp and /workspace, uid 1000). The runs are interleaved so that both see the
-same machine state; the report gives medians and the ratio aisbx / bubblewrap.
+same machine state; the report gives medians, the ratio of the medians aisbx /
+bubblewrap, and the median of the ratios of back-to-back pairs.
 
 aisbx additionally applies what bubblewrap does not: cgroup limits (memory, pids,
 CPU), seccomp, Landlock, rlimits, a synthesized /etc and an audit record.
@@ -65,7 +66,7 @@ def timed(cmd, env):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--aisbx", default=None, help="default: target/<host tuple>/release/aisbx")
     a = ap.parse_args()
     if a.aisbx is None:
@@ -90,23 +91,31 @@ def main():
         ),
     ]
     print(f"{a.runs} interleaved runs each; medians in ms (p10-p90)")
-    print(f"{'case':<12} {'aisbx':>20} {'bubblewrap':>20} {'ratio':>7}")
+    print(f"{'case':<12} {'aisbx':>20} {'bubblewrap':>20} {'ratio':>7} {'pairs':>7}")
     try:
         for name, ours, theirs in cases:
             for _ in range(5):  # warm up caches
                 timed(ours, env)
                 timed(theirs, env)
             xs, ys = [], []
-            for _ in range(a.runs):
-                xs.append(timed(ours, env))
-                ys.append(timed(theirs, env))
+            for i in range(a.runs):
+                # Alternate which goes first, so neither always follows the other.
+                if i % 2 == 0:
+                    xs.append(timed(ours, env))
+                    ys.append(timed(theirs, env))
+                else:
+                    ys.append(timed(theirs, env))
+                    xs.append(timed(ours, env))
 
             def fmt(v):
                 q = statistics.quantiles(v, n=10)
                 return f"{statistics.median(v):6.2f} ({q[0]:.1f}-{q[-1]:.1f})"
 
             ratio = statistics.median(xs) / statistics.median(ys)
-            print(f"{name:<12} {fmt(xs):>20} {fmt(ys):>20} {ratio:6.2f}x")
+            # Each pair ran back to back: their ratio is immune to slow drifts of
+            # the machine.
+            pairs = statistics.median(x / y for x, y in zip(xs, ys))
+            print(f"{name:<12} {fmt(xs):>20} {fmt(ys):>20} {ratio:6.2f}x {pairs:6.2f}x")
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
