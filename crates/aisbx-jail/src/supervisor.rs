@@ -307,7 +307,8 @@ fn block_signals() -> Result<(OwnedFd, libc::sigset_t), JailError> {
 }
 
 /// Run one program in a fresh sandbox. Blocks until it has ended and everything it
-/// left behind is gone.
+/// left behind is gone. Called from a multi-threaded process it returns
+/// [`JailError::NotSingleThreaded`] before doing anything.
 pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     validate(spec)?;
     if thread_count() != 1 {

@@ -55,20 +55,18 @@ fn error_kind(e: &ServiceError) -> &'static str {
     }
 }
 
-/// Run the jail here when this process is single-threaded, else in a helper.
+/// Run the jail here when this process is single-threaded, else in a helper. The
+/// jail checks the thread count itself before it does anything, so its refusal is
+/// the signal to use the helper.
 pub(crate) fn run_jail(
     spec: &Spec,
     sink: &mut dyn OutputSink,
     cancel: &CancelToken,
 ) -> Result<Outcome, ServiceError> {
-    if std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(2)
-        == 1
-    {
-        return aisbx_jail::run(spec, &mut Adapter { sink, cancel }).map_err(map_err);
+    match aisbx_jail::run(spec, &mut Adapter { sink, cancel }) {
+        Err(JailError::NotSingleThreaded) => run_in_helper(spec, sink, cancel),
+        other => other.map_err(map_err),
     }
-    run_in_helper(spec, sink, cancel)
 }
 
 /// If this process was started as the helper, run it and exit.
