@@ -71,21 +71,30 @@ struct Files {
 impl AuditLog {
     /// Opens (creating if needed, mode 0600, parent directories 0700) the log at `path`.
     pub fn open(path: PathBuf) -> Result<AuditLog, io::Error> {
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)?;
-        }
-        let log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)?;
+        let open_log = || {
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+        };
+        // The directory exists on every open but the first.
+        let log = match open_log() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)?;
+                }
+                open_log()?
+            }
+            other => other?,
+        };
         let head = OpenOptions::new()
             .read(true)
             .write(true)

@@ -129,14 +129,12 @@ pub(crate) struct Prepared {
 impl Service {
     pub fn open(cfg: ServiceConfig) -> Result<Service, ServiceError> {
         let home = cfg.home.unwrap_or_else(default_home);
-        std::fs::create_dir_all(&home).map_err(|e| {
+        ensure_private_dir(&home).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot create the state directory {}: {e}; set AISBX_HOME to a writable directory",
                 home.display()
             ))
         })?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700));
         let audit = AuditLog::open(home.join("audit.jsonl")).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot open the audit log in {}: {e}",
@@ -469,6 +467,40 @@ impl Service {
     }
 }
 
+/// Make `dir` (and its parents) if it is missing, and leave it readable by its
+/// owner alone: it holds the audit log and the sandboxes. The common case, a
+/// directory that exists with the right mode, costs two system calls.
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Missing parents get the usual mode; only the state directory is private.
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => return other,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it exists and is not a directory",
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        // Best effort, as before: a directory we do not own stays as it is.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
 /// Wait for, then hold, the exclusive lock of a copy-on-write sandbox's upper
 /// layer (a lock file beside it; released when the returned guard is dropped).
 fn overlay_turn(upper: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServiceError> {
@@ -486,7 +518,12 @@ fn overlay_turn(upper: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Servic
 /// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.
 pub fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+    // SAFETY: getrandom fills at most `b.len()` bytes of our buffer; 6 bytes never
+    // block once the kernel's pool is ready and are never cut short.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize
+        && let Ok(mut f) = std::fs::File::open("/dev/urandom")
+    {
         let _ = f.read_exact(&mut b);
     }
     format!("{prefix}-{}", hex::encode(b))
@@ -752,6 +789,30 @@ fn to_result(o: Outcome, p: &Prepared) -> (RunResult, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let t = tempfile::tempdir().unwrap();
+        // Missing, with a missing parent: the parent gets the usual mode.
+        let home = t.path().join("data/aisbx");
+        ensure_private_dir(&home).unwrap();
+        assert_eq!(mode(&home), 0o700);
+        std::fs::create_dir(t.path().join("ref")).unwrap();
+        assert_eq!(mode(&t.path().join("data")), mode(&t.path().join("ref")));
+        // Present but open to others: closed again.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&home).unwrap();
+        assert_eq!(mode(&home), 0o700);
+        // A file in the way is an error, not a success.
+        let file = t.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(ensure_private_dir(&file).is_err());
+        // The audit log opens in a directory it has to make.
+        let log = AuditLog::open(t.path().join("new/dir/audit.jsonl")).unwrap();
+        assert!(log.path().exists());
+    }
 
     #[test]
     fn env_is_clean_and_overridable() {
