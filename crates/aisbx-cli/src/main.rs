@@ -16,6 +16,7 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
 
 mod audit_cmd;
 mod profile_cmd;
+mod run_fast;
 mod sandbox_cmd;
 mod size;
 mod snap_cmd;
@@ -115,7 +116,7 @@ enum AuditCmd {
     Verify,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, Default, PartialEq)]
 struct RunArgs {
     /// Profile to run with (default: detected from --lang, the file, the workdir's
     /// project markers or the code, else `base`; the choice is noted on stderr).
@@ -157,19 +158,24 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-/// `aisbx run ...`, the hot path, parsed against the `run` subcommand alone:
-/// building clap's whole command tree (every subcommand and its arguments) is a
-/// quarter of a millisecond of a run that takes a few. The arguments are the same
-/// derive, so a clean parse means the same thing; anything else (help, an error)
-/// returns `None` and goes through the full parser, so messages stay the same.
+/// `aisbx run ...`, the hot path: its common forms without clap ([`run_fast`]),
+/// the rest against the `run` subcommand alone (building clap's whole command
+/// tree, every subcommand and its arguments, is a quarter of a millisecond of a
+/// run that takes a few). Both mean what the full parser means; anything else
+/// (help, an error) returns `None` and goes through the full parser, so messages
+/// stay the same.
 fn parse_run_fast() -> Option<RunArgs> {
     use clap::FromArgMatches;
     let mut args = std::env::args_os().skip(1);
     if args.next()? != "run" {
         return None;
     }
+    let rest: Vec<std::ffi::OsString> = args.collect();
+    if let Some(a) = run_fast::parse(&rest) {
+        return Some(a);
+    }
     let cmd = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
-    let m = cmd.try_get_matches_from(args).ok()?;
+    let m = cmd.try_get_matches_from(rest).ok()?;
     RunArgs::from_arg_matches(&m).ok()
 }
 
