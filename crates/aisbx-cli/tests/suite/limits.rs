@@ -100,34 +100,35 @@ fn output_beyond_the_cap_is_dropped_and_the_run_ends() {
     assert_eq!(v["stdout_truncated"], false);
 }
 
-#[test]
-fn tmp_is_capped() {
-    let (v, _) =
-        sh("dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>&1; ls -l /tmp/fill | awk '{print $5}'");
-    let out = stdout(&v);
+/// The script that writes `mib` MiB of zeros to `path` and then prints the size
+/// of what it could write.
+fn fill(path: &str, mib: u32) -> String {
+    format!("dd if=/dev/zero of={path} bs=1M count={mib} 2>&1; ls -l {path} | awk '{{print $5}}'")
+}
+
+/// The run of a [`fill`] hit a full file system, and wrote at most `cap` bytes.
+fn assert_filled_up_to(v: &serde_json::Value, cap: u64) {
+    let out = stdout(v);
     assert!(out.contains("No space left on device"), "{v}");
     let size: u64 = out
         .lines()
         .last()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(u64::MAX);
-    assert!(size <= 256 << 20, "{size}");
+    assert!(size <= cap, "{size}");
+}
+
+#[test]
+fn tmp_is_capped() {
+    let (v, _) = sh(&fill("/tmp/fill", 300));
+    assert_filled_up_to(&v, 256 << 20);
 }
 
 #[test]
 fn dev_shm_is_capped() {
     // /dev and /dev/shm share one 64 MiB tmpfs.
-    let (v, _) = sh(
-        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=100 2>&1; ls -l /dev/shm/fill | awk '{print $5}'",
-    );
-    let out = stdout(&v);
-    assert!(out.contains("No space left on device"), "{v}");
-    let size: u64 = out
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(u64::MAX);
-    assert!(size <= 64 << 20, "{size}");
+    let (v, _) = sh(&fill("/dev/shm/fill", 100));
+    assert_filled_up_to(&v, 64 << 20);
 }
 
 #[test]
@@ -139,16 +140,9 @@ fn ephemeral_workspace_is_capped_at_one_gib() {
         "--",
         "/bin/sh",
         "-c",
-        "dd if=/dev/zero of=/workspace/fill bs=1M count=1100 2>&1; ls -l /workspace/fill | awk '{print $5}'",
+        &fill("/workspace/fill", 1100),
     ]);
-    let out = stdout(&v);
-    assert!(out.contains("No space left on device"), "{v}");
-    let size: u64 = out
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(u64::MAX);
-    assert!(size <= 1 << 30, "{size}");
+    assert_filled_up_to(&v, 1 << 30);
 }
 
 #[test]
