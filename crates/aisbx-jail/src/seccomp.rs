@@ -211,14 +211,19 @@ impl Asm {
         self.labels - 1
     }
 
+    /// Jump to `t` if the accumulator equals `k`, else to `f` (`None`: the next
+    /// instruction).
+    fn jeq(&mut self, k: u32, t: Option<Label>, f: Option<Label>) {
+        self.ops.push(Op::Jmp(BPF_JMP_JEQ_K, k, t, f));
+    }
+
     /// Binary search over `calls` (sorted by number, at least one): a matching
     /// number jumps to its verdict's label, anything else to `allow`.
     fn search(&mut self, calls: &[(u32, Label)], allow: Label) {
         if calls.len() <= 3 {
             for (i, &(nr, target)) in calls.iter().enumerate() {
                 let miss = (i + 1 == calls.len()).then_some(allow);
-                self.ops
-                    .push(Op::Jmp(BPF_JMP_JEQ_K, nr, Some(target), miss));
+                self.jeq(nr, Some(target), miss);
             }
             return;
         }
@@ -271,8 +276,7 @@ pub fn compile(level: SeccompLevel) -> Result<Filters, String> {
     };
     let [allow, eperm, enosys, kill, ns, tty, vsock, persona] = [0; 8].map(|_| a.label());
     a.ops.push(Op::Ld(OFF_ARCH));
-    a.ops
-        .push(Op::Jmp(BPF_JMP_JEQ_K, AUDIT_ARCH_NATIVE, None, Some(kill)));
+    a.jeq(AUDIT_ARCH_NATIVE, None, Some(kill));
     a.ops.push(Op::Ld(OFF_NR));
     #[cfg(target_arch = "x86_64")]
     a.ops
@@ -299,30 +303,15 @@ pub fn compile(level: SeccompLevel) -> Result<Filters, String> {
         .push(Op::Jmp(BPF_JMP_JSET_K, NS_FLAGS, Some(eperm), Some(allow)));
     a.ops.push(Op::Mark(tty));
     a.ops.push(Op::Ld(arg_low(1)));
-    a.ops.push(Op::Jmp(
-        BPF_JMP_JEQ_K,
-        libc::TIOCSTI as u32,
-        Some(eperm),
-        None,
-    ));
-    a.ops.push(Op::Jmp(
-        BPF_JMP_JEQ_K,
-        libc::TIOCLINUX as u32,
-        Some(eperm),
-        Some(allow),
-    ));
+    a.jeq(libc::TIOCSTI as u32, Some(eperm), None);
+    a.jeq(libc::TIOCLINUX as u32, Some(eperm), Some(allow));
     a.ops.push(Op::Mark(vsock));
     a.ops.push(Op::Ld(arg_low(0)));
-    a.ops.push(Op::Jmp(
-        BPF_JMP_JEQ_K,
-        libc::AF_VSOCK as u32,
-        Some(eperm),
-        Some(allow),
-    ));
+    a.jeq(libc::AF_VSOCK as u32, Some(eperm), Some(allow));
     a.ops.push(Op::Mark(persona));
     a.ops.push(Op::Ld(arg_low(0)));
     for p in allowed_personas(level) {
-        a.ops.push(Op::Jmp(BPF_JMP_JEQ_K, p, Some(allow), None));
+        a.jeq(p, Some(allow), None);
     }
     a.ops.push(Op::Mark(eperm));
     a.ops.push(Op::Ret(RET_EPERM));
