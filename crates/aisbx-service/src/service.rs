@@ -2,7 +2,6 @@
 //! back. Both front ends call these functions and nothing below them.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -468,34 +467,12 @@ impl Service {
 }
 
 /// Make `dir` (and its parents) if it is missing, and leave it readable by its
-/// owner alone: it holds the audit log and the sandboxes. The common case, a
-/// directory that exists with the right mode, costs two system calls.
+/// owner alone: it holds the audit log and the sandboxes.
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Missing parents get the usual mode; only the state directory is private.
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => return other,
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "it exists and is not a directory",
-        ));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        // Best effort, as before: a directory we do not own stays as it is.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+        // Best effort: a directory we do not own stays as it is.
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     Ok(())
@@ -518,14 +495,9 @@ fn overlay_turn(upper: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Servic
 /// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.
 pub fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 6];
-    // SAFETY: getrandom fills at most `b.len()` bytes of our buffer; 6 bytes never
-    // block once the kernel's pool is ready and are never cut short.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize
-        && let Ok(mut f) = std::fs::File::open("/dev/urandom")
-    {
-        let _ = f.read_exact(&mut b);
-    }
+    // SAFETY: getrandom writes at most `b.len()` bytes into our buffer. A few bytes
+    // never block once the kernel's pool is ready and are never cut short.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     format!("{prefix}-{}", hex::encode(b))
 }
 
