@@ -763,6 +763,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_are_random() {
+        let ids: std::collections::BTreeSet<String> = (0..64).map(|_| new_id("req")).collect();
+        assert_eq!(ids.len(), 64, "{ids:?}");
+        for id in &ids {
+            let hex = id.strip_prefix("req-").unwrap();
+            assert!(
+                hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+        assert!(!ids.contains("req-000000000000"));
+    }
+
+    #[test]
     fn the_state_directory_is_made_private() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
