@@ -325,11 +325,16 @@ fn cmd_run(a: RunArgs) -> u8 {
 
 fn cmd_doctor(json: bool) -> u8 {
     let report = aisbx_jail::probe();
+    let (disk_capped, disk) = aisbx_service::disk::describe();
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "sandbox_disk".into(),
+                serde_json::json!({"capped": disk_capped, "detail": disk}),
+            );
+        }
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         outln!(
             "aisbx doctor ({})",
@@ -357,6 +362,7 @@ fn cmd_doctor(json: bool) -> u8 {
             }
         );
         outln!("  landlock ABI:   {}", report.landlock_abi);
+        outln!("  sandbox disks:  {disk}");
         if report.ok() {
             outln!("All required layers are active.");
         } else {

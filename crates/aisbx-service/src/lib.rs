@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod disk;
 mod error;
 mod helper;
 pub mod profile;

@@ -24,6 +24,10 @@ pub struct SandboxInfo {
     /// The snapshot this sandbox was restored from (a copy-on-write sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// Its files live on a capped disk of their own (`disk.rs`): as root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(skip)]
+    pub disk: bool,
     /// The snapshot's materialized tree: the read-only lower layer of its overlay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
@@ -88,12 +92,60 @@ pub(crate) fn load(svc: &Service, id: &str) -> Result<SandboxInfo, ServiceError>
     let mut info: SandboxInfo = serde_json::from_slice(&meta).map_err(|e| {
         ServiceError::Internal(format!("the record of sandbox '{id}' is damaged: {e}"))
     })?;
-    info.workspace = if info.lower.is_some() {
-        dir.join("overlay").join("upper")
-    } else {
-        dir.join("workspace")
-    };
+    if info.disk {
+        crate::disk::ensure_mounted(&dir)?;
+    }
+    info.workspace = workspace_path(&dir, info.disk, info.lower.is_some());
     Ok(info)
+}
+
+/// Where a sandbox's files are: on its disk when it has one; the upper layer of an
+/// overlay over a snapshot, else a plain workspace directory. An overlay's work
+/// directory is the upper layer's sibling `work`.
+fn workspace_path(dir: &Path, disk: bool, overlay: bool) -> PathBuf {
+    let base = if disk {
+        dir.join(crate::disk::MOUNT)
+    } else if overlay {
+        dir.join("overlay")
+    } else {
+        return dir.join("workspace");
+    };
+    base.join(if overlay { "upper" } else { "workspace" })
+}
+
+/// Give a new sandbox in `dir` the place for its files: a capped disk as root (the
+/// profile's workspace size), else a directory. Returns whether it has a disk and the
+/// directories the sandbox writes (handed to its user).
+fn make_storage(dir: &Path, bytes: u64, overlay: bool) -> Result<bool, ServiceError> {
+    let disk = crate::disk::support().is_ok();
+    let base = if disk {
+        crate::disk::create(dir, bytes)?
+    } else if overlay {
+        let b = dir.join("overlay");
+        std::fs::create_dir(&b)
+            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", b.display())))?;
+        b
+    } else {
+        dir.to_path_buf()
+    };
+    let names: &[&str] = if overlay {
+        &["upper", "work"]
+    } else {
+        &["workspace"]
+    };
+    for n in names {
+        let d = base.join(n);
+        std::fs::create_dir(&d)
+            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", d.display())))?;
+        hand_to_sandbox(&d)?;
+    }
+    Ok(disk)
+}
+
+/// Remove a sandbox directory that was being made (its disk unmounted first).
+fn discard(dir: &Path) {
+    let _ = crate::disk::unmount(dir);
+    let _ = snapshot_fs::remove_tree(dir);
 }
 
 /// Every persistent sandbox, oldest first.
@@ -116,6 +168,9 @@ pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
     // The record goes first: a half-removed sandbox is never listed.
     std::fs::remove_file(dir.join("meta.json"))
         .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
+    if info.disk {
+        crate::disk::unmount(&dir)?;
+    }
     snapshot_fs::remove_tree(&dir)
         .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
     if info.lower.is_some() {
@@ -183,26 +238,21 @@ pub(crate) fn create(
         let profile = profile::find(&pname)?;
         let dir = new_sandbox_dir(svc, &id)?;
         let made = (|| -> Result<SandboxInfo, ServiceError> {
-            let ovl = dir.join("overlay");
-            for d in [&ovl, &ovl.join("upper"), &ovl.join("work")] {
-                std::fs::create_dir(d).map_err(|e| {
-                    ServiceError::Internal(format!("cannot create {}: {e}", d.display()))
-                })?;
-                hand_to_sandbox(d)?;
-            }
+            let disk = make_storage(&dir, profile.workspace_bytes, true)?;
             let info = SandboxInfo {
                 id: id.clone(),
                 profile: profile.name.clone(),
                 created_at: rfc3339_now(),
                 from_snapshot: Some(snap.name.clone()),
+                disk,
                 lower: Some(tree.to_path_buf()),
-                workspace: ovl.join("upper"),
+                workspace: workspace_path(&dir, disk, true),
             };
             write_meta(&dir, &info)?;
             Ok(info)
         })();
         if made.is_err() {
-            let _ = snapshot_fs::remove_tree(&dir);
+            discard(&dir);
         }
         made
     })
@@ -291,29 +341,16 @@ pub(crate) fn build(
             )));
         }
     }
-    let workspace = dir.join("workspace");
     let made = (|| -> Result<SandboxInfo, ServiceError> {
-        std::fs::create_dir(&workspace).map_err(|e| {
-            ServiceError::Internal(format!("cannot create {}: {e}", workspace.display()))
-        })?;
-        // As root, the workspace belongs to the unprivileged id the sandbox maps to.
-        // SAFETY: getter.
-        if unsafe { libc::geteuid() } == 0 {
-            let id = aisbx_jail::DEFAULT_HOST_ID;
-            std::os::unix::fs::chown(&workspace, Some(id), Some(id)).map_err(|e| {
-                ServiceError::Internal(format!(
-                    "cannot hand {} to the sandbox user: {e}",
-                    workspace.display()
-                ))
-            })?;
-        }
+        let disk = make_storage(&dir, profile.workspace_bytes, false)?;
         let info = SandboxInfo {
             id: id.clone(),
             profile: profile.name.clone(),
             created_at: rfc3339_now(),
             from_snapshot: None,
+            disk,
             lower: None,
-            workspace: workspace.clone(),
+            workspace: workspace_path(&dir, disk, false),
         };
         write_meta(&dir, &info)?;
         Ok(info)
@@ -321,7 +358,7 @@ pub(crate) fn build(
     let info = match made {
         Ok(i) => i,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             return Err(e);
         }
     };
@@ -334,7 +371,7 @@ pub(crate) fn build(
         let p = svc.prepare(&r);
         let res = p.and_then(|p| svc.execute(p, &mut NullSink, cancel));
         if let Err(e) = res {
-            let _ = std::fs::remove_dir_all(&dir);
+            discard(&dir);
             return Err(e);
         }
     }

@@ -8,12 +8,53 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aisbx"))
 }
 
-/// A state directory private to one test.
-pub fn home() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("aisbx-test-home")
-        .tempdir()
-        .expect("tempdir")
+/// A state directory private to one test. As root, persistent sandboxes mount their
+/// disks under it; they are unmounted when it goes, so that nothing stays mounted.
+pub struct Home(tempfile::TempDir);
+
+impl Home {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        unmount_under(self.0.path());
+    }
+}
+
+pub fn home() -> Home {
+    Home(
+        tempfile::Builder::new()
+            .prefix("aisbx-test-home")
+            .tempdir()
+            .expect("tempdir"),
+    )
+}
+
+/// Detach every mount below `dir` (sandbox disks a test did not remove).
+pub fn unmount_under(dir: &std::path::Path) {
+    let mut points = mounts_under(dir);
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: a valid C string; detaching a mount of our own test.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Mounts below `dir`, as /proc/self/mountinfo lists them.
+pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn cmd(home: &std::path::Path) -> Command {

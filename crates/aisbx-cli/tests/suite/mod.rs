@@ -1,6 +1,7 @@
 mod attacks;
 mod cleanup;
 mod common;
+mod disk;
 mod limits;
 mod profiles;
 mod run_cli;

@@ -15,12 +15,40 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_aisbx-mcp");
 pub const PROTOCOL: &str = "2025-06-18";
 
-/// A state directory for one test.
-pub fn home() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("aisbx-mcp-test-")
-        .tempdir()
-        .expect("tempdir")
+/// A state directory for one test. As root, persistent sandboxes mount their disks
+/// under it; those still mounted are detached when it goes.
+pub struct Home(tempfile::TempDir);
+
+impl Home {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let prefix = format!("{}/", self.0.path().display());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for p in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if let Some(c) = p
+                .starts_with(&prefix)
+                .then(|| std::ffi::CString::new(p).ok())
+                .flatten()
+            {
+                // SAFETY: a valid C string; detaching a mount of our own test.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+pub fn home() -> Home {
+    Home(
+        tempfile::Builder::new()
+            .prefix("aisbx-mcp-test-")
+            .tempdir()
+            .expect("tempdir"),
+    )
 }
 
 pub fn initialize_request(id: u64) -> Value {
@@ -484,6 +512,6 @@ impl Session {
     }
 }
 
-pub fn home_path(d: &tempfile::TempDir) -> PathBuf {
+pub fn home_path(d: &Home) -> PathBuf {
     d.path().to_path_buf()
 }
