@@ -182,6 +182,8 @@ async def exercise(session: ClientSession, transport: str) -> None:
     if sid:
         r = await session.call_tool("run", {"sandbox_id": sid, "command": ["sh", "-c", "cat data.txt made.txt"]})
         check(f"{t}: run in the built sandbox", structured(r).get("stdout") == "42\nbuilt\n", repr(r))
+        d = await session.call_tool("sandbox_destroy", {"sandbox_id": sid})
+        check(f"{t}: sandbox_destroy", not d.is_error, repr(d))
 
     p = await session.call_tool("profile_list", {})
     check(f"{t}: profile_list", not p.is_error and len(structured(p).get("profiles", [])) >= 1, repr(p))
