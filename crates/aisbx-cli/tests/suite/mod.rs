@@ -2,6 +2,7 @@ mod attacks;
 mod cleanup;
 mod common;
 mod disk;
+mod imports;
 mod limits;
 mod profiles;
 mod run_cli;
