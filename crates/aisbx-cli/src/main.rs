@@ -14,6 +14,12 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// `1 file`, `2 files`, `1 directory`, `3 directories`.
+pub(crate) fn counted(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 mod audit_cmd;
 mod profile_cmd;
 mod run_fast;
@@ -144,16 +150,18 @@ struct RunArgs {
     /// `aisbx profile list`); detected when absent.
     #[arg(long, value_name = "LANG", requires = "code")]
     lang: Option<String>,
-    /// Source code to run.
-    #[arg(long, value_name = "SOURCE", conflicts_with_all = ["file", "command"])]
+    /// Source code to run (arguments for it may follow `--`).
+    #[arg(long, value_name = "SOURCE", conflicts_with = "file")]
     code: Option<String>,
     /// Print one RunResult JSON object on stdout instead of streaming the output.
     #[arg(long)]
     json: bool,
-    /// A script to run; its language comes from the extension or the #! line.
-    #[arg(value_name = "FILE", conflicts_with = "command")]
+    /// A script to run; its language comes from the extension or the #! line
+    /// (arguments for it may follow `--`).
+    #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
-    /// The command and its arguments, after `--`.
+    /// The command and its arguments, after `--`; with FILE or --code, the
+    /// arguments passed to the script or code.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
@@ -265,23 +273,35 @@ impl OutputSink for CliSink {
     }
 }
 
-fn cmd_run(a: RunArgs) -> u8 {
-    let program = if let Some(code) = a.code {
-        Program::Code {
-            language: a.lang.unwrap_or_default(),
-            code,
-        }
-    } else if let Some(f) = a.file {
-        Program::File(f)
-    } else if !a.command.is_empty() {
-        Program::Command(a.command)
+/// The program of a `run` or `exec`: code (and its arguments), a script file (and its
+/// arguments), or a command.
+fn program_of(
+    code: Option<String>,
+    lang: Option<String>,
+    file: Option<PathBuf>,
+    words: Vec<String>,
+) -> Option<(Program, Vec<String>)> {
+    if let Some(code) = code {
+        let language = lang.unwrap_or_default();
+        Some((Program::Code { language, code }, words))
+    } else if let Some(f) = file {
+        Some((Program::File(f), words))
+    } else if !words.is_empty() {
+        Some((Program::Command(words), Vec::new()))
     } else {
+        None
+    }
+}
+
+fn cmd_run(a: RunArgs) -> u8 {
+    let Some((program, args)) = program_of(a.code, a.lang, a.file, a.command) else {
         eprintln!(
             "aisbx: nothing to run: give a command after `--`, --lang with --code, or a FILE (see `aisbx run --help`)"
         );
         return EXIT_AISBX;
     };
     let mut req = RunRequest::new(program);
+    req.args = args;
     req.profile = a.profile;
     req.workdir = a.workdir;
     req.env = a.env;
@@ -296,15 +316,21 @@ fn cmd_run(a: RunArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
+    run_and_report(&svc, "run", req, a.json)
+}
+
+/// Run `req`, print the outcome (the live output already went out, or one RunResult
+/// with `--json`) and return the exit status: the program's own, as SPEC says.
+fn run_and_report(svc: &Service, tool: &str, req: RunRequest, json: bool) -> u8 {
     let result = svc.run(
-        &cli_meta("run"),
+        &cli_meta(tool),
         req,
-        &mut CliSink { live: !a.json },
+        &mut CliSink { live: !json },
         &CancelToken::default(),
     );
     match result {
         Ok(r) => {
-            if a.json {
+            if json {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
             } else {

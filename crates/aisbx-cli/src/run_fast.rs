@@ -85,10 +85,9 @@ pub(crate) fn parse(args: &[OsString]) -> Option<RunArgs> {
         }
         i += 1;
     }
-    // The relations clap enforces: --lang needs --code; --code, FILE and a
-    // command exclude one another.
-    let given = [a.code.is_some(), a.file.is_some(), !a.command.is_empty()];
-    if (a.lang.is_some() && a.code.is_none()) || given.iter().filter(|g| **g).count() > 1 {
+    // The relations clap enforces: --lang needs --code; --code and FILE exclude each
+    // other (after `--` come a command, or the arguments of the code or FILE).
+    if (a.lang.is_some() && a.code.is_none()) || (a.code.is_some() && a.file.is_some()) {
         return None;
     }
     Some(a)
@@ -153,6 +152,8 @@ mod tests {
                 "tool.py",
             ],
             &["tool.py", "--json"],
+            &["tool.py", "--", "a", "--b"],
+            &["--lang", "python", "--code", "import sys", "--", "x"],
             &["--code", ""],
             &["--"],
             &[],
@@ -175,8 +176,6 @@ mod tests {
             &["-h"],
             &["--lang", "python"],
             &["--code", "x", "file.py"],
-            &["--code", "x", "--", "true"],
-            &["file.py", "--", "true"],
             &["a.py", "b.py"],
             &["--profile", "a", "--profile", "b"],
             &["--json", "--json"],

@@ -1,21 +1,23 @@
 //! `aisbx create | exec | ls | rm | cp`: persistent sandboxes from the command line.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use crate::print_json;
+use crate::{counted, print_json};
 
-use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, Program, RunRequest};
+use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, RunRequest};
 use clap::Args;
 
-use super::{CliSink, EXIT_AISBX, cli_meta, fail, open_service, parse_env, size};
+use super::{
+    EXIT_AISBX, cli_meta, fail, open_service, parse_env, program_of, run_and_report, size,
+};
 
 #[derive(Args)]
 pub struct CreateArgs {
     /// The sandbox's name (default: a generated one).
     #[arg(value_name = "NAME")]
     pub name: Option<String>,
-    /// Profile its runs use (default: the snapshot's, else `default`).
+    /// Profile its runs use (default: the snapshot's, else `base`).
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// Start from this snapshot, copy-on-write (no file data is copied).
@@ -37,14 +39,26 @@ pub struct ExecArgs {
     /// Memory limit, e.g. 256M or 1G (default 512M).
     #[arg(long, value_name = "SIZE", value_parser = size::parse)]
     pub memory: Option<u64>,
+    /// Process limit (default 256).
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5 (default 1).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
     /// Set an environment variable in the sandbox (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Language of --code (default: the sandbox's profile's, else detected).
+    #[arg(long, value_name = "LANG", requires = "code")]
+    pub lang: Option<String>,
+    /// Source code to run in the sandbox's /workspace (arguments for it may follow `--`).
+    #[arg(long, value_name = "SOURCE")]
+    pub code: Option<String>,
     /// Print one RunResult JSON object on stdout instead of streaming the output.
     #[arg(long)]
     pub json: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, value_name = "COMMAND", required = true)]
+    /// The command and its arguments, after `--`; with --code, the code's arguments.
+    #[arg(last = true, value_name = "COMMAND", required_unless_present = "code")]
     pub command: Vec<String>,
 }
 
@@ -79,40 +93,26 @@ pub fn create(a: CreateArgs) -> u8 {
 }
 
 pub fn exec(a: ExecArgs) -> u8 {
-    let mut req = RunRequest::new(Program::Command(a.command));
+    let Some((program, args)) = program_of(a.code, a.lang, None, a.command) else {
+        eprintln!("aisbx: nothing to run: give a command after `--`, or --code");
+        return EXIT_AISBX;
+    };
+    let mut req = RunRequest::new(program);
+    req.args = args;
     req.sandbox_id = Some(a.name);
     req.env = a.env;
     req.limits = LimitOverrides {
         timeout_secs: a.timeout,
         memory_bytes: a.memory,
-        ..LimitOverrides::default()
+        pids: a.pids,
+        cpus: a.cpus,
     };
     req.inherit_stdin = !std::io::stdin().is_terminal();
     let svc = match open_service() {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let cancel = CancelToken::default();
-    let result = svc.run(
-        &cli_meta("exec"),
-        req,
-        &mut CliSink { live: !a.json },
-        &cancel,
-    );
-    match result {
-        Ok(r) => {
-            if a.json {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
-            } else if r.timed_out {
-                eprintln!("aisbx: the run timed out and was killed");
-            } else if r.oom_killed {
-                eprintln!("aisbx: the run reached its memory limit and was killed");
-            }
-            r.cli_exit_code().clamp(0, 255) as u8
-        }
-        Err(e) => fail(&e),
-    }
+    run_and_report(&svc, "exec", req, a.json)
 }
 
 pub fn ls(json: bool) -> u8 {
@@ -189,8 +189,11 @@ pub fn cp(src: String, dst: String) -> u8 {
     match svc.copy(&cli_meta("cp"), &s, &d, &CancelToken::default()) {
         Ok(r) => {
             eprintln!(
-                "copied {} files, {} directories, {} symlinks ({} bytes)",
-                r.files, r.dirs, r.symlinks, r.bytes
+                "copied {}, {}, {} ({})",
+                counted(r.files, "file", "files"),
+                counted(r.dirs, "directory", "directories"),
+                counted(r.symlinks, "symlink", "symlinks"),
+                counted(r.bytes, "byte", "bytes")
             );
             0
         }

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use crate::print_json;
+use crate::{counted, print_json};
 
 use aisbx_service::{Progress, RestoreTarget, SnapSource};
 use clap::{ArgGroup, Subcommand};
@@ -174,11 +174,11 @@ pub fn run(cmd: SnapCmd) -> u8 {
                         print_json(&info);
                     } else {
                         outln!(
-                            "snapshot {}: {} files, {} directories, {} symlinks, {}",
+                            "snapshot {}: {}, {}, {}, {}",
                             info.name,
-                            info.files,
-                            info.dirs,
-                            info.symlinks,
+                            counted(info.files, "file", "files"),
+                            counted(info.dirs, "directory", "directories"),
+                            counted(info.symlinks, "symlink", "symlinks"),
                             human(info.bytes)
                         );
                     }
@@ -215,17 +215,17 @@ pub fn run(cmd: SnapCmd) -> u8 {
                         print_json(&r);
                     } else if let Some(sb) = &r.sandbox_id {
                         outln!(
-                            "sandbox {sb} restored from {} ({} files, copy-on-write) in {} ms",
+                            "sandbox {sb} restored from {} ({}, copy-on-write) in {} ms",
                             r.snapshot,
-                            r.files,
+                            counted(r.files, "file", "files"),
                             r.duration_ms
                         );
                     } else {
                         outln!(
-                            "{} restored into {} ({} files, {}) in {} ms",
+                            "{} restored into {} ({}, {}) in {} ms",
                             r.snapshot,
                             r.workdir.as_deref().unwrap_or("?"),
-                            r.files,
+                            counted(r.files, "file", "files"),
                             human(r.bytes),
                             r.duration_ms
                         );

@@ -42,6 +42,10 @@ pub struct RunRequest {
     /// Run inside this persistent sandbox (its workspace and profile).
     pub sandbox_id: Option<String>,
     pub limits: LimitOverrides,
+    /// Arguments for the code or the script (`sys.argv[1:]`, `process.argv.slice(2)`);
+    /// a command carries its own.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Extra environment, after the profile's.
     pub env: Vec<(String, String)>,
     /// Files written into /workspace before the run (relative paths only).
@@ -63,6 +67,7 @@ impl RunRequest {
             workdir: None,
             sandbox_id: None,
             limits: LimitOverrides::default(),
+            args: Vec::new(),
             env: Vec::new(),
             files: BTreeMap::new(),
             stdin: None,

@@ -265,6 +265,15 @@ impl Service {
             Program::File(path) => Some((path.clone(), read_script(path)?)),
             _ => None,
         };
+        if !req.args.is_empty() {
+            if matches!(req.program, Program::Command(_)) {
+                return Err(ServiceError::invalid(
+                    "args",
+                    "arguments go with code or a script; a command carries its own",
+                ));
+            }
+            check_args(&req.args)?;
+        }
         let (lang_arg, code, argv_tail) = match &req.program {
             Program::Command(argv) => {
                 check_argv(argv)?;
@@ -358,6 +367,7 @@ impl Service {
                     ));
                 }
                 argv = l.argv(&rt.interpreter, &format!("{CODE_DIR}/{name}"));
+                argv.extend(req.args.iter().cloned());
                 code_files.push((name, content));
             }
         }
@@ -532,18 +542,27 @@ fn check_argv(argv: &[String]) -> Result<(), ServiceError> {
     if argv.is_empty() || argv[0].is_empty() {
         return Err(ServiceError::invalid("command", "no command given"));
     }
+    check_words("command", argv)
+}
+
+/// The arguments given to code or a script.
+fn check_args(args: &[String]) -> Result<(), ServiceError> {
+    check_words("args", args)
+}
+
+fn check_words(field: &'static str, argv: &[String]) -> Result<(), ServiceError> {
     if argv.len() > MAX_ARGS || argv.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_ARGV_BYTES {
         return Err(ServiceError::invalid(
-            "command",
+            field,
             format!(
-                "the command is longer than {MAX_ARGS} arguments or {} KiB",
+                "more than {MAX_ARGS} arguments or {} KiB in all",
                 MAX_ARGV_BYTES >> 10
             ),
         ));
     }
     if argv.iter().any(|a| a.contains('\0')) {
         return Err(ServiceError::invalid(
-            "command",
+            field,
             "an argument contains a NUL byte",
         ));
     }
@@ -834,6 +853,33 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn arguments_go_with_code_or_a_script_only() {
+        let t = tempfile::tempdir().unwrap();
+        let svc = Service::open(ServiceConfig {
+            home: Some(t.path().to_path_buf()),
+        })
+        .unwrap();
+        let mut req = RunRequest::new(Program::Command(vec!["echo".into()]));
+        req.args = vec!["x".into()];
+        match svc.prepare(&req) {
+            Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "args"),
+            other => panic!("{:?}", other.err()),
+        }
+        let mut req = RunRequest::new(Program::Code {
+            language: "sh".into(),
+            code: "echo".into(),
+        });
+        req.args = vec!["a".into(), "b\0".into()];
+        match svc.prepare(&req) {
+            Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "args"),
+            other => panic!("{:?}", other.err()),
+        }
+        req.args = vec!["a".into(), "b".into()];
+        let p = svc.prepare(&req).unwrap();
+        assert_eq!(p.spec.argv[p.spec.argv.len() - 2..], ["a", "b"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod common;
 mod disk;
 mod imports;
 mod limits;
+mod parity;
 mod profiles;
 mod run_cli;
 mod sandboxes;
