@@ -170,7 +170,7 @@ fn bad_input_gets_one_sentence_and_125() {
             vec!["run", "--lang", "cobol", "--code", "x"],
             "unknown language",
         ),
-        (many, "longer than"),
+        (many, "more than 4096 arguments"),
         (vec!["run"], "nothing to run"),
         (vec!["run", "--pids", "1", "--", "true"], "pids"),
         (vec!["run", "--env", "NOEQUALS", "--", "true"], "K=V"),
