@@ -91,7 +91,8 @@ pub fn default_home() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/aisbx");
     }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+    // A relative XDG_DATA_HOME is invalid and ignored, as the XDG spec says.
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| Path::new(h).is_absolute()) {
         return PathBuf::from(x).join("aisbx");
     }
     let home = std::env::var_os("HOME")
@@ -128,6 +129,14 @@ pub(crate) struct Prepared {
 impl Service {
     pub fn open(cfg: ServiceConfig) -> Result<Service, ServiceError> {
         let home = cfg.home.unwrap_or_else(default_home);
+        if !home.is_absolute() {
+            // Its meaning would change with the directory each command starts in.
+            return Err(ServiceError::Refused(format!(
+                "the state directory must be an absolute path, not '{}': set AISBX_HOME to one (e.g. \"$PWD/{}\")",
+                home.display(),
+                home.display()
+            )));
+        }
         ensure_private_dir(&home).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot create the state directory {}: {e}; set AISBX_HOME to a writable directory",

@@ -362,3 +362,19 @@ fn oversized_scripts_are_refused() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_relative_state_directory_is_refused() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(bin())
+        .current_dir(t.path())
+        .env("AISBX_HOME", "state")
+        .args(["run", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run aisbx");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be an absolute path"), "{err}");
+    assert!(!t.path().join("state").exists(), "nothing is created");
+}
