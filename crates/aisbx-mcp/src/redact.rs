@@ -1,14 +1,23 @@
 //! What MCP clients are never told: host paths. Results name a workdir snapshot's
 //! source `workdir`, leave out a sandbox's lower layer and a profile's file, and
-//! error messages have the state and home directories replaced.
+//! error messages have the user profile directory, the state directory and the
+//! home directory replaced.
 
 use std::path::Path;
 
 use aisbx_service::{ProfileList, RestoreResult, SandboxList, SnapshotInfo, SnapshotList};
 
-/// `text` with the state directory written `$AISBX_HOME` and the user's home `~`.
+/// `text` with a user profile named by its file name alone, the state directory
+/// written `$AISBX_HOME` and the user's home `~`.
 pub fn text(text: &str, home: &Path) -> String {
     let mut out = text.to_string();
+    if let Some(dir) = aisbx_service::profile::user_profiles_dir() {
+        let d = dir.to_string_lossy();
+        let d = d.trim_end_matches('/');
+        if d.len() > 1 {
+            out = out.replace(&format!("{d}/"), "");
+        }
+    }
     let mut states = vec![home.to_path_buf()];
     if let Ok(canon) = std::fs::canonicalize(home)
         && canon != home
