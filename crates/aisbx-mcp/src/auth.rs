@@ -108,11 +108,11 @@ fn read_checked(mut f: File, path: &Path, root_may_own: bool) -> Result<String, 
 }
 
 /// Reads a token file the user named (`--token-file`); links are followed, the file
-/// reached is checked.
+/// reached is checked (opened non-blocking: a FIFO is refused, not waited on).
 pub fn read_named(path: &Path) -> Result<String, TokenError> {
     let f = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|source| TokenError::Read {
             path: path.to_path_buf(),
@@ -153,7 +153,7 @@ pub fn load_or_create(home: &Path) -> Result<Token, TokenError> {
     for _ in 0..3 {
         match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(f) => {
@@ -265,6 +265,22 @@ mod tests {
             load_or_create(d.path()),
             Err(TokenError::Empty(_))
         ));
+    }
+
+    #[test]
+    fn a_named_file_must_be_a_private_regular_file() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let e = read_named(&fifo).expect_err("a FIFO");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let f = d.path().join("t");
+        std::fs::write(&f, "  tok \n").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_named(&f).expect("read"), "tok");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o604)).expect("chmod");
+        assert!(matches!(read_named(&f), Err(TokenError::Insecure { .. })));
     }
 
     #[test]
