@@ -22,10 +22,21 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Runs `argv` as nobody (no groups), or `None` when this cannot be done here.
+/// Runs `argv` as nobody (no groups), or `None` when this cannot be done here (not
+/// root, or no setpriv, or no `argv[0]` that nobody can run).
 fn as_nobody(argv: &[&str]) -> Option<Output> {
+    let runnable = |p: &str| {
+        ["/usr/local/bin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(p).exists())
+            || (p.starts_with('/') && Path::new(p).exists())
+    };
     if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
         eprintln!("skipped: needs root and setpriv");
+        return None;
+    }
+    if !runnable(argv[0]) {
+        eprintln!("skipped: {} is not installed", argv[0]);
         return None;
     }
     let id = NOBODY.to_string();
@@ -201,7 +212,7 @@ fn nobody_cannot_read_the_token() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&token));
     // And without it nobody is turned away over TCP.
     let url = format!("http://{}/mcp", srv.addr);
-    let out = as_nobody(&[
+    let Some(out) = as_nobody(&[
         "curl",
         "-s",
         "-o",
@@ -217,8 +228,9 @@ fn nobody_cannot_read_the_token() {
         "--data",
         &initialize_request(1).to_string(),
         &url,
-    ])
-    .expect("as nobody");
+    ]) else {
+        return;
+    };
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{out:?}");
 }
 
