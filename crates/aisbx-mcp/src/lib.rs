@@ -65,8 +65,8 @@ pub struct McpArgs {
     /// names are always allowed.
     #[arg(long = "allow-host", value_name = "HOST", requires = "listener")]
     pub allow_hosts: Vec<String>,
-    /// Most runs (`run` calls and `build` setups) carried out at once (default: twice
-    /// the number of cores).
+    /// Most runs (`run` calls, `build` setups, `file_write`) carried out at once
+    /// (default: twice the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_runs: Option<u32>,
     /// Most calls waiting for a free run slot (default: 4 × --max-runs); past it a

@@ -487,6 +487,15 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
+        // file_write is a sandbox run: it takes a run slot like `run` and `build`.
+        let _slot = if matches!(call, tools::SandboxCall::FileWrite { .. }) {
+            match self.admit(&meta, arguments, &ctx).await {
+                Ok(p) => Some(p),
+                Err(refusal) => return Ok(refusal),
+            }
+        } else {
+            None
+        };
         let service = self.shared.service.clone();
         let outcome = Self::cancellable(&ctx, move |cancel| {
             run_sandbox_call(&service, &meta, call, cancel)

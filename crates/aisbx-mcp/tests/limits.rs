@@ -115,6 +115,17 @@ fn past_the_queue_a_call_is_told_busy() {
     // A build's setup is a run too.
     let b = s.call(4, "build", json!({"setup": ["true"]})).rpc();
     assert!(text(&b).starts_with("busy:"), "{b}");
+    // So is file_write (it writes from inside a sandbox run); listings are not.
+    let w = s
+        .call(
+            6,
+            "file_write",
+            json!({"sandbox_id": "none", "path": "a", "content": ""}),
+        )
+        .rpc();
+    assert!(text(&w).starts_with("busy:"), "{w}");
+    let l = s.call(7, "sandbox_list", json!({})).rpc();
+    assert_eq!(l["result"]["isError"], json!(false), "{l}");
     // The admitted calls complete, in turn.
     let f = first.join().expect("first");
     assert_eq!(f["result"]["structuredContent"]["stdout"], "first\n", "{f}");
