@@ -36,13 +36,28 @@ pub fn text(text: &str, home: &Path) -> String {
     out
 }
 
+/// Replaces `path` where it is a whole path or a leading part of one (`/root` in
+/// `/root/x`, not in `/rootfs`).
 fn replace_path(text: &str, path: &Path, with: &str) -> String {
     let p = path.to_string_lossy();
     let p = p.trim_end_matches('/');
     if p.is_empty() {
         return text.to_string();
     }
-    text.replace(p, with)
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(p) {
+        let after = &rest[i + p.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || "._-".contains(c));
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { with } else { p });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn sandbox_list(mut l: SandboxList) -> SandboxList {
@@ -98,6 +113,14 @@ mod tests {
             "cannot open $AISBX_HOME/snapshots/a: EIO"
         );
         assert_eq!(text("no path here", home), "no path here");
+        assert_eq!(
+            replace_path(
+                "/root/a, /rootfs/b, /root: x /root",
+                Path::new("/root"),
+                "~"
+            ),
+            "~/a, /rootfs/b, ~: x ~"
+        );
     }
 
     #[test]
