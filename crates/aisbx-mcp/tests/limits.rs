@@ -141,3 +141,56 @@ fn past_the_queue_a_call_is_told_busy() {
     assert_eq!(r["result"]["structuredContent"]["stdout"], "again\n", "{r}");
     assert!(wait_gone(&marker, Duration::from_secs(60)));
 }
+
+#[test]
+fn a_waiting_client_that_goes_away_gives_up_its_place() {
+    let home = home();
+    let srv = HttpServer::start(home.path(), &["--max-runs", "1", "--max-queued", "1"], &[]);
+    let s = std::sync::Arc::new(srv.session());
+    let first_marker = unique_sleep();
+    let first = {
+        let s = s.clone();
+        let m = first_marker.clone();
+        std::thread::spawn(move || {
+            s.call(
+                1,
+                "run",
+                json!({"command": ["sh", "-c", format!("sleep {m} & sleep 3; echo first")]}),
+            )
+            .rpc()
+        })
+    };
+    assert!(wait_present(&first_marker, Duration::from_secs(20)));
+    // A second call waits in the queue, then its client disconnects.
+    let gone_marker = unique_sleep();
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "run", "arguments": {"command": ["sh", "-c", format!("sleep {gone_marker}")]}}});
+    let conn = http_start(s.addr, "POST", &s.headers(), Some(&body));
+    std::thread::sleep(Duration::from_millis(800));
+    let busy = s.call(3, "run", json!({"command": ["true"]})).rpc();
+    assert!(
+        text(&busy).starts_with("busy:"),
+        "the queue is full: {busy}"
+    );
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(400));
+    // Its place is free again: this call waits, then runs.
+    let third = s
+        .call(4, "run", json!({"command": ["echo", "third"]}))
+        .rpc();
+    assert_eq!(
+        third["result"]["structuredContent"]["stdout"], "third\n",
+        "{third}"
+    );
+    let f = first.join().expect("first");
+    assert_eq!(f["result"]["structuredContent"]["stdout"], "first\n", "{f}");
+    // The abandoned call never ran.
+    assert!(processes_with(&gone_marker).is_empty());
+    let log = aisbx_service::audit::tail(&home.path().join("audit.jsonl"), 100).expect("tail");
+    assert!(
+        log.iter()
+            .any(|l| l["decision"] == "deny" && l["result"]["error"] == "cancelled"),
+        "{log:?}"
+    );
+    assert!(wait_gone(&first_marker, Duration::from_secs(60)));
+}
