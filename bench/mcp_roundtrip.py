@@ -97,6 +97,9 @@ class Http:
             raise RuntimeError("aisbx-mcp --http did not start")
         host, port = self.url.rsplit(":", 1)
         self.conn = http.client.HTTPConnection(host, int(port))
+        # The server makes its bearer token on first start.
+        with open(os.path.join(env["AISBX_HOME"], "mcp-token")) as f:
+            self.token = f.read().strip()
         self.session = ""
         self.id = 0
         self.rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -105,7 +108,7 @@ class Http:
 
     def post(self, msg: dict) -> tuple[http.client.HTTPResponse, bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-                   "MCP-Protocol-Version": "2025-06-18"}
+                   "MCP-Protocol-Version": "2025-06-18", "Authorization": f"Bearer {self.token}"}
         if self.session:
             headers["Mcp-Session-Id"] = self.session
         self.conn.request("POST", "/mcp", body=json.dumps(msg), headers=headers)

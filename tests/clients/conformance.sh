@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the @modelcontextprotocol/conformance server scenarios that apply to aisbx-mcp
-# (a tools server) against `aisbx-mcp --http`, plus a session-lifecycle check.
+# (a tools server) against `aisbx-mcp --http --no-auth` (loopback), plus a
+# session-lifecycle check and a bearer-token check.
 #
 #   tests/clients/conformance.sh [PATH-TO-aisbx-mcp]
 #
@@ -46,7 +47,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-AISBX_HOME="$WORK/home" "$BIN" --http 127.0.0.1:0 2>"$WORK/server.log" &
+# The suite sends no credentials: serve it on loopback with --no-auth (the bearer
+# token is checked separately below).
+AISBX_HOME="$WORK/home" "$BIN" --http 127.0.0.1:0 --no-auth 2>"$WORK/server.log" &
 SERVER_PID=$!
 URL=""
 for _ in $(seq 1 150); do
@@ -96,6 +99,36 @@ if out=$(lifecycle 2>&1); then
   passed=$((passed + 1)); echo "ok   session-lifecycle"
 else
   failed=$((failed + 1)); failures+=(session-lifecycle); echo "FAIL session-lifecycle: $out"
+fi
+
+# Authentication (no scenario in the suite): a server started without --no-auth makes
+# $AISBX_HOME/mcp-token (mode 0600) and answers 401 without it, 200 with it.
+auth() {
+  local log="$WORK/auth.log" url="" pid code mode token
+  local init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"conformance-sh","version":"1"}}}'
+  local accept='Accept: application/json, text/event-stream' ct='Content-Type: application/json'
+  AISBX_HOME="$WORK/home-auth" "$BIN" --http 127.0.0.1:0 2>"$log" &
+  pid=$!
+  for _ in $(seq 1 150); do
+    url="$(grep -o 'http://[^ ;]*/mcp' "$log" | head -n1 || true)"
+    [[ -n "$url" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$url" ]] || { kill "$pid"; echo "the server did not start"; return 1; }
+  mode=$(stat -c %a "$WORK/home-auth/mcp-token")
+  token=$(cat "$WORK/home-auth/mcp-token")
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$accept" -H "$ct" -d "$init" "$url")
+  local with
+  with=$(curl -s -o /dev/null -w '%{http_code}' -H "$accept" -H "$ct" -H "Authorization: Bearer $token" -d "$init" "$url")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  [[ "$mode" == 600 ]] || { echo "token file mode $mode (want 600)"; return 1; }
+  [[ "$code" == 401 ]] || { echo "without the token: $code (want 401)"; return 1; }
+  [[ "$with" == 200 ]] || { echo "with the token: $with (want 200)"; return 1; }
+}
+if out=$(auth 2>&1); then
+  passed=$((passed + 1)); echo "ok   bearer-token"
+else
+  failed=$((failed + 1)); failures+=(bearer-token); echo "FAIL bearer-token: $out"
 fi
 
 echo "$passed passed, $failed failed"

@@ -5,10 +5,13 @@
     python3 tests/clients/python_client.py --bin target/x86_64-unknown-linux-gnu/debug/aisbx-mcp --transport http
 
 Checks, per transport: the tool list (names, schemas), `run`, progress notifications,
-`logging/setLevel`, `build` then `run` in the sandbox, and bad arguments (-32602 naming
-the field). For HTTP the script starts `aisbx-mcp --http 127.0.0.1:0 --token-file F`
-itself and connects with the bearer token. Prints `N passed, N failed`; exits 1 on any
-failure.
+`logging/setLevel`, `build` then `run` in the sandbox, a limit above the profile's
+refused, and bad arguments (-32602 naming the field). For HTTP the script starts
+`aisbx-mcp --http 127.0.0.1:0` itself, checks the token file it makes
+($AISBX_HOME/mcp-token, mode 0600) and 401 without or with a wrong token, and connects
+with the token; `unix` starts `aisbx-mcp --listen unix:PATH` and connects over the
+socket without a token. `both` runs stdio, http and unix. Prints `N passed, N failed`;
+exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -48,46 +51,69 @@ async def stdio_session(bin_path: str, home: str) -> AsyncIterator[ClientSession
             yield session
 
 
-@asynccontextmanager
-async def http_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]:
-    import httpx2  # the HTTP client the SDK uses
-    from mcp.client.streamable_http import streamable_http_client
-
-    token = "py-client-" + os.urandom(8).hex()
-    token_file = os.path.join(home, "token")
-    with open(token_file, "w") as f:
-        f.write(token)
+def start_server(bin_path: str, home: str, args: list[str], marker: str) -> tuple[subprocess.Popen, str]:
+    """Starts aisbx-mcp with ARGS; returns it and its `serving MCP` line."""
     env = dict(os.environ)
     env["AISBX_HOME"] = home
+    env.pop("AISBX_MCP_TOKEN", None)
     proc = subprocess.Popen(
-        [bin_path, "--http", "127.0.0.1:0", "--token-file", token_file],
+        [bin_path, *args],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    url_box: list[str] = []
+    box: list[str] = []
     ready = threading.Event()
 
     def read_stderr() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             sys.stderr.write("[server] " + line)
-            m = re.search(r"(http://\S+/mcp)", line)
-            if m and not url_box:
-                url_box.append(m.group(1))
+            if marker in line and not box:
+                box.append(line)
                 ready.set()
 
     threading.Thread(target=read_stderr, daemon=True).start()
+    if not ready.wait(30):
+        proc.kill()
+        raise RuntimeError(f"aisbx-mcp {' '.join(args)} did not say where it serves")
+    return proc, box[0]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        if not ready.wait(30):
-            raise RuntimeError("aisbx-mcp --http did not print its address")
-        url = url_box[0]
-        # Without the token: 401.
-        r = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                        headers={"Accept": "application/json, text/event-stream"})
-        check("http: no token -> 401", r.status_code == 401, f"got {r.status_code}")
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@asynccontextmanager
+async def http_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]:
+    import httpx2  # the HTTP client the SDK uses
+    from mcp.client.streamable_http import streamable_http_client
+
+    proc, line = start_server(bin_path, home, ["--http", "127.0.0.1:0"], "serving MCP")
+    try:
+        m = re.search(r"(http://\S+/mcp)", line)
+        if not m:
+            raise RuntimeError(f"no URL in {line!r}")
+        url = m.group(1)
+        token_file = os.path.join(home, "mcp-token")
+        mode = os.stat(token_file).st_mode & 0o7777
+        check("http: token file made with mode 0600", mode == 0o600, oct(mode))
+        with open(token_file) as f:
+            token = f.read().strip()
+        check("http: the token is never printed", token not in line, line)
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        accept = {"Accept": "application/json, text/event-stream"}
+        r = httpx2.post(url, json=ping, headers=accept)
+        check("http: no token -> 401", r.status_code == 401
+              and r.headers.get("www-authenticate", "").startswith("Bearer"), f"got {r.status_code}")
+        r = httpx2.post(url, json=ping, headers={**accept, "Authorization": f"Bearer {token}x"})
+        check("http: wrong token -> 401", r.status_code == 401, f"got {r.status_code}")
         client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
                                     timeout=httpx2.Timeout(120.0))
         async with client:
@@ -96,11 +122,28 @@ async def http_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]
                     await session.initialize()
                     yield session
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+@asynccontextmanager
+async def unix_session(bin_path: str, home: str) -> AsyncIterator[ClientSession]:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    sock = os.path.join(home, "mcp.sock")
+    proc, _ = start_server(bin_path, home, ["--listen", f"unix:{sock}"], "serving MCP")
+    try:
+        mode = os.stat(sock).st_mode & 0o7777
+        check("unix: socket made with mode 0600", mode == 0o600, oct(mode))
+        client = httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=sock),
+                                    timeout=httpx2.Timeout(120.0))
+        async with client:
+            async with streamable_http_client("http://localhost/mcp", http_client=client) as (read, write, *_):
+                async with ClientSession(read, write, logging_callback=on_log) as session:
+                    await session.initialize()
+                    yield session
+    finally:
+        stop(proc)
 
 
 LOGS: list[Any] = []
@@ -195,6 +238,11 @@ async def exercise(session: ClientSession, transport: str) -> None:
     await expect_invalid(session, "run", {"command": ["ls"], "files": {"../x": "y"}}, "files", f"{t}: '..' in a file path")
     await expect_invalid(session, "run", {"command": ["ls"], "timeout_secs": "long"}, "timeout_secs", f"{t}: timeout_secs type")
 
+    r = await session.call_tool("run", {"command": ["true"], "profile": "strict", "timeout_secs": 20})
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    check(f"{t}: a limit above the profile's is refused",
+          r.is_error and "timeout_secs" in text and "never raise" in text, text)
+
     r = await session.call_tool("run", {"command": ["echo", "still alive"]})
     check(f"{t}: still serving after bad arguments", structured(r).get("stdout") == "still alive\n", repr(r))
 
@@ -202,13 +250,14 @@ async def exercise(session: ClientSession, transport: str) -> None:
 async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="path to aisbx-mcp")
-    ap.add_argument("--transport", choices=["stdio", "http", "both"], default="both")
+    ap.add_argument("--transport", choices=["stdio", "http", "unix", "both"], default="both")
     args = ap.parse_args()
-    transports = ["stdio", "http"] if args.transport == "both" else [args.transport]
+    transports = ["stdio", "http", "unix"] if args.transport == "both" else [args.transport]
     for t in transports:
         with tempfile.TemporaryDirectory(prefix="aisbx-py-") as home:
             try:
-                cm = stdio_session(args.bin, home) if t == "stdio" else http_session(args.bin, home)
+                opener = {"stdio": stdio_session, "http": http_session, "unix": unix_session}[t]
+                cm = opener(args.bin, home)
                 async with cm as session:
                     await asyncio.wait_for(exercise(session, t), timeout=300)
             except Exception as e:  # report, do not hide

@@ -1,11 +1,18 @@
-//! Streamable HTTP at `/mcp`: loopback by default, Host/Origin checks against DNS
-//! rebinding, and a bearer token (compared in constant time) required for any
-//! non-loopback address.
+//! Streamable HTTP at `/mcp`, on TCP or a Unix socket.
+//!
+//! TCP: every request needs the bearer token (compared in constant time) unless
+//! `--no-auth`, which only a loopback address may use; Host/Origin checks guard
+//! against DNS rebinding. Unix socket: mode 0600, and each connection's peer uid
+//! (`SO_PEERCRED`) must be the server's own or root's.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -20,6 +27,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Token, TokenOrigin};
 use crate::server::{AisbxServer, DisconnectToken, FrontEnd, Shared};
 
 /// Largest POST body accepted (the tools cap their own arguments below this).
@@ -27,62 +35,99 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
-#[derive(Debug, Clone, Default)]
-pub struct HttpOptions {
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
     /// `HOST:PORT`, e.g. `127.0.0.1:8765`, `[::1]:0`, `localhost:8765`.
-    pub addr: String,
-    /// The bearer token clients must send; `None` = no authentication (loopback only).
-    pub token: Option<String>,
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// `--listen unix:PATH`.
+    pub fn parse(spec: &str) -> Result<Listen, HttpError> {
+        match spec.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Ok(Listen::Unix(PathBuf::from(p))),
+            _ => Err(HttpError::ListenSpec(spec.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub listen: Listen,
+    /// The bearer token clients must send; `None` = no authentication (`--no-auth`
+    /// on loopback, or a Unix socket, whose peers are checked instead).
+    pub token: Option<Token>,
     /// Extra allowed `Origin` values (`https://app.example.com:443`, `http://host:*`).
     pub allow_origins: Vec<String>,
     /// Extra allowed `Host` names (`mcp.example.com`, `mcp.example.com:8443`).
     pub allow_hosts: Vec<String>,
 }
 
+impl HttpOptions {
+    /// Options for a TCP address (tests and embedders).
+    pub fn tcp(addr: &str, token: Option<Token>) -> Self {
+        HttpOptions {
+            listen: Listen::Tcp(addr.to_string()),
+            token,
+            allow_origins: Vec::new(),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("cannot resolve {addr}: {source}")]
-    Resolve {
-        addr: String,
-        source: std::io::Error,
-    },
+    Resolve { addr: String, source: io::Error },
     #[error("{0} resolves to no address")]
     NoAddress(String),
     #[error(
-        "refusing to serve on {0}: it is not a loopback address and no bearer token is configured; \
-         pass --token-file FILE or set AISBX_MCP_TOKEN (or listen on 127.0.0.1)"
+        "refusing --no-auth on {0}: it is not a loopback address, so anyone who can reach it could run code as you; drop --no-auth (a bearer token is then required) or listen on 127.0.0.1"
     )]
-    NeedsToken(String),
+    NoAuthNotLoopback(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error(
+        "--listen takes unix:PATH (e.g. unix:/run/user/1000/aisbx-mcp.sock), not '{0}'; use --http ADDR for TCP"
+    )]
+    ListenSpec(String),
+    #[error("refusing to listen on {0}: it exists and is not a socket; choose another path")]
+    NotASocket(PathBuf),
+    #[error("refusing to listen on {0}: another server is listening on it")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on the Unix socket {path}: {source}")]
+    UnixBind { path: PathBuf, source: io::Error },
     #[error("the HTTP server failed: {0}")]
-    Serve(std::io::Error),
+    Serve(io::Error),
 }
 
-/// Resolves `addr` and decides whether it may be served with the given options.
-pub async fn resolve(opts: &HttpOptions) -> Result<SocketAddr, HttpError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(opts.addr.as_str())
+/// Resolves `addr` and decides whether it may be served with the given token.
+pub async fn resolve(addr: &str, token: Option<&Token>) -> Result<SocketAddr, HttpError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|source| HttpError::Resolve {
-            addr: opts.addr.clone(),
+            addr: addr.to_string(),
             source,
         })?
         .collect();
     let Some(first) = addrs.first().copied() else {
-        return Err(HttpError::NoAddress(opts.addr.clone()));
+        return Err(HttpError::NoAddress(addr.to_string()));
     };
     let loopback = addrs.iter().all(|a| a.ip().is_loopback());
-    if !loopback && opts.token.is_none() {
-        return Err(HttpError::NeedsToken(opts.addr.clone()));
+    if !loopback && token.is_none() {
+        return Err(HttpError::NoAuthNotLoopback(addr.to_string()));
     }
     Ok(first)
 }
 
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The Host names accepted on a TCP address; `None` when they cannot be checked.
 fn allowed_hosts(bound: SocketAddr, opts: &HttpOptions) -> Option<Vec<String>> {
-    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
     let ip = bound.ip();
     if !ip.is_loopback() && !ip.is_unspecified() {
         hosts.push(match ip {
@@ -112,10 +157,11 @@ fn allowed_origins(opts: &HttpOptions) -> Vec<String> {
     origins
 }
 
-/// The router serving `/mcp` for `shared`, with the checks configured.
+/// The router serving `/mcp` for `shared`, with the checks configured; `hosts` are
+/// the accepted Host names (`None`: not checked).
 pub fn router(
     shared: Arc<Shared>,
-    bound: SocketAddr,
+    hosts: Option<Vec<String>>,
     opts: &HttpOptions,
     shutdown: CancellationToken,
 ) -> Router {
@@ -124,7 +170,7 @@ pub fn router(
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
-    config = match allowed_hosts(bound, opts) {
+    config = match hosts {
         Some(h) => config.with_allowed_hosts(h),
         None => config.disable_allowed_hosts(),
     };
@@ -140,34 +186,71 @@ pub fn router(
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
     if let Some(token) = &opts.token {
-        let expected = Arc::new(token_digest(token.as_bytes()));
+        let expected = Arc::new(token_digest(token.value.as_bytes()));
         router = router.layer(middleware::from_fn_with_state(expected, require_bearer));
     }
     router
 }
 
-/// Serves until `shutdown` is cancelled. Prints the address to stderr once listening.
+/// Serves until `shutdown` is cancelled. Prints where, and how to authenticate, to
+/// stderr once listening (never the token itself).
 pub async fn serve(
     shared: Arc<Shared>,
     opts: HttpOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
-    let addr = resolve(&opts).await?;
+    match opts.listen.clone() {
+        Listen::Tcp(addr) => serve_tcp(shared, &addr, opts, shutdown).await,
+        Listen::Unix(path) => serve_unix(shared, &path, opts, shutdown).await,
+    }
+}
+
+fn uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    addr: &str,
+    opts: HttpOptions,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let addr = resolve(addr, opts.token.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
-    let app = router(shared, bound, &opts, shutdown.child_token());
-    eprintln!(
-        "aisbx-mcp: serving MCP (Streamable HTTP) at http://{bound}/mcp{}",
-        if opts.token.is_some() {
-            " (bearer token required)"
-        } else {
-            ""
-        }
+    let app = router(
+        shared,
+        allowed_hosts(bound, &opts),
+        &opts,
+        shutdown.child_token(),
     );
+    let url = format!("http://{bound}/mcp");
+    match opts.token.as_ref().map(|t| &t.origin) {
+        None => eprintln!(
+            "aisbx-mcp: serving MCP (Streamable HTTP) at {url} without authentication (--no-auth): any local user can connect and run code as this user (uid {})",
+            uid()
+        ),
+        Some(origin) => {
+            let from = match origin {
+                TokenOrigin::Created(p) => {
+                    eprintln!(
+                        "aisbx-mcp: made a new bearer token in {} (mode 0600, kept for later starts)",
+                        p.display()
+                    );
+                    format!("the content of {}", p.display())
+                }
+                TokenOrigin::File(p) => format!("the content of {}", p.display()),
+                TokenOrigin::Env => "the value of $AISBX_MCP_TOKEN".to_string(),
+            };
+            eprintln!(
+                "aisbx-mcp: serving MCP (Streamable HTTP) at {url}; clients must send `Authorization: Bearer <token>`, <token> being {from}"
+            );
+        }
+    }
     // Responses are small SSE events written one after another: without TCP_NODELAY,
     // Nagle's algorithm and the client's delayed ACK add ~40 ms to every call.
     let listener = listener.tap_io(|tcp| {
@@ -179,6 +262,136 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(HttpError::Serve)
+}
+
+/// Whether a Unix-socket peer may be served: the server's own user, or root.
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
+}
+
+/// A Unix listener that closes every connection whose peer is not allowed.
+pub struct PeerCheckedUnix {
+    inner: tokio::net::UnixListener,
+    own_uid: u32,
+}
+
+impl axum::serve::Listener for PeerCheckedUnix {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => match stream.peer_cred() {
+                    Ok(c) if peer_allowed(c.uid(), self.own_uid) => return (stream, addr),
+                    Ok(c) => {
+                        tracing::warn!(
+                            uid = c.uid(),
+                            pid = ?c.pid(),
+                            "closed a connection from another user (only uid {} and root may connect)",
+                            self.own_uid
+                        );
+                    }
+                    Err(e) => tracing::warn!(%e, "closed a connection whose peer is unknown"),
+                },
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) {
+                        // Out of file descriptors and the like: wait, then go on.
+                        tracing::error!(%e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Makes the socket at `path`, mode 0600 from the moment it exists. A stale socket
+/// (nobody listening) is replaced; anything else at the path is refused.
+pub fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, HttpError> {
+    let err = |source| HttpError::UnixBind {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(HttpError::SocketInUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        },
+        Ok(_) => return Err(HttpError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    // bind() creates the file with 0777 & ~umask: a umask of 0177 makes it 0600 at
+    // once (nothing else in the process creates files at this point of start-up).
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(err)?;
+    let m = std::fs::symlink_metadata(path).map_err(err)?;
+    if !m.file_type().is_socket() || m.mode() & 0o077 != 0 || m.uid() != uid() {
+        return Err(err(io::Error::other(format!(
+            "the socket was replaced or has mode {:04o}",
+            m.mode() & 0o7777
+        ))));
+    }
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+async fn serve_unix(
+    shared: Arc<Shared>,
+    path: &Path,
+    opts: HttpOptions,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let std_listener = bind_unix(path)?;
+    let ino = std::fs::symlink_metadata(path).map(|m| m.ino()).ok();
+    let inner =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|source| HttpError::UnixBind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let own_uid = uid();
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+    hosts.extend(opts.allow_hosts.iter().cloned());
+    let app = router(shared, Some(hosts), &opts, shutdown.child_token());
+    let who = if own_uid == 0 {
+        "root".to_string()
+    } else {
+        format!("uid {own_uid} and root")
+    };
+    eprintln!(
+        "aisbx-mcp: serving MCP (Streamable HTTP) on the Unix socket {} (mode 0600; only {who} served), e.g. curl --unix-socket {} http://localhost/mcp",
+        path.display(),
+        path.display()
+    );
+    let result = axum::serve(PeerCheckedUnix { inner, own_uid }, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(HttpError::Serve);
+    // Remove the socket if it is still the one made here.
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && Some(m.ino()) == ino
+        && m.file_type().is_socket()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 fn token_digest(t: &[u8]) -> [u8; 32] {
@@ -214,11 +427,11 @@ async fn require_bearer(
     if ok {
         return next.run(req).await;
     }
-    let mut resp = (
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized: send the aisbx-mcp bearer token as `Authorization: Bearer <token>`\n",
-    )
-        .into_response();
+    let body = serde_json::json!({
+        "error": "unauthorized",
+        "message": "send the aisbx-mcp bearer token as `Authorization: Bearer <token>`; the server's user finds it in mcp-token in its aisbx state directory",
+    });
+    let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"aisbx-mcp\""),
@@ -340,30 +553,70 @@ mod tests {
         assert_eq!(bearer(&Request::new(Body::empty())), None);
     }
 
+    fn token() -> Token {
+        Token {
+            value: "t".into(),
+            origin: TokenOrigin::Env,
+        }
+    }
+
     #[tokio::test]
-    async fn non_loopback_needs_a_token() {
-        let mut o = HttpOptions {
-            addr: "0.0.0.0:0".into(),
-            ..Default::default()
-        };
-        assert!(matches!(resolve(&o).await, Err(HttpError::NeedsToken(_))));
-        o.token = Some("t".into());
-        assert!(resolve(&o).await.is_ok());
-        let l = HttpOptions {
-            addr: "127.0.0.1:0".into(),
-            ..Default::default()
-        };
-        assert!(resolve(&l).await.is_ok());
-        let l6 = HttpOptions {
-            addr: "[::1]:0".into(),
-            ..Default::default()
-        };
-        assert!(resolve(&l6).await.is_ok());
+    async fn no_auth_only_on_loopback() {
+        assert!(matches!(
+            resolve("0.0.0.0:0", None).await,
+            Err(HttpError::NoAuthNotLoopback(_))
+        ));
+        assert!(resolve("0.0.0.0:0", Some(&token())).await.is_ok());
+        assert!(resolve("127.0.0.1:0", None).await.is_ok());
+        assert!(resolve("[::1]:0", None).await.is_ok());
+    }
+
+    #[test]
+    fn listen_specs() {
+        assert_eq!(
+            Listen::parse("unix:/tmp/a.sock").expect("unix"),
+            Listen::Unix(PathBuf::from("/tmp/a.sock"))
+        );
+        assert!(Listen::parse("unix:").is_err());
+        assert!(Listen::parse("127.0.0.1:80").is_err());
+        assert!(Listen::parse("/tmp/a.sock").is_err());
+    }
+
+    #[test]
+    fn only_the_own_user_and_root_are_served() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(65534, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    #[test]
+    fn unix_socket_is_private_and_stale_ones_are_replaced() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("s.sock");
+        let l = bind_unix(&p).expect("bind");
+        assert_eq!(std::fs::metadata(&p).expect("meta").mode() & 0o7777, 0o600);
+        // In use: refused.
+        assert!(matches!(bind_unix(&p), Err(HttpError::SocketInUse(_))));
+        drop(l);
+        // Stale (nobody listens): replaced.
+        let l = bind_unix(&p).expect("rebind a stale socket");
+        drop(l);
+        // Not a socket: refused, and left alone.
+        let f = d.path().join("file");
+        std::fs::write(&f, "keep").expect("write");
+        assert!(matches!(bind_unix(&f), Err(HttpError::NotASocket(_))));
+        assert_eq!(std::fs::read_to_string(&f).expect("read"), "keep");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).expect("symlink");
+        assert!(matches!(bind_unix(&link), Err(HttpError::NotASocket(_))));
     }
 
     #[test]
     fn host_lists() {
-        let o = HttpOptions::default();
+        let o = HttpOptions::tcp("127.0.0.1:0", None);
         let lo: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert_eq!(
             allowed_hosts(lo, &o),
@@ -373,7 +626,7 @@ mod tests {
         assert_eq!(allowed_hosts(any, &o), None);
         let o2 = HttpOptions {
             allow_hosts: vec!["mcp.example.com".into()],
-            ..Default::default()
+            ..HttpOptions::tcp("0.0.0.0:0", None)
         };
         assert!(
             allowed_hosts(any, &o2).is_some_and(|h| h.contains(&"mcp.example.com".to_string()))

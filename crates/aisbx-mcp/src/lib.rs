@@ -4,7 +4,10 @@
 //! `aisbx` CLI; this crate only maps arguments, streams output and formats results.
 //! stdio by default; `--http ADDR` serves Streamable HTTP at `/mcp`.
 
+pub mod admission;
+pub mod auth;
 pub mod http;
+pub mod redact;
 pub mod server;
 pub mod tools;
 
@@ -13,7 +16,7 @@ pub(crate) mod backend {
     pub use aisbx_service::{Service, ServiceConfig, maybe_run_helper};
 }
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::backend::maybe_run_helper;
 use crate::backend::{Service, ServiceConfig};
-use crate::http::HttpOptions;
+use crate::http::{HttpOptions, Listen};
 use crate::server::{AisbxServer, FrontEnd, Shared};
 
 /// The environment variable holding the HTTP bearer token (when no `--token-file`).
@@ -32,21 +35,44 @@ pub const TOKEN_ENV: &str = "AISBX_MCP_TOKEN";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct McpArgs {
     /// Serve Streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:8765).
-    /// A non-loopback address needs a bearer token (--token-file or $AISBX_MCP_TOKEN).
-    #[arg(long, value_name = "ADDR")]
+    /// Every request needs the bearer token of $AISBX_HOME/mcp-token (made on first
+    /// start, mode 0600), --token-file or $AISBX_MCP_TOKEN.
+    #[arg(long, value_name = "ADDR", group = "listener")]
     pub http: Option<String>,
+    /// Serve Streamable HTTP on a Unix socket instead: `unix:PATH`. The socket is made
+    /// with mode 0600 and only your own user (and root) is served; no token is needed.
+    #[arg(long, value_name = "unix:PATH", group = "listener")]
+    pub listen: Option<String>,
     /// A file whose content (trimmed) is the bearer token every HTTP request must carry
-    /// (`Authorization: Bearer TOKEN`). Default: $AISBX_MCP_TOKEN, if set.
-    #[arg(long, value_name = "FILE", requires = "http")]
+    /// (`Authorization: Bearer TOKEN`); it must be yours with mode 0600. Default:
+    /// $AISBX_MCP_TOKEN if set, else $AISBX_HOME/mcp-token.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "http",
+        conflicts_with = "no_auth"
+    )]
     pub token_file: Option<PathBuf>,
+    /// Serve HTTP without a token (loopback addresses only): any local user can then
+    /// run code as you.
+    #[arg(long, requires = "http")]
+    pub no_auth: bool,
     /// Also accept browser requests from this Origin (repeatable), e.g.
     /// https://app.example.com:443 or http://devbox:*. Loopback origins are always allowed.
-    #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "http")]
+    #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "listener")]
     pub allow_origins: Vec<String>,
     /// Also accept this Host header (repeatable), e.g. mcp.example.com. Loopback
     /// names are always allowed.
-    #[arg(long = "allow-host", value_name = "HOST", requires = "http")]
+    #[arg(long = "allow-host", value_name = "HOST", requires = "listener")]
     pub allow_hosts: Vec<String>,
+    /// Most runs (`run` calls, `build` setups, `file_write`) carried out at once
+    /// (default: twice the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_runs: Option<u32>,
+    /// Most calls waiting for a free run slot (default: 4 × --max-runs); past it a
+    /// call is answered "busy" at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_queued: Option<u32>,
     /// State directory (default: $AISBX_HOME, else $XDG_DATA_HOME/aisbx or ~/.local/share/aisbx).
     #[arg(long, value_name = "DIR")]
     pub home: Option<PathBuf>,
@@ -54,13 +80,8 @@ pub struct McpArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum McpError {
-    #[error("cannot read the token file {path}: {source}")]
-    TokenFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the token file {0} is empty")]
-    EmptyToken(PathBuf),
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
     #[error("${TOKEN_ENV} is set but empty")]
     EmptyTokenEnv,
     #[error("{0}")]
@@ -75,23 +96,25 @@ pub enum McpError {
     Http(#[from] http::HttpError),
 }
 
-/// The bearer token from `--token-file`, else `$AISBX_MCP_TOKEN`.
-pub fn load_token(args: &McpArgs) -> Result<Option<String>, McpError> {
+/// The bearer token for `--http`: `--token-file`, else `$AISBX_MCP_TOKEN`, else the
+/// state directory's `mcp-token` (made on first start); `None` with `--no-auth`.
+pub fn load_token(args: &McpArgs, home: &Path) -> Result<Option<auth::Token>, McpError> {
+    if args.no_auth {
+        return Ok(None);
+    }
     if let Some(path) = &args.token_file {
-        let raw = std::fs::read_to_string(path).map_err(|source| McpError::TokenFile {
-            path: path.clone(),
-            source,
-        })?;
-        let t = raw.trim();
-        if t.is_empty() {
-            return Err(McpError::EmptyToken(path.clone()));
-        }
-        return Ok(Some(t.to_string()));
+        return Ok(Some(auth::Token {
+            value: auth::read_named(path)?,
+            origin: auth::TokenOrigin::File(path.clone()),
+        }));
     }
     match std::env::var(TOKEN_ENV) {
         Ok(t) if t.trim().is_empty() => Err(McpError::EmptyTokenEnv),
-        Ok(t) => Ok(Some(t.trim().to_string())),
-        Err(_) => Ok(None),
+        Ok(t) => Ok(Some(auth::Token {
+            value: t.trim().to_string(),
+            origin: auth::TokenOrigin::Env,
+        })),
+        Err(_) => Ok(Some(auth::load_or_create(home)?)),
     }
 }
 
@@ -107,32 +130,52 @@ fn init_tracing() {
 }
 
 /// Opens the service and what every server instance shares.
-pub fn open_shared(home: Option<PathBuf>) -> Result<Arc<Shared>, McpError> {
+pub fn open_shared(
+    home: Option<PathBuf>,
+    admission: admission::Admission,
+) -> Result<Arc<Shared>, McpError> {
     let service = Service::open(ServiceConfig { home })?;
     let tools = tools::shared_definitions().map_err(McpError::Tools)?;
-    Ok(Arc::new(Shared { service, tools }))
+    Ok(Arc::new(Shared {
+        service,
+        tools,
+        admission,
+    }))
 }
 
 /// Runs the server until stdin closes (stdio) or a signal arrives (HTTP).
 pub fn run(args: McpArgs) -> Result<(), McpError> {
     init_tracing();
-    let token = if args.http.is_some() {
-        load_token(&args)?
-    } else {
-        None
+    let max_runs = args
+        .max_runs
+        .map_or_else(admission::default_max_runs, |n| n as usize);
+    let max_waiting = args
+        .max_queued
+        .map_or_else(|| admission::default_max_waiting(max_runs), |n| n as usize);
+    let shared = open_shared(
+        args.home.clone(),
+        admission::Admission::new(max_runs, max_waiting),
+    )?;
+    let listen = match (&args.http, &args.listen) {
+        (Some(addr), _) => Some(Listen::Tcp(addr.clone())),
+        (None, Some(spec)) => Some(Listen::parse(spec)?),
+        (None, None) => None,
     };
-    let shared = open_shared(args.home.clone())?;
+    let token = match &listen {
+        Some(Listen::Tcp(_)) => load_token(&args, shared.service.home())?,
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("aisbx-mcp")
         .build()
         .map_err(McpError::Runtime)?;
     let result = runtime.block_on(async move {
-        match args.http {
+        match listen {
             None => serve_stdio(shared).await,
-            Some(addr) => {
+            Some(listen) => {
                 let opts = HttpOptions {
-                    addr,
+                    listen,
                     token,
                     allow_origins: args.allow_origins,
                     allow_hosts: args.allow_hosts,

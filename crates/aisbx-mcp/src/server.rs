@@ -6,6 +6,7 @@
 // revisions our clients speak and of aisbx's contract (`logging/setLevel`).
 #![allow(deprecated)]
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use aisbx_service::audit::{AuditEntry, digest_args};
@@ -22,7 +23,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, NotAdmitted};
 use crate::backend::Service;
+use crate::redact;
 use crate::tools::{self, ArgError};
 
 /// Which transport a server instance answers on (the audit log's `front_end`).
@@ -56,6 +59,8 @@ const MAX_NOTIFY_CHUNK: usize = 16 * 1024;
 pub struct Shared {
     pub service: Service,
     pub tools: Arc<Vec<Tool>>,
+    /// How many runs may go on at once, and wait.
+    pub admission: Admission,
 }
 
 /// One MCP server instance.
@@ -84,14 +89,29 @@ fn arg_error(e: ArgError) -> McpError {
     McpError::invalid_params(e.to_string(), Some(json!({ "field": e.field })))
 }
 
-/// The tool result for a service error (or -32602 for a bad argument).
-fn service_error(e: ServiceError) -> Result<CallToolResponse, McpError> {
+/// The tool result for a service error (or -32602 for a bad argument). No host path
+/// reaches the client: aisbx's own failures become a sentence with a reference (the
+/// detail goes to the server's log), and other messages have the state directory and
+/// the home directory replaced.
+fn service_error(e: ServiceError, home: &Path) -> Result<CallToolResponse, McpError> {
     match e {
-        ServiceError::InvalidArgument { field, message } => {
-            Err(arg_error(ArgError { field, message }))
+        ServiceError::InvalidArgument { field, message } => Err(arg_error(ArgError {
+            field,
+            message: redact::text(&message, home),
+        })),
+        ServiceError::Internal(detail) => {
+            let reference = aisbx_service::new_id("err");
+            tracing::error!(%reference, %detail, "a call failed inside aisbx");
+            Ok(tool_error(format!(
+                "aisbx failed internally (reference {reference}); the server's log has the details"
+            )))
         }
-        other => Ok(CallToolResult::error(vec![ContentBlock::text(other.to_string())]).into()),
+        other => Ok(tool_error(redact::text(&other.to_string(), home))),
     }
+}
+
+fn tool_error(text: String) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
 
 fn structured(summary: String, value: Value) -> CallToolResponse {
@@ -284,6 +304,44 @@ impl AisbxServer {
         }
     }
 
+    fn home(&self) -> &Path {
+        self.shared.service.home()
+    }
+
+    /// A run slot, or the refusal to answer with (busy, or cancelled while waiting).
+    async fn admit(
+        &self,
+        meta: &RequestMeta,
+        arguments: Option<&JsonObject>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, CallToolResponse> {
+        let disconnected = Self::disconnect_token(ctx);
+        let refusal = tokio::select! {
+            r = self.shared.admission.admit(&ctx.ct) => match r {
+                Ok(permit) => return Ok(permit),
+                Err(e) => e,
+            },
+            _ = disconnected.cancelled() => NotAdmitted::Cancelled,
+        };
+        let entry = AuditEntry {
+            request_id: aisbx_service::new_id("req"),
+            front_end: meta.front_end.clone(),
+            client: meta.client.clone(),
+            tool: meta.tool.clone(),
+            args_digest: digest_args(&tools::args_value(arguments)),
+            decision: "deny".into(),
+            reason: Some(refusal.to_string()),
+            result: json!({ "error": match refusal {
+                NotAdmitted::Busy { .. } => "busy",
+                NotAdmitted::Cancelled => "cancelled",
+            }}),
+        };
+        if let Err(err) = self.shared.service.audit_log().append(entry) {
+            tracing::warn!(%err, "cannot append to the audit log");
+        }
+        Err(tool_error(refusal.to_string()))
+    }
+
     fn disconnect_token(ctx: &RequestContext<RoleServer>) -> CancellationToken {
         ctx.extensions
             .get::<axum::http::request::Parts>()
@@ -304,6 +362,10 @@ impl AisbxServer {
                 self.audit_refusal(&meta, &tools::args_value(arguments), &e);
                 return Err(arg_error(e));
             }
+        };
+        let _slot = match self.admit(&meta, arguments, &ctx).await {
+            Ok(p) => p,
+            Err(refusal) => return Ok(refusal),
         };
         let cancel = CancelToken::default();
         let _guard = CancelOnDrop(cancel.clone());
@@ -363,7 +425,7 @@ impl AisbxServer {
             }
             s.finish().await;
         }
-        respond(outcome, tools::run_summary)
+        respond(outcome, self.home(), tools::run_summary)
     }
 
     async fn call_build(
@@ -379,10 +441,14 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
+        let _slot = match self.admit(&meta, arguments, &ctx).await {
+            Ok(p) => p,
+            Err(refusal) => return Ok(refusal),
+        };
         let service = self.shared.service.clone();
         let outcome =
             Self::cancellable(&ctx, move |cancel| service.build(&meta, req, cancel)).await;
-        respond(outcome, tools::build_summary)
+        respond(outcome, self.home(), tools::build_summary)
     }
 
     async fn call_profile_list(
@@ -396,8 +462,11 @@ impl AisbxServer {
             return Err(arg_error(e));
         }
         let service = self.shared.service.clone();
-        let outcome = tokio::task::spawn_blocking(move || service.profile_list(&meta)).await;
-        respond(outcome, tools::profile_list_summary)
+        let outcome = tokio::task::spawn_blocking(move || {
+            service.profile_list(&meta).map(redact::profile_list)
+        })
+        .await;
+        respond(outcome, self.home(), tools::profile_list_summary)
     }
 }
 
@@ -418,6 +487,15 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
+        // file_write is a sandbox run: it takes a run slot like `run` and `build`.
+        let _slot = if matches!(call, tools::SandboxCall::FileWrite { .. }) {
+            match self.admit(&meta, arguments, &ctx).await {
+                Ok(p) => Some(p),
+                Err(refusal) => return Ok(refusal),
+            }
+        } else {
+            None
+        };
         let service = self.shared.service.clone();
         let outcome = Self::cancellable(&ctx, move |cancel| {
             run_sandbox_call(&service, &meta, call, cancel)
@@ -425,10 +503,11 @@ impl AisbxServer {
         .await;
         match outcome {
             Ok(Ok((summary, value))) => Ok(structured(summary, value)),
-            Ok(Err(e)) => service_error(e),
-            Err(join) => service_error(ServiceError::Internal(format!(
-                "the worker thread failed: {join}"
-            ))),
+            Ok(Err(e)) => service_error(e, self.home()),
+            Err(join) => service_error(
+                ServiceError::Internal(format!("the worker thread failed: {join}")),
+                self.home(),
+            ),
         }
     }
 
@@ -457,6 +536,7 @@ impl AisbxServer {
 /// summary, or the service's refusal as `isError`.
 fn respond<T: serde::Serialize>(
     outcome: Result<Result<T, ServiceError>, tokio::task::JoinError>,
+    home: &Path,
     summary: impl FnOnce(&T) -> String,
 ) -> Result<CallToolResponse, McpError> {
     match outcome {
@@ -465,10 +545,11 @@ fn respond<T: serde::Serialize>(
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?;
             Ok(structured(summary(&result), value))
         }
-        Ok(Err(e)) => service_error(e),
-        Err(join) => service_error(ServiceError::Internal(format!(
-            "the worker thread failed: {join}"
-        ))),
+        Ok(Err(e)) => service_error(e, home),
+        Err(join) => service_error(
+            ServiceError::Internal(format!("the worker thread failed: {join}")),
+            home,
+        ),
     }
 }
 
@@ -488,7 +569,7 @@ fn run_sandbox_call(
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let (summary, value) = match call {
         C::SandboxList => {
-            let v = to_value(&service.sandbox_list(meta)?)?;
+            let v = to_value(&redact::sandbox_list(service.sandbox_list(meta)?))?;
             (pretty(&v), v)
         }
         C::SandboxDestroy { id } => {
@@ -535,12 +616,14 @@ fn run_sandbox_call(
             (s, to_value(&r)?)
         }
         C::SnapshotCreate { name, id } => {
-            let r = service.snapshot_create(
-                meta,
-                &name,
-                &SnapSource::Sandbox(id.clone()),
-                &mut NoProgress,
-            )?;
+            let r = service
+                .snapshot_create(
+                    meta,
+                    &name,
+                    &SnapSource::Sandbox(id.clone()),
+                    &mut NoProgress,
+                )
+                .map(redact::snapshot_info)?;
             (
                 format!(
                     "snapshot {name} of sandbox {id}: {} files, {} bytes",
@@ -550,13 +633,15 @@ fn run_sandbox_call(
             )
         }
         C::SnapshotRestore { name, id, profile } => {
-            let r = service.snapshot_restore(
-                meta,
-                &name,
-                &RestoreTarget::Sandbox(id.clone()),
-                profile.as_deref(),
-                &mut NoProgress,
-            )?;
+            let r = service
+                .snapshot_restore(
+                    meta,
+                    &name,
+                    &RestoreTarget::Sandbox(id.clone()),
+                    profile.as_deref(),
+                    &mut NoProgress,
+                )
+                .map(redact::restore_result)?;
             (
                 format!(
                     "sandbox {id} restored from snapshot {name}; use it with `run` and sandbox_id \"{id}\""
@@ -565,7 +650,7 @@ fn run_sandbox_call(
             )
         }
         C::SnapshotList => {
-            let v = to_value(&service.snapshot_list(meta, true)?)?;
+            let v = to_value(&redact::snapshot_list(service.snapshot_list(meta, true)?))?;
             (pretty(&v), v)
         }
         C::SnapshotDiff { from, to } => {
@@ -695,14 +780,52 @@ mod tests {
 
     #[test]
     fn service_errors_map() {
-        let e = service_error(ServiceError::invalid("files", "bad path")).expect_err("err");
+        let home = Path::new("/var/lib/aisbx-test-home");
+        let e = service_error(ServiceError::invalid("files", "bad path"), home).expect_err("err");
         assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
         assert_eq!(e.data, Some(json!({"field": "files"})));
         let Ok(CallToolResponse::Complete(r)) =
-            service_error(ServiceError::Refused("no landlock".into()))
+            service_error(ServiceError::Refused("no landlock".into()), home)
         else {
             panic!("expected a tool result")
         };
         assert_eq!(r.is_error, Some(true));
+    }
+
+    fn text_of(r: Result<CallToolResponse, McpError>) -> String {
+        let Ok(CallToolResponse::Complete(r)) = r else {
+            panic!("expected a tool result")
+        };
+        assert_eq!(r.is_error, Some(true));
+        serde_json::to_string(&r.content).expect("json")
+    }
+
+    #[test]
+    fn errors_name_no_host_path() {
+        let home = Path::new("/var/lib/aisbx-test-home");
+        let t = text_of(service_error(
+            ServiceError::Internal(
+                "cannot write /var/lib/aisbx-test-home/sandboxes/x/meta.json: EIO".into(),
+            ),
+            home,
+        ));
+        assert!(t.contains("failed internally (reference err-"), "{t}");
+        assert!(!t.contains("/var/lib") && !t.contains("meta.json"), "{t}");
+        let t = text_of(service_error(
+            ServiceError::Refused("cannot open /var/lib/aisbx-test-home/snapshots/s".into()),
+            home,
+        ));
+        assert!(!t.contains("/var/lib/aisbx-test-home"), "{t}");
+        assert!(t.contains("cannot open $AISBX_HOME/snapshots/s"), "{t}");
+        let e = service_error(
+            ServiceError::invalid("profile", "in /var/lib/aisbx-test-home/profiles/x.toml"),
+            home,
+        )
+        .expect_err("invalid");
+        assert!(
+            !e.message.contains("/var/lib/aisbx-test-home"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aisbx_service::{
-    BuildRequest, BuildResult, LimitOverrides, ProfileList, Program, RunRequest, RunResult,
+    BuildRequest, BuildResult, LimitOverrides, LimitPolicy, ProfileList, Program, RunRequest,
+    RunResult,
 };
 use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
@@ -67,7 +68,8 @@ pub struct RunInput {
     stdin: Option<String>,
     /// Sandbox profile (see `profile_list`); chosen from the language when absent.
     profile: Option<String>,
-    /// Wall-clock limit in seconds (default: the profile's, 30 s).
+    /// Wall-clock limit in seconds: at most the profile's (30 s unless the profile
+    /// says otherwise); a larger value is refused.
     #[schemars(range(min = 0.001))]
     timeout_secs: Option<f64>,
     /// Run inside this persistent sandbox (made by `build`); its files persist across calls.
@@ -750,6 +752,8 @@ pub fn parse_run(arguments: Option<&Map<String, Value>>) -> Result<RunRequest, A
         }
     };
     let mut req = RunRequest::new(program);
+    // A client may lower the profile's limits, never raise them.
+    req.limit_policy = LimitPolicy::LowerOnly;
     req.files = opt_files(&args, "files")?;
     if let Some(stdin) = opt_string(&args, "stdin")? {
         if stdin.len() > MAX_STDIN_BYTES {
@@ -1010,6 +1014,7 @@ mod tests {
         );
         assert_eq!(r.stdin, Some(b"x".to_vec()));
         assert_eq!(r.limits.timeout_secs, Some(5.0));
+        assert_eq!(r.limit_policy, LimitPolicy::LowerOnly);
         assert_eq!(r.files.get("a/b.txt").map(String::as_str), Some("c"));
         assert_eq!(r.sandbox_id.as_deref(), Some("sb-1"));
     }

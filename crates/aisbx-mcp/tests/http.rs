@@ -1,8 +1,10 @@
 //! The real `aisbx-mcp --http` over raw HTTP/1.1: sessions, Host/Origin checks, bearer
 //! tokens, the loopback rule, 32 concurrent runs and clients vanishing mid-call.
+//! (Servers here use the state directory's token unless a test says otherwise.)
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ fn structured(r: &Value) -> &Value {
 fn session_lifecycle() {
     let home = home();
     let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = Session::open(srv.addr, None);
+    let s = srv.session();
 
     let list = s.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
     assert_eq!(list.status, 200);
@@ -29,12 +31,14 @@ fn session_lifecycle() {
 
     // No session id: 400. Unknown session id: 404.
     let tools_list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let r = http(srv.addr, "POST", &[], Some(&tools_list));
+    let auth = srv.auth();
+    let (k, v) = (auth[0].0, auth[0].1.as_str());
+    let r = http(srv.addr, "POST", &[(k, v)], Some(&tools_list));
     assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
     let r = http(
         srv.addr,
         "POST",
-        &[("Mcp-Session-Id", "no-such-session")],
+        &[("Mcp-Session-Id", "no-such-session"), (k, v)],
         Some(&tools_list),
     );
     assert_eq!(r.status, 404);
@@ -54,7 +58,7 @@ fn session_lifecycle() {
 fn run_over_http_and_bad_arguments() {
     let home = home();
     let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = Session::open(srv.addr, None);
+    let s = srv.session();
     let r = s.call(1, "run", json!({"command": ["echo", "over-http"]}));
     assert_eq!(r.status, 200);
     assert_eq!(structured(&r.rpc())["stdout"], "over-http\n");
@@ -68,8 +72,9 @@ fn run_over_http_and_bad_arguments() {
         let mut st = std::net::TcpStream::connect(srv.addr).expect("connect");
         let body = "{not json";
         let req = format!(
-            "POST /mcp HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMcp-Session-Id: {}\r\nContent-Length: {}\r\n\r\n{}",
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {}\r\nContent-Length: {}\r\n\r\n{}",
             srv.addr,
+            srv.token.as_deref().expect("token"),
             s.id,
             body.len(),
             body
@@ -91,7 +96,7 @@ fn run_over_http_and_bad_arguments() {
 #[test]
 fn host_and_origin_are_checked() {
     let home = home();
-    let srv = HttpServer::start(home.path(), &[], &[]);
+    let srv = HttpServer::start(home.path(), &["--no-auth"], &[]);
     let init = initialize_request(1);
     let r = http(
         srv.addr,
@@ -123,7 +128,7 @@ fn extra_origins_can_be_allowed() {
     let home = home();
     let srv = HttpServer::start(
         home.path(),
-        &["--allow-origin", "https://app.example.com:443"],
+        &["--no-auth", "--allow-origin", "https://app.example.com:443"],
         &[],
     );
     let init = initialize_request(1);
@@ -149,6 +154,22 @@ fn bearer_token_is_required_when_configured() {
     let token_file = home.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").expect("write token");
     let tf = token_file.to_string_lossy().to_string();
+    // A token file others can read is refused.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new(BIN)
+        .env("AISBX_HOME", home.path())
+        .env_remove("AISBX_MCP_TOKEN")
+        .args(["--http", "127.0.0.1:0", "--token-file", &tf])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let srv = HttpServer::start(home.path(), &["--token-file", &tf], &[]);
     let init = initialize_request(1);
     let r = http(srv.addr, "POST", &[], Some(&init));
@@ -181,28 +202,37 @@ fn bearer_token_is_required_when_configured() {
 }
 
 #[test]
-fn non_loopback_address_needs_a_token() {
+fn no_auth_is_refused_on_a_non_loopback_address() {
     let home = home();
     let out = Command::new(BIN)
         .env("AISBX_HOME", home.path())
         .env_remove("AISBX_MCP_TOKEN")
-        .args(["--http", "0.0.0.0:0"])
+        .args(["--http", "0.0.0.0:0", "--no-auth"])
         .stdin(Stdio::null())
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("not a loopback address") && err.contains("token"),
+        err.contains("refusing --no-auth") && err.contains("not a loopback address"),
         "{err}"
     );
+    // Without --no-auth the same address is served, with the token.
+    let srv = HttpServer::start_at(home.path(), "0.0.0.0:0", &[], &[]);
+    assert!(srv.token.is_some());
+    let init = initialize_request(1);
+    let lo: std::net::SocketAddr = format!("127.0.0.1:{}", srv.addr.port())
+        .parse()
+        .expect("addr");
+    assert_eq!(http(lo, "POST", &[], Some(&init)).status, 401);
 }
 
 #[test]
 fn thirty_two_concurrent_runs() {
     let home = home();
-    let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = std::sync::Arc::new(Session::open(srv.addr, None));
+    // 8 at once and the other 24 waiting their turn: all 32 complete.
+    let srv = HttpServer::start(home.path(), &["--max-runs", "8", "--max-queued", "32"], &[]);
+    let s = std::sync::Arc::new(srv.session());
     let handles: Vec<_> = (0..32)
         .map(|i| {
             let s = s.clone();
@@ -239,7 +269,7 @@ fn thirty_two_concurrent_runs() {
 fn a_client_vanishing_mid_call_leaves_nothing_running() {
     let home = home();
     let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = Session::open(srv.addr, None);
+    let s = srv.session();
     let marker = unique_sleep();
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "run", "arguments": {"command": ["sh", "-c", format!("sleep {marker}")]}}});
@@ -256,7 +286,7 @@ fn a_client_vanishing_mid_call_leaves_nothing_running() {
     // The server keeps serving, in the same session and in new ones.
     let r = s.call(2, "run", json!({"command": ["echo", "still-here"]}));
     assert_eq!(structured(&r.rpc())["stdout"], "still-here\n");
-    let s2 = Session::open(srv.addr, None);
+    let s2 = srv.session();
     let r = s2.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}));
     assert_eq!(r.rpc()["result"], json!({}));
 }
@@ -265,7 +295,7 @@ fn a_client_vanishing_mid_call_leaves_nothing_running() {
 fn cancellation_over_http() {
     let home = home();
     let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = std::sync::Arc::new(Session::open(srv.addr, None));
+    let s = std::sync::Arc::new(srv.session());
     let marker = unique_sleep();
     let s2 = s.clone();
     let m2 = marker.clone();
@@ -298,7 +328,7 @@ fn cancellation_over_http() {
 fn progress_notifications_over_http() {
     let home = home();
     let srv = HttpServer::start(home.path(), &[], &[]);
-    let s = Session::open(srv.addr, None);
+    let s = srv.session();
     let r = s.post(
         &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "run", "arguments": {"command": ["sh", "-c", "echo a; sleep 0.3; echo b"]},

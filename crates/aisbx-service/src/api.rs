@@ -30,6 +30,17 @@ pub struct LimitOverrides {
     pub cpus: Option<f64>,
 }
 
+/// Who may set a request's limits, relative to its profile's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitPolicy {
+    /// The user at the CLI: per-call limits may raise the profile's or lower them.
+    #[default]
+    MayRaise,
+    /// A client of the server (MCP): per-call limits may only lower the profile's; a
+    /// raise is refused, naming the field and the profile's value.
+    LowerOnly,
+}
+
 /// One run request, as the CLI and the MCP server build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -46,6 +57,9 @@ pub struct RunRequest {
     /// a command carries its own.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Whether `limits` may raise the profile's (the CLI) or only lower them (MCP).
+    #[serde(default)]
+    pub limit_policy: LimitPolicy,
     /// Extra environment, after the profile's.
     pub env: Vec<(String, String)>,
     /// Files written into /workspace before the run (relative paths only).
@@ -68,6 +82,7 @@ impl RunRequest {
             sandbox_id: None,
             limits: LimitOverrides::default(),
             args: Vec::new(),
+            limit_policy: LimitPolicy::MayRaise,
             env: Vec::new(),
             files: BTreeMap::new(),
             stdin: None,

@@ -352,7 +352,12 @@ impl Service {
             }
             _ => None,
         };
-        let limits = profile::check_limits(profile.limits.clone(), &req.limits)?;
+        let limits = profile::limits_for(
+            &profile.name,
+            profile.limits.clone(),
+            &req.limits,
+            req.limit_policy,
+        )?;
 
         let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
         ro_binds.extend(etc_runtime_dirs());

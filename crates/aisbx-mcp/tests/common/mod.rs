@@ -248,44 +248,144 @@ impl Drop for StdioServer {
 pub struct HttpServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The bearer token of the state directory's `mcp-token`, when the server uses it.
+    pub token: Option<String>,
+    /// Everything the server printed to stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts `aisbx-mcp ARGS...` and waits for the line naming where it serves; returns
+/// the child, that line's parsed address (if TCP), and the stderr lines.
+fn spawn_server(
+    home: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut cmd = Command::new(BIN);
+    cmd.env("AISBX_HOME", home)
+        .env_remove("AISBX_MCP_TOKEN")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn aisbx-mcp");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[server] {line}");
+            l2.lock().expect("lock").push(line.clone());
+            if line.contains("serving MCP")
+                && let Some(t) = tx.take()
+            {
+                let _ = t.send(line);
+            }
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "the server did not say where it serves: {:?}",
+                lines.lock().expect("lock")
+            )
+        }
+    };
+    (child, line, lines)
 }
 
 impl HttpServer {
-    /// Starts `aisbx-mcp --http 127.0.0.1:0 EXTRA...` and reads the bound address.
+    /// Starts `aisbx-mcp --http 127.0.0.1:0 EXTRA...` and reads the bound address
+    /// (and the state directory's token, if the server uses it).
     pub fn start(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> HttpServer {
-        let mut cmd = Command::new(BIN);
-        cmd.env("AISBX_HOME", home)
-            .env_remove("AISBX_MCP_TOKEN")
-            .args(["--http", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn aisbx-mcp --http");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[server] {line}");
-                if let Some(rest) = line.split("http://").nth(1)
-                    && let Some(addr) = rest.split("/mcp").next()
-                    && let Ok(a) = addr.parse::<SocketAddr>()
-                    && let Some(t) = tx.take()
-                {
-                    let _ = t.send(a);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not print its address");
-        HttpServer { child, addr }
+        HttpServer::start_at(home, "127.0.0.1:0", extra, envs)
     }
+
+    /// Starts `aisbx-mcp --http ADDR EXTRA...`.
+    pub fn start_at(home: &Path, addr: &str, extra: &[&str], envs: &[(&str, &str)]) -> HttpServer {
+        let mut args = vec!["--http", addr];
+        args.extend_from_slice(extra);
+        let (child, line, stderr) = spawn_server(home, &args, envs);
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/mcp").next())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let token = line
+            .contains("mcp-token")
+            .then(|| std::fs::read_to_string(home.join("mcp-token")).expect("read mcp-token"))
+            .map(|t| t.trim().to_string());
+        HttpServer {
+            child,
+            addr,
+            token,
+            stderr,
+        }
+    }
+
+    /// An initialized session with the server's token.
+    pub fn session(&self) -> Session {
+        Session::open(self.addr, self.token.as_deref())
+    }
+
+    /// The `Authorization` header for raw requests.
+    pub fn auth(&self) -> Vec<(&'static str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .collect()
+    }
+}
+
+/// `aisbx-mcp --listen unix:PATH`.
+pub struct UnixServer {
+    pub child: Child,
+    pub path: PathBuf,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl UnixServer {
+    pub fn start(home: &Path, path: &Path) -> UnixServer {
+        let spec = format!("unix:{}", path.display());
+        let (child, _line, stderr) = spawn_server(home, &["--listen", &spec], &[]);
+        UnixServer {
+            child,
+            path: path.to_path_buf(),
+            stderr,
+        }
+    }
+}
+
+impl Drop for UnixServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket; reads the whole response.
+pub fn http_unix(
+    path: &Path,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> HttpResponse {
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    write_request(&mut s, "localhost", method, headers, body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    parse_response(&raw)
 }
 
 impl Drop for HttpServer {
@@ -361,7 +461,7 @@ pub fn http(
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .expect("timeout");
-    write_request(&mut s, addr, method, headers, body);
+    write_request(&mut s, &addr.to_string(), method, headers, body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
     parse_response(&raw)
@@ -375,13 +475,13 @@ pub fn http_start(
     body: Option<&Value>,
 ) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
-    write_request(&mut s, addr, method, headers, body);
+    write_request(&mut s, &addr.to_string(), method, headers, body);
     s
 }
 
 fn write_request(
-    s: &mut TcpStream,
-    addr: SocketAddr,
+    s: &mut impl Write,
+    host: &str,
     method: &str,
     headers: &[(&str, &str)],
     body: Option<&Value>,
@@ -393,7 +493,7 @@ fn write_request(
     );
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     if !has("host") {
-        req.push_str(&format!("Host: {addr}\r\n"));
+        req.push_str(&format!("Host: {host}\r\n"));
     }
     if !has("accept") {
         req.push_str("Accept: application/json, text/event-stream\r\n");

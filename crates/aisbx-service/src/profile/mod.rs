@@ -23,7 +23,7 @@ pub use detect::{Basis, DetectInput, Detection};
 pub use schema::{Diag, Layer, Val};
 
 use crate::runtime::{self, Feed, Language};
-use crate::{LimitOverrides, ProfileInfo, ServiceError};
+use crate::{LimitOverrides, LimitPolicy, ProfileInfo, ServiceError};
 
 /// The profile of a plain command.
 pub const DEFAULT_PROFILE: &str = "base";
@@ -980,6 +980,122 @@ pub fn check_limits(mut l: Limits, o: &LimitOverrides) -> Result<Limits, Service
         l.cpus = c;
     }
     Ok(l)
+}
+
+/// Apply per-call overrides under `policy`: the profile's limits, changed by `o`.
+/// Under [`LimitPolicy::LowerOnly`] (MCP) a value above the profile's is refused,
+/// naming the field and the profile's value; the bounds of [`check_limits`] hold
+/// for everyone.
+pub fn limits_for(
+    profile: &str,
+    l: Limits,
+    o: &LimitOverrides,
+    policy: LimitPolicy,
+) -> Result<Limits, ServiceError> {
+    if policy == LimitPolicy::LowerOnly {
+        let raise = |field: &str, asked: String, limit: String| {
+            Err(ServiceError::Refused(format!(
+                "{field} {asked} is above profile '{profile}''s limit of {limit}: a client may lower a profile's limits, never raise them; ask for at most {limit} or use a profile with a higher limit"
+            )))
+        };
+        if let Some(t) = o.timeout_secs
+            && t > l.wall.as_secs_f64()
+        {
+            let w = l.wall.as_secs_f64();
+            return raise("timeout_secs", format!("{t} s"), format!("{w} s"));
+        }
+        if let Some(m) = o.memory_bytes
+            && m > l.memory_bytes
+        {
+            return raise(
+                "memory_bytes",
+                schema::human_bytes(m),
+                schema::human_bytes(l.memory_bytes),
+            );
+        }
+        if let Some(p) = o.pids
+            && p > l.pids
+        {
+            return raise("pids", p.to_string(), l.pids.to_string());
+        }
+        if let Some(c) = o.cpus
+            && c > l.cpus
+        {
+            return raise("cpus", c.to_string(), l.cpus.to_string());
+        }
+    }
+    check_limits(l, o)
+}
+
+#[cfg(test)]
+mod limit_policy_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_may_lower_never_raise() {
+        let mut l = default_limits();
+        l.wall = Duration::from_secs(10);
+        let ask = |o: LimitOverrides, p| limits_for("strict", l.clone(), &o, p);
+        let t = |s| LimitOverrides {
+            timeout_secs: Some(s),
+            ..Default::default()
+        };
+        match ask(t(20.0), LimitPolicy::LowerOnly) {
+            Err(ServiceError::Refused(m)) => {
+                assert!(
+                    m.starts_with("timeout_secs 20 s is above profile 'strict''s limit of 10 s"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let lowered = ask(t(2.0), LimitPolicy::LowerOnly).expect("lower");
+        assert_eq!(lowered.wall, Duration::from_secs(2));
+        assert!(ask(t(10.0), LimitPolicy::LowerOnly).is_ok());
+        // The CLI user may raise.
+        let raised = ask(t(20.0), LimitPolicy::MayRaise).expect("raise");
+        assert_eq!(raised.wall, Duration::from_secs(20));
+        // The bounds hold for everyone.
+        assert!(ask(t(f64::NAN), LimitPolicy::LowerOnly).is_err());
+        assert!(ask(t(0.0), LimitPolicy::LowerOnly).is_err());
+        for (o, field) in [
+            (
+                LimitOverrides {
+                    memory_bytes: Some(l.memory_bytes * 2),
+                    ..Default::default()
+                },
+                "memory_bytes",
+            ),
+            (
+                LimitOverrides {
+                    pids: Some(l.pids + 1),
+                    ..Default::default()
+                },
+                "pids",
+            ),
+            (
+                LimitOverrides {
+                    cpus: Some(l.cpus + 0.5),
+                    ..Default::default()
+                },
+                "cpus",
+            ),
+        ] {
+            match ask(o.clone(), LimitPolicy::LowerOnly) {
+                Err(ServiceError::Refused(m)) => assert!(m.starts_with(field), "{m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+            assert!(ask(o, LimitPolicy::MayRaise).is_ok(), "{field}");
+        }
+        let smaller = LimitOverrides {
+            memory_bytes: Some(64 << 20),
+            pids: Some(10),
+            cpus: Some(0.5),
+            ..Default::default()
+        };
+        let got = ask(smaller, LimitPolicy::LowerOnly).expect("lower all");
+        assert_eq!((got.memory_bytes, got.pids, got.cpus), (64 << 20, 10, 0.5));
+    }
 }
 
 #[cfg(test)]
