@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 mod error;
 mod helper;
+pub mod hostpath;
 pub mod profile;
 pub mod runtime;
 mod sandbox;
