@@ -216,6 +216,13 @@ impl Service {
             .with_host_path(&self.inner.host_path)
     }
 
+    /// As [`Service::profiles`], with a project's unapproved profiles in it too,
+    /// for review (`aisbx profile show|validate`); runs never use this.
+    pub fn profiles_for_review(&self, project_start: Option<&Path>) -> profile::Catalog {
+        profile::Catalog::load_for_review(project_start, self.home())
+            .with_host_path(&self.inner.host_path)
+    }
+
     /// The caller's perimeter for the host-path check (no profile widening).
     pub fn perimeter(&self) -> Perimeter {
         Perimeter::for_caller(self.home())

@@ -322,6 +322,23 @@ impl Catalog {
     /// (else listed as untrusted, and [`Catalog::project_problem`] says why), or
     /// not at all with [`ProjectProfiles::Ignore`].
     pub fn load_with(project_start: Option<&Path>, home: &Path, mode: ProjectProfiles) -> Catalog {
+        Catalog::load_project(project_start, home, mode, false)
+    }
+
+    /// As [`Catalog::load_with`] (trusted only), except that a project's
+    /// unapproved profiles are in it too, for review (`aisbx profile show` and
+    /// `validate`, which run nothing); [`Catalog::project_problem`] still says
+    /// they are not approved.
+    pub fn load_for_review(project_start: Option<&Path>, home: &Path) -> Catalog {
+        Catalog::load_project(project_start, home, ProjectProfiles::TrustedOnly, true)
+    }
+
+    fn load_project(
+        project_start: Option<&Path>,
+        home: &Path,
+        mode: ProjectProfiles,
+        review: bool,
+    ) -> Catalog {
         let mut c = Catalog::builtin();
         if let Some(d) = user_profiles_dir() {
             c.add_dir(&d, Source::User);
@@ -334,14 +351,14 @@ impl Catalog {
             .map(Path::to_path_buf)
             .or_else(|| std::env::current_dir().ok());
         if let Some(d) = start.as_deref().and_then(project_profiles_dir) {
-            c.add_project(&d, home);
+            c.add_project(&d, home, review);
             c.project_dir = Some(d);
         }
         c
     }
 
     /// Read a project's profile directory once; use it if approved.
-    fn add_project(&mut self, dir: &Path, home: &Path) {
+    fn add_project(&mut self, dir: &Path, home: &Path, review: bool) {
         let root = dir
             .parent()
             .and_then(Path::parent)
@@ -366,17 +383,19 @@ impl Catalog {
                 check_project_entry(entry, &pf.root)
             })
             .collect();
-        match pf.status(home) {
-            trust::Status::Trusted => {
-                let builtin_count = BUILTINS.len();
-                for e in entries.drain(..) {
-                    self.add(e);
-                }
-                let (b, rest) = self.order.split_at(builtin_count.min(self.order.len()));
-                let mut rest = rest.to_vec();
-                rest.sort();
-                self.order = b.iter().cloned().chain(rest).collect();
+        let status = pf.status(home);
+        if status == trust::Status::Trusted || review {
+            let builtin_count = BUILTINS.len();
+            for e in entries.drain(..) {
+                self.add(e);
             }
+            let (b, rest) = self.order.split_at(builtin_count.min(self.order.len()));
+            let mut rest = rest.to_vec();
+            rest.sort();
+            self.order = b.iter().cloned().chain(rest).collect();
+        }
+        match status {
+            trust::Status::Trusted => {}
             trust::Status::New { file } => {
                 self.project_problem = Some(format!(
                     "the project profile {} is not trusted: review it, then approve the project's profiles with `aisbx trust {}`, or run with --ignore-project-profiles",

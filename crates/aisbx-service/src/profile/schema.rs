@@ -86,6 +86,8 @@ enum Kind {
     RoPaths,
     /// Host directories bound read-write.
     RwPaths,
+    /// Host paths opened to the host-path check (`[perimeter] allow`).
+    AllowPaths,
     /// Reserved list that must stay empty; the message says why.
     Reserved(&'static str),
     /// A table of environment variables.
@@ -140,7 +142,7 @@ const FILESYSTEM: &[(&str, Node)] = &[
     ("rw_binds", Node::Leaf(Kind::RwPaths)),
 ];
 
-const PERIMETER: &[(&str, Node)] = &[("allow", Node::Leaf(Kind::RoPaths))];
+const PERIMETER: &[(&str, Node)] = &[("allow", Node::Leaf(Kind::AllowPaths))];
 
 const SECURITY: &[(&str, Node)] = &[
     ("seccomp", Node::Leaf(Kind::Choice(&["default", "dev"]))),
@@ -192,6 +194,9 @@ pub fn valid_env_name(k: &str) -> bool {
 
 struct Ctx<'a> {
     file: &'a str,
+    /// Whether the file may widen the host-path check (a user profile): then
+    /// where its binds lead is checked at run time only, with its allowances.
+    may_widen: bool,
     text: &'a str,
     diags: Vec<Diag>,
     values: BTreeMap<String, Entry>,
@@ -232,6 +237,7 @@ pub fn parse(
 ) -> Result<Layer, Vec<Diag>> {
     let mut ctx = Ctx {
         file,
+        may_widen: source == Source::User,
         text,
         diags: Vec::new(),
         values: BTreeMap::new(),
@@ -451,15 +457,26 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
             }
             _ => ctx.err(span, expected(path, "a list of profile names", val)),
         },
-        Kind::List | Kind::RoPaths | Kind::RwPaths | Kind::Reserved(_) => {
+        Kind::List | Kind::RoPaths | Kind::RwPaths | Kind::AllowPaths | Kind::Reserved(_) => {
             let Some((items, append)) = string_list(path, v, ctx) else {
                 return;
             };
             match kind {
-                Kind::RoPaths | Kind::RwPaths => {
+                Kind::RoPaths | Kind::RwPaths | Kind::AllowPaths => {
                     for (s, sp) in &items {
                         if let Err(e) = check_bind(s) {
                             ctx.err(sp.clone(), format!("{path}: {e}"));
+                        } else if !ctx.may_widen && !matches!(kind, Kind::AllowPaths) {
+                            // Nothing can widen the check for this file: say now.
+                            let perimeter =
+                                crate::hostpath::Perimeter::for_caller(&crate::default_home());
+                            if let Err(e) = crate::hostpath::check(
+                                Path::new(s),
+                                crate::hostpath::Use::Request,
+                                &perimeter,
+                            ) {
+                                ctx.err(sp.clone(), format!("{path}: {e}"));
+                            }
                         }
                     }
                 }
@@ -786,12 +803,24 @@ landlock = "required"
             assert!(check_bind(ok).is_ok(), "{ok}");
         }
         let m = messages(
-            "[filesystem]\nro_binds = [\"/opt/x\", \"opt/y\"]\nrw_binds = [\"/srv/../etc\"]\n[perimeter]\nallow = [\"/\"]\n",
+            "[filesystem]\nro_binds = [\"/opt/x\", \"opt/y\", \"/etc/ssh\"]\nrw_binds = [\"/srv/../etc\"]\n[perimeter]\nallow = [\"/\"]\n",
         );
-        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m.len(), 4, "{m:?}");
         assert!(m[0].contains("opt/y"), "{m:?}");
-        assert!(m[1].contains("/srv/../etc"), "{m:?}");
-        assert!(m[2].contains("perimeter.allow"), "{m:?}");
+        // A project (or built-in) file cannot widen the check: where a bind
+        // leads is checked as it is read.
+        assert!(m[1].contains("/etc/ssh lies inside /etc"), "{m:?}");
+        assert!(m[2].contains("/srv/../etc"), "{m:?}");
+        assert!(m[3].contains("perimeter.allow"), "{m:?}");
+        // A user profile may widen it, so its binds are checked at run time.
+        let user = parse(
+            "[filesystem]\nro_binds = [\"/etc/myapp\"]\n[perimeter]\nallow = [\"/etc/myapp\"]\n",
+            "t",
+            Source::User,
+            "t.toml",
+            None,
+        );
+        assert!(user.is_ok(), "{user:?}");
     }
 
     #[test]

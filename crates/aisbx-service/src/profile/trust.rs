@@ -192,6 +192,10 @@ impl ProjectFiles {
             self.dir
                 .join(self.files.first().map(|f| f.0.as_str()).unwrap_or(""))
         };
+        // An empty directory configures nothing.
+        if self.files.is_empty() {
+            return Status::Trusted;
+        }
         let Some(rec) = read_record(home, &self.root) else {
             return Status::New { file: first() };
         };
@@ -284,6 +288,7 @@ mod tests {
         let root = t.path().join("proj");
         std::fs::create_dir_all(root.join(".aisbx/profiles")).unwrap();
         std::fs::write(root.join(".aisbx/profiles/base.toml"), "name = \"base\"\n").unwrap();
+        std::fs::write(root.join(".aisbx/profiles/team.toml"), "name = \"team\"\n").unwrap();
         (t, root)
     }
 
@@ -321,6 +326,9 @@ mod tests {
             Status::Changed { file } => assert!(file.ends_with("base.toml"), "{file:?}"),
             s => panic!("{s:?}"),
         }
+        // An empty directory configures nothing: there is nothing to approve.
+        std::fs::remove_file(root.join(".aisbx/profiles/team.toml")).unwrap();
+        assert_eq!(read_project(&root).unwrap().status(&home), Status::Trusted);
         assert_eq!(list(&home).len(), 1);
         assert!(revoke(&home, &root).unwrap());
         assert!(!revoke(&home, &root).unwrap());
