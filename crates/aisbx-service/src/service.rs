@@ -642,12 +642,8 @@ fn check_workdir(dir: &Path, perimeter: &Perimeter) -> Result<PathBuf, ServiceEr
             format!("{} is not a directory", dir.display()),
         ));
     }
-    hostpath::check(&canon, Use::Request, perimeter).map_err(|e| {
-        ServiceError::invalid(
-            "workdir",
-            format!("{} {}; choose a project directory", dir.display(), e.rule),
-        )
-    })
+    hostpath::check(&canon, Use::Request, perimeter)
+        .map_err(|e| ServiceError::invalid("workdir", format!("{} {}", dir.display(), e.rule)))
 }
 
 fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
