@@ -429,9 +429,11 @@ impl Service {
                 let canon = hostpath::check(b, Use::Request, &perimeter()).map_err(|e| {
                     ServiceError::Refused(format!("profile '{}': {what}: {e}", profile.name))
                 })?;
-                if !canon.exists() {
+                // A missing read-only bind is skipped, as the service's own are; a
+                // read-write one must exist.
+                if what == "filesystem.rw_binds" && !canon.is_dir() {
                     return Err(ServiceError::Refused(format!(
-                        "profile '{}': {what}: {} does not exist on this host",
+                        "profile '{}': {what}: {} is not an existing directory on this host",
                         profile.name,
                         b.display()
                     )));
