@@ -832,7 +832,12 @@ fn project_profiles_are_used_only_once_approved() {
     // Edited: not used any more, and the reason says it changed.
     std::fs::write(dir.join("team.toml"), "[limits]\npids = 34\n").unwrap();
     let c = load(ProjectProfiles::TrustedOnly);
-    assert!(c.project_problem.as_deref().unwrap().contains("changed since"));
+    assert!(
+        c.project_problem
+            .as_deref()
+            .unwrap()
+            .contains("changed since")
+    );
     assert!(c.resolve("team").is_err());
 }
 
