@@ -560,4 +560,41 @@ fn the_perimeter_holds_for_an_unprivileged_user() {
     );
     let out = as_nobody(&project, &["run", "--", "/bin/sh", "-c", "echo $TEAM"]);
     assert_eq!(succeeded(&out), "p\n");
+
+    // nobody's own profile names a tool in its home: the home holds its key.
+    let key = home.join(".ssh/id_ed25519");
+    std::fs::write(&key, "NOBODY-KEY-5c1e").expect("key");
+    let profiles = home.join(".config/aisbx/profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    std::fs::create_dir_all(home.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/sh", home.join("bin/sh")).expect("copy sh");
+    std::fs::write(
+        profiles.join("tool.toml"),
+        format!(
+            "[runtime]\nlanguage = \"tool\"\ninterpreters = [\"{}/bin/sh\"]\nextensions = [\"tool\"]\n",
+            home.display()
+        ),
+    )
+    .expect("profile");
+    for p in [
+        key.clone(),
+        home.join(".config"),
+        home.join(".config/aisbx"),
+        profiles.clone(),
+        profiles.join("tool.toml"),
+    ] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let out = as_nobody(
+        t.path(),
+        &[
+            "run",
+            "--profile",
+            "tool",
+            "--code",
+            &format!("cat {}", key.display()),
+        ],
+    );
+    assert!(!text(&out.stdout).contains("NOBODY-KEY"), "{out:?}");
+    refused(&out, &["interpreter", "cannot be bound", "contains"]);
 }
