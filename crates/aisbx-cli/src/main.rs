@@ -26,14 +26,15 @@ mod run_fast;
 mod sandbox_cmd;
 mod size;
 mod snap_cmd;
+mod trust_cmd;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aisbx_service::{
-    CancelToken, LimitOverrides, OutputSink, Program, RequestMeta, RunRequest, Service,
-    ServiceConfig, ServiceError,
+    CancelToken, LimitOverrides, OutputSink, Program, ProjectProfiles, RequestMeta, RunRequest,
+    Service, ServiceConfig, ServiceError,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -106,6 +107,9 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     /// Snapshots of sandboxes and directories: create, restore, list, diff, rm, verify.
     #[command(subcommand)]
     Snap(snap_cmd::SnapCmd),
+    /// Approve a project's own profiles (.aisbx/profiles) after reviewing them;
+    /// any later change to them withdraws the approval.
+    Trust(trust_cmd::TrustArgs),
 }
 
 #[derive(Subcommand)]
@@ -156,6 +160,10 @@ struct RunArgs {
     /// Print one RunResult JSON object on stdout instead of streaming the output.
     #[arg(long)]
     json: bool,
+    /// Leave out the profiles of the project (.aisbx/profiles in the workdir or
+    /// a parent), approved or not.
+    #[arg(long)]
+    ignore_project_profiles: bool,
     /// A script to run; its language comes from the extension or the #! line
     /// (arguments for it may follow `--`).
     #[arg(value_name = "FILE")]
@@ -226,6 +234,7 @@ fn main() -> ExitCode {
         Cmd::Rm { names } => sandbox_cmd::rm(names),
         Cmd::Cp { src, dst } => sandbox_cmd::cp(src, dst),
         Cmd::Snap(c) => snap_cmd::run(c),
+        Cmd::Trust(a) => trust_cmd::run(a),
     })
 }
 
@@ -312,6 +321,13 @@ fn cmd_run(a: RunArgs) -> u8 {
         cpus: a.cpus,
     };
     req.inherit_stdin = !std::io::stdin().is_terminal();
+    // The user can approve the project's profiles, so unapproved ones are an error
+    // to report rather than something to skip quietly.
+    req.project_profiles = if a.ignore_project_profiles {
+        ProjectProfiles::Ignore
+    } else {
+        ProjectProfiles::Require
+    };
     let svc = match open_service() {
         Ok(s) => s,
         Err(c) => return c,

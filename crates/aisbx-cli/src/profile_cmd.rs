@@ -96,8 +96,20 @@ pub fn run(cmd: ProfileCmd) -> u8 {
     }
 }
 
-fn catalog(workdir: Option<&Path>) -> Result<Catalog, u8> {
-    Ok(open_service()?.profiles(workdir))
+/// The catalog; a note on stderr when the project's profiles are not approved
+/// or unreadable. For `review` (show, validate: nothing runs) unapproved ones
+/// are in it; otherwise (detect, as a run would choose) they are not.
+fn catalog(workdir: Option<&Path>, review: bool) -> Result<Catalog, u8> {
+    let svc = open_service()?;
+    let c = if review {
+        svc.profiles_for_review(workdir)
+    } else {
+        svc.profiles(workdir)
+    };
+    if let Some(p) = &c.project_problem {
+        eprintln!("aisbx: note: {p}");
+    }
+    Ok(c)
 }
 
 fn list(workdir: Option<&Path>, json: bool) -> u8 {
@@ -109,6 +121,9 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
+    if let Some(p) = &svc.profiles(workdir).project_problem {
+        eprintln!("aisbx: note: {p}");
+    }
     if json {
         outln!(
             "{}",
@@ -147,7 +162,7 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
 }
 
 fn show(name: &str, resolved: bool, workdir: Option<&Path>, json: bool) -> u8 {
-    let c = match catalog(workdir) {
+    let c = match catalog(workdir, true) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -191,7 +206,7 @@ fn detect(
     workdir: Option<&Path>,
     json: bool,
 ) -> u8 {
-    let c = match catalog(workdir.or(path.filter(|p| p.is_dir()))) {
+    let c = match catalog(workdir.or(path.filter(|p| p.is_dir())), false) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -275,7 +290,7 @@ fn validate(files: &[PathBuf], workdir: Option<&Path>) -> u8 {
             .map(Path::to_path_buf)
             .or_else(|| f.parent().map(Path::to_path_buf))
             .filter(|p| !p.as_os_str().is_empty());
-        let c = match catalog(start.as_deref()) {
+        let c = match catalog(start.as_deref(), true) {
             Ok(c) => c,
             Err(code) => return code,
         };
@@ -284,9 +299,21 @@ fn validate(files: &[PathBuf], workdir: Option<&Path>) -> u8 {
             _ => Source::Project,
         };
         let entry = profile::load_file(f, source);
+        // A project's own file: what it may not do even when approved.
+        let project_root = f
+            .parent()
+            .filter(|d| source == Source::Project && d.ends_with(".aisbx/profiles"))
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .and_then(|d| d.parent().and_then(Path::parent).map(Path::to_path_buf));
         let result = match entry.layer().clone() {
             Err(diags) => Err(diags),
-            Ok(layer) => c.resolve_layer(layer).map_err(|e| e.diags),
+            Ok(layer) => match project_root
+                .map(|r| profile::check_project_layer(&layer, &r))
+                .filter(|d| !d.is_empty())
+            {
+                Some(diags) => Err(diags),
+                None => c.resolve_layer(layer).map_err(|e| e.diags),
+            },
         };
         match result {
             Ok(p) => {

@@ -53,11 +53,16 @@ pub(crate) fn parse(args: &[OsString]) -> Option<RunArgs> {
             i += 1;
             continue;
         };
-        if name == "json" {
-            if inline.is_some() || a.json {
+        if name == "json" || name == "ignore-project-profiles" {
+            let flag = if name == "json" {
+                &mut a.json
+            } else {
+                &mut a.ignore_project_profiles
+            };
+            if inline.is_some() || *flag {
                 return None;
             }
-            a.json = true;
+            *flag = true;
             i += 1;
             continue;
         }
@@ -154,6 +159,7 @@ mod tests {
             &["tool.py", "--json"],
             &["tool.py", "--", "a", "--b"],
             &["--lang", "python", "--code", "import sys", "--", "x"],
+            &["--ignore-project-profiles", "--workdir", "w", "--", "make"],
             &["--code", ""],
             &["--"],
             &[],
@@ -180,6 +186,8 @@ mod tests {
             &["--profile", "a", "--profile", "b"],
             &["--json", "--json"],
             &["--json=true"],
+            &["--ignore-project-profiles=yes", "--", "true"],
+            &["--ignore-project-profiles", "--ignore-project-profiles"],
             &["--memory", "12XB", "--", "true"],
             &["--timeout", "soon", "--", "true"],
             &["--pids", "-1", "--", "true"],

@@ -41,6 +41,22 @@ pub enum LimitPolicy {
     LowerOnly,
 }
 
+/// How a request treats the profiles of the project it runs in (`.aisbx/profiles`
+/// found from the workdir, or the current directory, upward). They are used only
+/// once the user approved their exact content with `aisbx trust`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjectProfiles {
+    /// Use them when approved; refuse the request when they are not (the CLI's
+    /// `run` and `exec`, where the user can approve them).
+    Require,
+    /// Use them when approved; leave them out otherwise (MCP, which never
+    /// approves, and the service's own runs).
+    #[default]
+    TrustedOnly,
+    /// Never use them (`--ignore-project-profiles`).
+    Ignore,
+}
+
 /// One run request, as the CLI and the MCP server build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -71,6 +87,8 @@ pub struct RunRequest {
     /// its stdin is not a terminal).
     #[serde(default)]
     pub inherit_stdin: bool,
+    #[serde(default)]
+    pub project_profiles: ProjectProfiles,
 }
 
 impl RunRequest {
@@ -87,6 +105,7 @@ impl RunRequest {
             files: BTreeMap::new(),
             stdin: None,
             inherit_stdin: false,
+            project_profiles: ProjectProfiles::TrustedOnly,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod disk;
 mod error;
 mod helper;
+pub mod hostpath;
 pub mod profile;
 pub mod runtime;
 mod sandbox;

@@ -94,12 +94,17 @@ pub struct Runtime {
     /// A prefix outside the system directories that must be bound read-only
     /// (e.g. a pyenv install or a rustup toolchain), if any.
     pub prefix: Option<PathBuf>,
+    /// The profile named the interpreter by an absolute path (rather than aisbx
+    /// finding it on the host `PATH`): its prefix is a host path the profile
+    /// names, and goes through the host-path check like a bind.
+    pub named: bool,
 }
 
 /// Directories the sandbox always gets (bound read-only by the jail).
 const SYSTEM_PREFIXES: &[&str] = &["/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/"];
 
-fn is_system(p: &Path) -> bool {
+/// Whether a path lies in the system directories every sandbox gets.
+pub fn is_system(p: &Path) -> bool {
     let s = p.to_string_lossy();
     SYSTEM_PREFIXES.iter().any(|pre| s.starts_with(pre))
 }
@@ -168,14 +173,19 @@ fn find_interpreter(bin: &str, host_path: &str) -> Option<Runtime> {
             }
         } else if is_rustup_proxy(&cand) {
             match resolve_rustup_proxy(&name) {
-                Some(r) => return Some(r),
+                Some(mut r) => {
+                    r.named = bin.starts_with('/');
+                    return Some(r);
+                }
                 None => continue,
             }
         } else {
             cand.clone()
         };
         let real = std::fs::canonicalize(&real).unwrap_or(real);
-        return Some(runtime_for(real));
+        let mut rt = runtime_for(real);
+        rt.named = bin.starts_with('/');
+        return Some(rt);
     }
     None
 }
@@ -190,6 +200,7 @@ fn runtime_for(real: PathBuf) -> Runtime {
     Runtime {
         interpreter: real,
         prefix,
+        named: false,
     }
 }
 
@@ -298,6 +309,7 @@ fn resolve_rustup_proxy(bin: &str) -> Option<Runtime> {
     Some(Runtime {
         interpreter: std::fs::canonicalize(&real).unwrap_or(real),
         prefix: Some(dir),
+        named: false,
     })
 }
 

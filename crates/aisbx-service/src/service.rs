@@ -8,12 +8,13 @@ use std::sync::Arc;
 use aisbx_jail::{CODE_DIR, Outcome, Spec, Stdin, Workspace};
 
 use crate::audit::{AuditEntry, AuditLog, digest_args};
+use crate::hostpath::{self, Perimeter, Use};
 use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
 use crate::sandbox;
 use crate::{
-    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, RequestMeta,
-    RunRequest, RunResult, ServiceError,
+    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, ProjectProfiles,
+    RequestMeta, RunRequest, RunResult, ServiceError,
 };
 
 /// Largest script or code accepted (the sandbox gets it as a file).
@@ -217,9 +218,35 @@ impl Service {
     }
 
     /// Every profile, for `aisbx profile show|detect|validate`; host runtimes are
-    /// looked up on the caller's PATH.
+    /// looked up on the caller's PATH. A project's profiles are in it only when
+    /// approved (`aisbx trust`); otherwise they are listed as untrusted.
     pub fn profiles(&self, project_start: Option<&Path>) -> profile::Catalog {
-        profile::Catalog::load(project_start).with_host_path(&self.inner.host_path)
+        profile::Catalog::load_with(project_start, self.home(), ProjectProfiles::TrustedOnly)
+            .with_host_path(&self.inner.host_path)
+    }
+
+    /// As [`Service::profiles`], with a project's unapproved profiles in it too,
+    /// for review (`aisbx profile show|validate`); runs never use this.
+    pub fn profiles_for_review(&self, project_start: Option<&Path>) -> profile::Catalog {
+        profile::Catalog::load_for_review(project_start, self.home())
+            .with_host_path(&self.inner.host_path)
+    }
+
+    /// The caller's perimeter for the host-path check (no profile widening).
+    pub fn perimeter(&self) -> Perimeter {
+        Perimeter::for_caller(self.home())
+    }
+
+    /// The one check of a host path a request names ([`hostpath::check`]): its
+    /// canonical form, or an invalid `field` naming the rule broken.
+    pub(crate) fn check_host_path(
+        &self,
+        field: &str,
+        path: &Path,
+        perimeter: &Perimeter,
+    ) -> Result<PathBuf, ServiceError> {
+        hostpath::check(path, Use::Request, perimeter)
+            .map_err(|e| ServiceError::invalid(field, e.to_string()))
     }
 
     pub(crate) fn record<T: serde::Serialize>(
@@ -305,7 +332,13 @@ impl Service {
             Program::File(_) => (None, None, Vec::new()),
         };
         let catalog =
-            profile::Catalog::load(req.workdir.as_deref()).with_host_path(&self.inner.host_path);
+            profile::Catalog::load_with(req.workdir.as_deref(), self.home(), req.project_profiles)
+                .with_host_path(&self.inner.host_path);
+        if req.project_profiles == ProjectProfiles::Require
+            && let Some(why) = &catalog.project_problem
+        {
+            return Err(ServiceError::Refused(why.clone()));
+        }
         let detection = catalog.detect(&profile::DetectInput {
             profile: req
                 .profile
@@ -358,6 +391,15 @@ impl Service {
             &req.limits,
             req.limit_policy,
         )?;
+        // Made only when a path must be checked: most runs name none.
+        let mut perimeter: Option<Perimeter> = None;
+        let mut perimeter = || -> Perimeter {
+            perimeter
+                .get_or_insert_with(|| {
+                    Perimeter::for_caller(self.home()).allowing(&profile.perimeter_allow)
+                })
+                .clone()
+        };
 
         let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
         ro_binds.extend(etc_runtime_dirs());
@@ -367,8 +409,22 @@ impl Service {
         if let Some(l) = &lang {
             let rt = runtime::resolve(l, &self.inner.host_path).map_err(ServiceError::NotFound)?;
             if let Some(prefix) = &rt.prefix {
-                ro_binds.push(prefix.clone());
+                // A prefix the profile named is a host path like a bind; one found
+                // on the host PATH is checked for secrets only.
+                let usage = if rt.named {
+                    Use::Request
+                } else {
+                    Use::FoundRuntime
+                };
+                let prefix = hostpath::check(prefix, usage, &perimeter()).map_err(|e| {
+                    ServiceError::Refused(format!(
+                        "profile '{}': the interpreter {} cannot be bound: {e}",
+                        profile.name,
+                        rt.interpreter.display()
+                    ))
+                })?;
                 path_var = format!("{}:{path_var}", prefix.join("bin").display());
+                ro_binds.push(prefix);
             }
             if let Some((name, content)) = code_file {
                 if l.feed == runtime::Feed::None {
@@ -386,39 +442,35 @@ impl Service {
             }
         }
         let mut rw_binds = Vec::new();
-        for b in &profile.rw_binds {
-            profile::schema::check_bind(&b.to_string_lossy())
-                .map_err(|e| ServiceError::Refused(format!("profile '{}': {e}", profile.name)))?;
-            // Never aisbx's own state, whatever the path looks like.
-            let canon = std::fs::canonicalize(b).map_err(|e| {
-                ServiceError::Refused(format!(
-                    "profile '{}': read-write bind {}: {e}",
-                    profile.name,
-                    b.display()
-                ))
-            })?;
-            let home =
-                std::fs::canonicalize(self.home()).unwrap_or_else(|_| self.home().to_path_buf());
-            if canon.starts_with(&home) || home.starts_with(&canon) {
-                return Err(ServiceError::Refused(format!(
-                    "profile '{}': read-write bind {} holds aisbx state",
-                    profile.name,
-                    b.display()
-                )));
+        for (list, out, what) in [
+            (&profile.rw_binds, &mut rw_binds, "filesystem.rw_binds"),
+            (&profile.ro_binds, &mut ro_binds, "filesystem.ro_binds"),
+        ] {
+            for b in list {
+                profile::schema::check_bind(&b.to_string_lossy()).map_err(|e| {
+                    ServiceError::Refused(format!("profile '{}': {what}: {e}", profile.name))
+                })?;
+                let canon = hostpath::check(b, Use::Request, &perimeter()).map_err(|e| {
+                    ServiceError::Refused(format!("profile '{}': {what}: {e}", profile.name))
+                })?;
+                // A missing read-only bind is skipped, as the service's own are; a
+                // read-write one must exist.
+                if what == "filesystem.rw_binds" && !canon.is_dir() {
+                    return Err(ServiceError::Refused(format!(
+                        "profile '{}': {what}: {} is not an existing directory on this host",
+                        profile.name,
+                        b.display()
+                    )));
+                }
+                out.push(canon);
             }
-            rw_binds.push(canon);
-        }
-        for b in &profile.ro_binds {
-            profile::schema::check_bind(&b.to_string_lossy())
-                .map_err(|e| ServiceError::Refused(format!("profile '{}': {e}", profile.name)))?;
-            ro_binds.push(b.clone());
         }
 
         let env = build_env(&profile, &path_var, &req.env)?;
         let workspace = match (&sandbox, &req.workdir) {
             (Some(sb), _) => sb.jail_workspace(),
             (None, Some(dir)) => Workspace::Bind {
-                host: check_workdir(dir, self.home())?,
+                host: check_workdir(dir, &perimeter())?,
             },
             (None, None) => Workspace::Tmpfs {
                 size_bytes: profile.workspace_bytes,
@@ -607,7 +659,9 @@ fn read_script(path: &Path) -> Result<Vec<u8>, ServiceError> {
         .map_err(|e| ServiceError::invalid("file", format!("cannot read {}: {e}", path.display())))
 }
 
-fn check_workdir(dir: &Path, home: &Path) -> Result<PathBuf, ServiceError> {
+/// `--workdir`: an existing directory that passes the host-path check; its
+/// canonical path.
+fn check_workdir(dir: &Path, perimeter: &Perimeter) -> Result<PathBuf, ServiceError> {
     let canon = std::fs::canonicalize(dir).map_err(|e| {
         ServiceError::invalid(
             "workdir",
@@ -623,24 +677,8 @@ fn check_workdir(dir: &Path, home: &Path) -> Result<PathBuf, ServiceError> {
             format!("{} is not a directory", dir.display()),
         ));
     }
-    if canon == Path::new("/") {
-        return Err(ServiceError::invalid(
-            "workdir",
-            "the host root cannot be the workspace",
-        ));
-    }
-    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
-    if canon.starts_with(&home) || home.starts_with(&canon) {
-        return Err(ServiceError::invalid(
-            "workdir",
-            format!(
-                "{} holds aisbx state ({}); choose another directory",
-                dir.display(),
-                home.display()
-            ),
-        ));
-    }
-    Ok(canon)
+    hostpath::check(&canon, Use::Request, perimeter)
+        .map_err(|e| ServiceError::invalid("workdir", format!("{} {}", dir.display(), e.rule)))
 }
 
 fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
@@ -901,19 +939,34 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let home = t.path().join("state");
         std::fs::create_dir(&home).unwrap();
-        assert!(check_workdir(Path::new("/"), &home).is_err());
-        assert!(check_workdir(&t.path().join("missing"), &home).is_err());
-        assert!(check_workdir(&home, &home).is_err());
+        let p = Perimeter {
+            homes: vec![PathBuf::from("/home/me")],
+            state: vec![std::fs::canonicalize(&home).unwrap()],
+            allow: Vec::new(),
+        };
+        assert!(check_workdir(Path::new("/"), &p).is_err());
+        assert!(check_workdir(&t.path().join("missing"), &p).is_err());
+        assert!(check_workdir(&home, &p).is_err());
         assert!(
-            check_workdir(t.path(), &home).is_err(),
+            check_workdir(t.path(), &p).is_err(),
             "a parent of the state dir"
         );
+        for sys in ["/etc", "/root", "/usr/bin", "/tmp"] {
+            let e = check_workdir(Path::new(sys), &p).unwrap_err().to_string();
+            assert!(
+                e.contains("no sandbox may be given") || e.contains("itself"),
+                "{e}"
+            );
+        }
         let w = t.path().join("w");
         std::fs::create_dir(&w).unwrap();
         assert_eq!(
-            check_workdir(&w, &home).unwrap(),
+            check_workdir(&w, &p).unwrap(),
             std::fs::canonicalize(&w).unwrap()
         );
+        let f = w.join("file");
+        std::fs::write(&f, "").unwrap();
+        assert!(check_workdir(&f, &p).is_err());
     }
 
     #[test]

@@ -145,12 +145,39 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<CopyResult, ServiceError> {
         let args = serde_json::json!({"src": src, "dst": dst});
+        let perimeter = self.perimeter();
         let r = match (src, dst) {
-            (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => {
-                sandbox::copy_in(self, s, id, path, cancel)
-            }
+            (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => self
+                .check_host_path("source", s, &perimeter)
+                .and_then(|s| sandbox::copy_in(self, &s, id, path, cancel)),
             (CopyEnd::Sandbox { id, path }, CopyEnd::Host(d)) => {
-                sandbox::copy_out(self, id, path, d)
+                // What is written: into an existing directory, under the copied
+                // entry's name; else the destination itself.
+                let target = if d.is_dir() {
+                    let name = path
+                        .trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                        .unwrap_or(id);
+                    d.join(name)
+                } else {
+                    d.clone()
+                };
+                self.check_host_path("destination", &target, &perimeter)
+                    .and_then(|checked| {
+                        if d.is_dir() {
+                            crate::hostpath::canonical(d).map_err(|e| {
+                                ServiceError::invalid(
+                                    "destination",
+                                    format!("{}: {e}", d.display()),
+                                )
+                            })
+                        } else {
+                            Ok(checked)
+                        }
+                    })
+                    .and_then(|d| sandbox::copy_out(self, id, path, &d))
             }
             _ => Err(ServiceError::invalid(
                 "destination",
@@ -169,7 +196,12 @@ impl Service {
         progress: &mut dyn Progress,
     ) -> Result<SnapshotInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "source": source});
-        let r = snapshot::create(self, name, source, progress);
+        let r = match source {
+            SnapSource::Workdir(dir) => self
+                .check_host_path("workdir", dir, &self.perimeter())
+                .and_then(|d| snapshot::create(self, name, &SnapSource::Workdir(d), progress)),
+            SnapSource::Sandbox(_) => snapshot::create(self, name, source, progress),
+        };
         self.record(meta, &args, &r);
         r
     }
@@ -184,7 +216,9 @@ impl Service {
     ) -> Result<RestoreResult, ServiceError> {
         let args = serde_json::json!({"name": name, "target": target, "profile": profile});
         let r = match target {
-            RestoreTarget::Workdir(dir) => snapshot::restore_to_dir(self, name, dir, progress),
+            RestoreTarget::Workdir(dir) => self
+                .check_host_path("workdir", dir, &self.perimeter())
+                .and_then(|d| snapshot::restore_to_dir(self, name, &d, progress)),
             RestoreTarget::Sandbox(id) => {
                 let start = std::time::Instant::now();
                 sandbox::create(self, Some(id), profile, Some(name)).and_then(|sb| {

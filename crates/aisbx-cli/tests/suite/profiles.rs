@@ -8,15 +8,21 @@ use serde_json::Value;
 
 use super::common::*;
 
-/// `aisbx ARGS` with a private state dir and config dir, run in `cwd`.
+/// `aisbx ARGS` with a private config dir (and a state dir inside it, where
+/// `aisbx trust` keeps its approvals), run in `cwd`.
 fn aisbx_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
-    let h = home();
-    let mut c: Command = cmd(h.path());
+    let mut c: Command = cmd(&config.join("state"));
     c.current_dir(cwd)
         .env("XDG_CONFIG_HOME", config)
         .args(args)
         .output()
         .expect("run aisbx")
+}
+
+/// Approve the project's profiles found from `cwd`.
+fn trust(cwd: &Path, config: &Path) {
+    let out = aisbx_in(cwd, config, &["trust"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 fn text(b: &[u8]) -> String {
@@ -89,6 +95,7 @@ fn a_project_profile_overrides_a_builtin_and_the_run_uses_it() {
         "python",
         "description = \"team python\"\nextends = [\"python\"]\n[env]\nTEAM = \"yes\"\n[limits]\ntimeout = \"7s\"\n",
     )]);
+    trust(p.path(), cfg.path());
     let list = list_json(p.path(), cfg.path());
     let py = list.iter().find(|x| x["name"] == "python").expect("python");
     assert_eq!(py["source"], "project", "{py}");
@@ -137,6 +144,7 @@ fn a_project_profile_overrides_a_builtin_and_the_run_uses_it() {
 #[test]
 fn user_profiles_sit_between_builtins_and_the_project() {
     let (p, cfg) = project(&[("team", "extends = [\"mine\"]\n[limits]\npids = 33\n")]);
+    trust(p.path(), cfg.path());
     let user = cfg.path().join("aisbx/profiles");
     std::fs::create_dir_all(&user).expect("mkdir");
     std::fs::write(
@@ -313,6 +321,7 @@ fn a_run_with_an_invalid_or_unavailable_profile_is_refused_clearly() {
             "extends = [\"base\"]\n[runtime]\nlanguage = \"cobol\"\ninterpreters = [\"no-such-cobc-xyz\"]\nextensions = [\"cob\"]\n",
         ),
     ]);
+    trust(p.path(), cfg.path());
     let out = aisbx_in(
         p.path(),
         cfg.path(),
@@ -348,10 +357,12 @@ fn a_run_with_an_invalid_or_unavailable_profile_is_refused_clearly() {
 #[test]
 fn read_write_binds_from_a_project_profile() {
     use std::os::unix::fs::MetadataExt;
-    let project = tempfile::tempdir().expect("tempdir");
-    // Binds of the host's /tmp are refused by design: use a directory elsewhere.
+    // A project profile binds read-write only inside its project, read-only
+    // elsewhere. The sandbox has its own /tmp, which would hide binds under the
+    // host's: use directories elsewhere.
     std::fs::create_dir_all("/srv").expect("/srv");
-    let shared = tempfile::tempdir_in("/srv").expect("tempdir");
+    let project = tempfile::tempdir_in("/srv").expect("tempdir");
+    let shared = tempfile::tempdir_in(project.path()).expect("tempdir");
     let other = tempfile::tempdir_in("/srv").expect("tempdir");
     std::fs::write(other.path().join("ro.txt"), "x").expect("write");
     let profiles = project.path().join(".aisbx/profiles");
@@ -366,6 +377,12 @@ fn read_write_binds_from_a_project_profile() {
     )
     .expect("profile");
     let h = home();
+    let out = cmd(h.path())
+        .current_dir(project.path())
+        .arg("trust")
+        .output()
+        .expect("trust");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let script = format!(
         "echo kept > {s}/made.txt && echo wrote; echo no > {o}/ro.txt 2>/dev/null || echo ro-refused; echo no > {o}/new 2>/dev/null || echo ro-new-refused",
         s = shared.path().display(),
@@ -410,6 +427,12 @@ fn read_write_binds_of_secrets_are_refused() {
     )
     .expect("profile");
     let h = home();
+    let out = cmd(h.path())
+        .current_dir(project.path())
+        .arg("trust")
+        .output()
+        .expect("trust");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = cmd(h.path())
         .current_dir(project.path())
         .args(["run", "--profile", "bad", "--", "true"])

@@ -11,6 +11,7 @@
 
 pub mod detect;
 pub mod schema;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,7 +24,7 @@ pub use detect::{Basis, DetectInput, Detection};
 pub use schema::{Diag, Layer, Val};
 
 use crate::runtime::{self, Feed, Language};
-use crate::{LimitOverrides, LimitPolicy, ProfileInfo, ServiceError};
+use crate::{LimitOverrides, LimitPolicy, ProfileInfo, ProjectProfiles, ServiceError};
 
 /// The profile of a plain command.
 pub const DEFAULT_PROFILE: &str = "base";
@@ -154,6 +155,8 @@ pub struct Profile {
     pub rw_binds: Vec<PathBuf>,
     pub seccomp: SeccompLevel,
     pub landlock: Enforcement,
+    /// Host paths a user profile opened to the host-path check (`[perimeter] allow`).
+    pub perimeter_allow: Vec<PathBuf>,
     /// Every effective value by dotted path, with where it came from.
     pub values: BTreeMap<String, Provenanced>,
 }
@@ -251,6 +254,10 @@ pub struct Catalog {
     order: Vec<String>,
     pub user_dir: Option<PathBuf>,
     pub project_dir: Option<PathBuf>,
+    /// The project found, when its profiles are not in use: why (one sentence).
+    pub project_problem: Option<String>,
+    /// A project's profiles that are not approved: listed, never resolved.
+    untrusted: Vec<FileEntry>,
     /// The PATH host runtimes are looked up on.
     pub host_path: String,
 }
@@ -282,6 +289,8 @@ impl Catalog {
             order: Vec::new(),
             user_dir: None,
             project_dir: None,
+            project_problem: None,
+            untrusted: Vec::new(),
             host_path: std::env::var("PATH").unwrap_or_default(),
         };
         for (name, text) in BUILTINS {
@@ -298,21 +307,112 @@ impl Catalog {
     }
 
     /// Built-ins, then the user's profiles, then the project's found from
-    /// `project_start` (the working directory, or `--workdir`) upward.
+    /// `project_start` (the working directory, or `--workdir`) upward, if the
+    /// user approved them (`aisbx trust`, recorded in the default `$AISBX_HOME`).
     pub fn load(project_start: Option<&Path>) -> Catalog {
+        Catalog::load_with(
+            project_start,
+            &crate::default_home(),
+            ProjectProfiles::TrustedOnly,
+        )
+    }
+
+    /// Built-ins, then the user's profiles, then the project's found from
+    /// `project_start` upward: used only when approved in `home`'s trust records
+    /// (else listed as untrusted, and [`Catalog::project_problem`] says why), or
+    /// not at all with [`ProjectProfiles::Ignore`].
+    pub fn load_with(project_start: Option<&Path>, home: &Path, mode: ProjectProfiles) -> Catalog {
+        Catalog::load_project(project_start, home, mode, false)
+    }
+
+    /// As [`Catalog::load_with`] (trusted only), except that a project's
+    /// unapproved profiles are in it too, for review (`aisbx profile show` and
+    /// `validate`, which run nothing); [`Catalog::project_problem`] still says
+    /// they are not approved.
+    pub fn load_for_review(project_start: Option<&Path>, home: &Path) -> Catalog {
+        Catalog::load_project(project_start, home, ProjectProfiles::TrustedOnly, true)
+    }
+
+    fn load_project(
+        project_start: Option<&Path>,
+        home: &Path,
+        mode: ProjectProfiles,
+        review: bool,
+    ) -> Catalog {
         let mut c = Catalog::builtin();
         if let Some(d) = user_profiles_dir() {
             c.add_dir(&d, Source::User);
             c.user_dir = Some(d);
         }
+        if mode == ProjectProfiles::Ignore {
+            return c;
+        }
         let start = project_start
             .map(Path::to_path_buf)
             .or_else(|| std::env::current_dir().ok());
         if let Some(d) = start.as_deref().and_then(project_profiles_dir) {
-            c.add_dir(&d, Source::Project);
+            c.add_project(&d, home, review);
             c.project_dir = Some(d);
         }
         c
+    }
+
+    /// Read a project's profile directory once; use it if approved.
+    fn add_project(&mut self, dir: &Path, home: &Path, review: bool) {
+        let root = dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(dir)
+            .to_path_buf();
+        let pf = match trust::read_project(&root) {
+            Ok(pf) => pf,
+            Err(why) => {
+                self.project_problem = Some(format!(
+                    "the project profiles in {} cannot be used: {why}; fix them, or run with --ignore-project-profiles",
+                    dir.display()
+                ));
+                return;
+            }
+        };
+        let mut entries: Vec<FileEntry> = pf
+            .files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".toml"))
+            .map(|(n, bytes)| {
+                let entry = load_bytes(&pf.dir.join(n), Source::Project, bytes);
+                check_project_entry(entry, &pf.root)
+            })
+            .collect();
+        let status = pf.status(home);
+        if status == trust::Status::Trusted || review {
+            let builtin_count = BUILTINS.len();
+            for e in entries.drain(..) {
+                self.add(e);
+            }
+            let (b, rest) = self.order.split_at(builtin_count.min(self.order.len()));
+            let mut rest = rest.to_vec();
+            rest.sort();
+            self.order = b.iter().cloned().chain(rest).collect();
+        }
+        match status {
+            trust::Status::Trusted => {}
+            trust::Status::New { file } => {
+                self.project_problem = Some(format!(
+                    "the project profile {} is not trusted: review it, then approve the project's profiles with `aisbx trust {}`, or run with --ignore-project-profiles",
+                    file.display(),
+                    pf.root.display()
+                ));
+                self.untrusted = entries;
+            }
+            trust::Status::Changed { file } => {
+                self.project_problem = Some(format!(
+                    "the project profile {} changed since the project's profiles were approved: review it, then approve them again with `aisbx trust {}`, or run with --ignore-project-profiles",
+                    file.display(),
+                    pf.root.display()
+                ));
+                self.untrusted = entries;
+            }
+        }
     }
 
     pub fn with_host_path(mut self, host_path: &str) -> Catalog {
@@ -369,6 +469,14 @@ impl Catalog {
     }
 
     fn not_found(&self, name: &str, context: &str) -> ProfileError {
+        if self.untrusted.iter().any(|f| f.name == name) {
+            return error(
+                "profile",
+                format!(
+                    "{context}profile '{name}' is a project profile that is not trusted: review the project's .aisbx/profiles and approve them with `aisbx trust`"
+                ),
+            );
+        }
         let mut msg = format!("{context}no profile named '{name}'");
         if let Some(s) = schema::suggest(name, self.order.iter().map(String::as_str)) {
             msg.push_str(&format!("; did you mean '{s}'?"));
@@ -619,8 +727,34 @@ impl Catalog {
         }
     }
 
+    /// Every profile's list entry, then the project's unapproved profiles, marked.
     pub fn infos(&self) -> Vec<ProfileInfo> {
-        self.order.iter().map(|n| self.info(n)).collect()
+        let mut v: Vec<ProfileInfo> = self.order.iter().map(|n| self.info(n)).collect();
+        for f in &self.untrusted {
+            v.push(ProfileInfo {
+                name: f.name.clone(),
+                description: f
+                    .layer()
+                    .as_ref()
+                    .ok()
+                    .and_then(|l| l.values.get("description"))
+                    .and_then(|e| match &e.val {
+                        Val::Text(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+                language: None,
+                extends: Vec::new(),
+                available: false,
+                source: Source::Project.to_string(),
+                path: f.path.as_ref().map(|p| p.display().to_string()),
+                missing: Some(
+                    "not trusted: review the project's profiles and approve them with `aisbx trust`"
+                        .into(),
+                ),
+            });
+        }
+        v
     }
 }
 
@@ -633,10 +767,6 @@ fn stem_of(file: &str) -> String {
 /// Read and check one profile file.
 pub fn load_file(path: &Path, source: Source) -> FileEntry {
     let file = path.display().to_string();
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let fail = |message: String| {
         FileEntry::checked(
             source,
@@ -660,12 +790,103 @@ pub fn load_file(path: &Path, source: Source) -> FileEntry {
         Ok(_) => {}
         Err(e) => return fail(format!("cannot read it: {e}")),
     }
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("cannot read it: {e}")),
+    match std::fs::read(path) {
+        Ok(bytes) => load_bytes(path, source, &bytes),
+        Err(e) => fail(format!("cannot read it: {e}")),
+    }
+}
+
+/// Check one profile file from the bytes already read (the same bytes a trust
+/// check hashed).
+pub fn load_bytes(path: &Path, source: Source, bytes: &[u8]) -> FileEntry {
+    let file = path.display().to_string();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let layer = match std::str::from_utf8(bytes) {
+        Ok(text) => schema::parse(text, &stem, source, &file, Some(path.to_path_buf())),
+        Err(_) => Err(vec![Diag {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+            message: "the file is not UTF-8".into(),
+        }]),
     };
-    let layer = schema::parse(&text, &stem, source, &file, Some(path.to_path_buf()));
     FileEntry::checked(source, file, Some(path.to_path_buf()), layer)
+}
+
+/// What a project profile may not do even when approved: bind read-write outside
+/// its project, name an interpreter outside the system directories, or widen the
+/// host-path check. `root` is the canonical project directory.
+pub fn check_project_layer(layer: &Layer, root: &Path) -> Vec<Diag> {
+    let mut diags = Vec::new();
+    let mut bad = |line: usize, message: String| {
+        diags.push(Diag {
+            file: layer.file.clone(),
+            line,
+            col: 1,
+            message,
+        })
+    };
+    let items = |k: &str| -> (usize, Vec<String>) {
+        match layer.values.get(k) {
+            Some(schema::Entry {
+                val: Val::List(l) | Val::Append(l),
+                line,
+            }) => (*line, l.clone()),
+            _ => (0, Vec::new()),
+        }
+    };
+    let (line, rw) = items("filesystem.rw_binds");
+    for b in rw {
+        let inside = crate::hostpath::canonical(Path::new(&b)).is_ok_and(|c| c.starts_with(root));
+        if !inside {
+            bad(
+                line,
+                format!(
+                    "filesystem.rw_binds: '{b}' is outside the project directory {}; a project profile may bind read-write only inside its project",
+                    root.display()
+                ),
+            );
+        }
+    }
+    let (line, interps) = items("runtime.interpreters");
+    for i in interps {
+        if i.starts_with('/') && !runtime::is_system(Path::new(&i)) {
+            bad(
+                line,
+                format!(
+                    "runtime.interpreters: '{i}' is outside the system directories (/usr, /bin, /sbin, /lib); a project profile names an interpreter by name or under those"
+                ),
+            );
+        }
+    }
+    if let Some((k, e)) = layer
+        .values
+        .iter()
+        .find(|(k, _)| k.starts_with("perimeter."))
+    {
+        bad(
+            e.line,
+            format!(
+                "{k}: only a user profile may widen the host-path check, not a project profile"
+            ),
+        );
+    }
+    diags
+}
+
+/// A project file entry with the project's own rules applied.
+fn check_project_entry(entry: FileEntry, root: &Path) -> FileEntry {
+    let diags = match entry.layer() {
+        Ok(l) => check_project_layer(l, root),
+        Err(_) => return entry,
+    };
+    if diags.is_empty() {
+        return entry;
+    }
+    FileEntry::checked(entry.source, entry.file, entry.path, Err(diags))
 }
 
 fn text(values: &BTreeMap<String, Provenanced>, k: &str) -> Option<String> {
@@ -822,6 +1043,10 @@ fn build(
             Some("required") => Enforcement::Required,
             _ => Enforcement::BestEffort,
         },
+        perimeter_allow: list(&values, "perimeter.allow")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         values,
     })
 }

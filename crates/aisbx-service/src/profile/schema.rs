@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -86,6 +86,8 @@ enum Kind {
     RoPaths,
     /// Host directories bound read-write.
     RwPaths,
+    /// Host paths opened to the host-path check (`[perimeter] allow`).
+    AllowPaths,
     /// Reserved list that must stay empty; the message says why.
     Reserved(&'static str),
     /// A table of environment variables.
@@ -140,6 +142,8 @@ const FILESYSTEM: &[(&str, Node)] = &[
     ("rw_binds", Node::Leaf(Kind::RwPaths)),
 ];
 
+const PERIMETER: &[(&str, Node)] = &[("allow", Node::Leaf(Kind::AllowPaths))];
+
 const SECURITY: &[(&str, Node)] = &[
     ("seccomp", Node::Leaf(Kind::Choice(&["default", "dev"]))),
     (
@@ -158,6 +162,7 @@ const TOP: &[(&str, Node)] = &[
     ("filesystem", Node::Table(FILESYSTEM)),
     ("env", Node::Leaf(Kind::Env)),
     ("security", Node::Table(SECURITY)),
+    ("perimeter", Node::Table(PERIMETER)),
 ];
 
 /// Every dotted path the schema knows, in documentation order (for display).
@@ -189,6 +194,9 @@ pub fn valid_env_name(k: &str) -> bool {
 
 struct Ctx<'a> {
     file: &'a str,
+    /// Whether the file may widen the host-path check (a user profile): then
+    /// where its binds lead is checked at run time only, with its allowances.
+    may_widen: bool,
     text: &'a str,
     diags: Vec<Diag>,
     values: BTreeMap<String, Entry>,
@@ -229,6 +237,7 @@ pub fn parse(
 ) -> Result<Layer, Vec<Diag>> {
     let mut ctx = Ctx {
         file,
+        may_widen: source == Source::User,
         text,
         diags: Vec::new(),
         values: BTreeMap::new(),
@@ -448,15 +457,26 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
             }
             _ => ctx.err(span, expected(path, "a list of profile names", val)),
         },
-        Kind::List | Kind::RoPaths | Kind::RwPaths | Kind::Reserved(_) => {
+        Kind::List | Kind::RoPaths | Kind::RwPaths | Kind::AllowPaths | Kind::Reserved(_) => {
             let Some((items, append)) = string_list(path, v, ctx) else {
                 return;
             };
             match kind {
-                Kind::RoPaths | Kind::RwPaths => {
+                Kind::RoPaths | Kind::RwPaths | Kind::AllowPaths => {
                     for (s, sp) in &items {
                         if let Err(e) = check_bind(s) {
                             ctx.err(sp.clone(), format!("{path}: {e}"));
+                        } else if !ctx.may_widen && !matches!(kind, Kind::AllowPaths) {
+                            // Nothing can widen the check for this file: say now.
+                            let perimeter =
+                                crate::hostpath::Perimeter::for_caller(&crate::default_home());
+                            if let Err(e) = crate::hostpath::check(
+                                Path::new(s),
+                                crate::hostpath::Use::Request,
+                                &perimeter,
+                            ) {
+                                ctx.err(sp.clone(), format!("{path}: {e}"));
+                            }
                         }
                     }
                 }
@@ -629,74 +649,20 @@ pub fn human_bytes(b: u64) -> String {
     b.to_string()
 }
 
-/// Host paths a profile may never bind: home directories, secrets, aisbx's own
-/// state, kernel interfaces and other processes' scratch space.
-const SECRET_PATHS: &[&str] = &[
-    "/home",
-    "/root",
-    "/etc/shadow",
-    "/etc/gshadow",
-    "/etc/shadow-",
-    "/etc/gshadow-",
-    "/etc/sudoers",
-    "/etc/sudoers.d",
-    "/etc/ssh",
-    "/etc/ssl/private",
-    "/var/lib/aisbx",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/run",
-    "/var/run",
-    "/tmp",
-    "/var/tmp",
-    "/boot",
-];
-
-/// Refuse a bind that is relative, not normalised, or that exposes (is, is inside,
-/// or contains) a secret path, also after following symlinks.
+/// Refuse a host path in a profile that is relative or not normalised. Where it
+/// leads is checked when a run uses it ([`crate::hostpath::check`]: the host
+/// root, system directories, homes, secrets and aisbx state), against the
+/// canonical path and with the `[perimeter] allow` of the profile in use.
 pub fn check_bind(p: &str) -> Result<(), String> {
     let path = Path::new(p);
     if !path.is_absolute() {
         return Err(format!("'{p}' must be an absolute host path"));
     }
-    if path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    if p.split('/').any(|c| c == "." || c == "..") {
         return Err(format!("'{p}' must not contain '.' or '..'"));
     }
-    let mut secrets: Vec<PathBuf> = SECRET_PATHS.iter().map(PathBuf::from).collect();
-    secrets.push(crate::default_home());
-    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty() && h != "/") {
-        secrets.push(PathBuf::from(h));
-    }
-    if let Some(c) = std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty()) {
-        secrets.push(PathBuf::from(c).join("aisbx"));
-    }
-    let mut candidates = vec![path.to_path_buf()];
-    if let Ok(real) = std::fs::canonicalize(path) {
-        candidates.push(real);
-    }
-    for cand in &candidates {
-        for s in &secrets {
-            let s_real = std::fs::canonicalize(s).unwrap_or_else(|_| s.clone());
-            for s in [s, &s_real] {
-                if cand.starts_with(s) || s.starts_with(cand) {
-                    let how = if cand == s {
-                        "is"
-                    } else if cand.starts_with(s) {
-                        "is inside"
-                    } else {
-                        "contains"
-                    };
-                    return Err(format!(
-                        "'{p}' {how} {}, which a sandbox must never see",
-                        s.display()
-                    ));
-                }
-            }
-        }
+    if path == Path::new("/") {
+        return Err("'/' is the host's root directory, which holds every other path".into());
     }
     Ok(())
 }
@@ -828,33 +794,33 @@ landlock = "required"
     }
 
     #[test]
-    fn secret_binds_are_refused() {
-        for bad in [
-            "/root",
-            "/root/.ssh",
-            "/home/u",
-            "/etc/shadow",
-            "/etc",
-            "/",
-            "/var",
-            "/var/lib/aisbx",
-            "/proc/1",
-            "/sys",
-            "/dev/sda",
-            "relative",
-            "/opt/../root",
-        ] {
+    fn binds_must_be_absolute_and_normalised() {
+        // Where a path leads is the host-path check's (crate::hostpath), at run time.
+        for bad in ["/", "relative", "/opt/../root", "/opt/./x", ""] {
             assert!(check_bind(bad).is_err(), "{bad}");
         }
-        for ok in ["/opt/data", "/usr/share/dict", "/srv/models"] {
+        for ok in ["/opt/data", "/srv/models", "/home/me/project"] {
             assert!(check_bind(ok).is_ok(), "{ok}");
         }
         let m = messages(
-            "[filesystem]\nro_binds = [\"/opt/x\", \"/root/.aws\"]\nrw_binds = [\"/srv\", \"/home/me\"]\n",
+            "[filesystem]\nro_binds = [\"/opt/x\", \"opt/y\", \"/etc/ssh\"]\nrw_binds = [\"/srv/../etc\"]\n[perimeter]\nallow = [\"/\"]\n",
         );
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert!(m[0].contains("/root/.aws"));
-        assert!(m[1].contains("/home/me"), "{m:?}");
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m[0].contains("opt/y"), "{m:?}");
+        // A project (or built-in) file cannot widen the check: where a bind
+        // leads is checked as it is read.
+        assert!(m[1].contains("/etc/ssh lies inside /etc"), "{m:?}");
+        assert!(m[2].contains("/srv/../etc"), "{m:?}");
+        assert!(m[3].contains("perimeter.allow"), "{m:?}");
+        // A user profile may widen it, so its binds are checked at run time.
+        let user = parse(
+            "[filesystem]\nro_binds = [\"/etc/myapp\"]\n[perimeter]\nallow = [\"/etc/myapp\"]\n",
+            "t",
+            Source::User,
+            "t.toml",
+            None,
+        );
+        assert!(user.is_ok(), "{user:?}");
     }
 
     #[test]

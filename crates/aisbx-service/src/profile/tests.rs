@@ -790,3 +790,78 @@ fn unknown_profile_names_the_field() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn project_profiles_are_used_only_once_approved() {
+    let t = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(t.path()).unwrap().join("proj");
+    let dir = root.join(".aisbx/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("team.toml"), "[limits]\npids = 33\n").unwrap();
+    let home = t.path().join("state");
+    let load = |mode| Catalog::load_with(Some(&root), &home, mode);
+
+    // Not approved: left out, listed as untrusted, and the reason names the file.
+    let c = load(ProjectProfiles::TrustedOnly);
+    let why = c.project_problem.clone().unwrap();
+    assert!(
+        why.contains(&dir.join("team.toml").display().to_string()),
+        "{why}"
+    );
+    assert!(
+        why.contains(&format!("aisbx trust {}", root.display())),
+        "{why}"
+    );
+    let e = c.resolve("team").unwrap_err().to_string();
+    assert!(e.contains("not trusted"), "{e}");
+    let row = c.infos().into_iter().find(|i| i.name == "team").unwrap();
+    assert_eq!((row.source.as_str(), row.available), ("project", false));
+    // For review it is there, still marked.
+    let r = Catalog::load_for_review(Some(&root), &home);
+    assert!(r.project_problem.is_some());
+    assert_eq!(r.resolve("team").unwrap().limits.pids, 33);
+
+    // Approved: used. Ignored: not even looked at.
+    trust::approve(&home, &trust::read_project(&root).unwrap()).unwrap();
+    let c = load(ProjectProfiles::Require);
+    assert_eq!(c.project_problem, None);
+    assert_eq!(c.resolve("team").unwrap().limits.pids, 33);
+    let c = load(ProjectProfiles::Ignore);
+    assert!(c.project_dir.is_none() && c.resolve("team").is_err());
+
+    // Edited: not used any more, and the reason says it changed.
+    std::fs::write(dir.join("team.toml"), "[limits]\npids = 34\n").unwrap();
+    let c = load(ProjectProfiles::TrustedOnly);
+    assert!(
+        c.project_problem
+            .as_deref()
+            .unwrap()
+            .contains("changed since")
+    );
+    assert!(c.resolve("team").is_err());
+}
+
+#[test]
+fn what_a_project_profile_may_not_do_even_approved() {
+    let t = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(t.path()).unwrap();
+    std::fs::create_dir(root.join("cache")).unwrap();
+    let layer = |text: &str| {
+        schema::parse(text, "p", Source::Project, "p.toml", None)
+            .unwrap_or_else(|d| panic!("{d:?}"))
+    };
+    let inside = format!("[filesystem]\nrw_binds = [\"{}/cache\"]\n", root.display());
+    assert!(check_project_layer(&layer(&inside), &root).is_empty());
+    let outside = "[filesystem]\nrw_binds = [\"/srv/elsewhere\"]\n";
+    let d = check_project_layer(&layer(outside), &root);
+    assert!(
+        d[0].message.contains("outside the project directory"),
+        "{d:?}"
+    );
+    let interp = "[runtime]\nlanguage = \"x\"\ninterpreters = [\"/usr/bin/python3\", \"python3\", \"/srv/x/bin/tool\"]\n";
+    let d = check_project_layer(&layer(interp), &root);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("/srv/x/bin/tool"), "{d:?}");
+    let d = check_project_layer(&layer("[perimeter]\nallow = [\"/srv/data\"]\n"), &root);
+    assert!(d[0].message.contains("only a user profile"), "{d:?}");
+}
