@@ -31,8 +31,11 @@ pub struct Language {
     pub feed: Feed,
     /// The file name the code gets inside the sandbox.
     pub file_name: String,
-    /// The argv that runs the code: `{interpreter}` and `{file}` are substituted.
+    /// The argv that runs a script file: `{interpreter}` and `{file}` are substituted.
     pub run: Vec<String>,
+    /// The argv that runs code given inline (`--code`), when it differs from `run`
+    /// (empty: `run`).
+    pub run_code: Vec<String>,
     pub extensions: Vec<String>,
     /// Files whose presence in a project directory names this language.
     pub markers: Vec<String>,
@@ -49,13 +52,19 @@ impl Language {
         self.name == n || self.aliases.contains(&n)
     }
 
-    /// The argv that runs the code file `file` (a path inside the sandbox).
+    /// The argv that runs the script `file` (a path inside the sandbox).
     pub fn argv(&self, interpreter: &Path, file: &str) -> Vec<String> {
-        let interp = interpreter.to_string_lossy();
-        self.run
-            .iter()
-            .map(|a| a.replace("{interpreter}", &interp).replace("{file}", file))
-            .collect()
+        fill(&self.run, interpreter, file)
+    }
+
+    /// The argv that runs code given inline, stored at `file` inside the sandbox.
+    pub fn code_argv(&self, interpreter: &Path, file: &str) -> Vec<String> {
+        let template = if self.run_code.is_empty() {
+            &self.run
+        } else {
+            &self.run_code
+        };
+        fill(template, interpreter, file)
     }
 
     /// Whether a file with this extension (without the dot) is in this language.
@@ -72,6 +81,14 @@ impl Language {
             .iter()
             .any(|p| self.name == *p || self.interpreters.iter().any(|i| i == p))
     }
+}
+
+fn fill(template: &[String], interpreter: &Path, file: &str) -> Vec<String> {
+    let interp = interpreter.to_string_lossy();
+    template
+        .iter()
+        .map(|a| a.replace("{interpreter}", &interp).replace("{file}", file))
+        .collect()
 }
 
 /// The program a shebang line names: `#!/usr/bin/env -S python3 -u` → `python3`.
@@ -326,6 +343,7 @@ mod tests {
             feed: Feed::File,
             file_name: "main".into(),
             run: vec!["{interpreter}".into(), "{file}".into()],
+            run_code: Vec::new(),
             extensions: vec![],
             markers: vec![],
             hints: vec![],

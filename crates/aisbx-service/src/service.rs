@@ -124,7 +124,8 @@ pub(crate) struct Prepared {
     pub profile: String,
     pub sandbox_id: Option<String>,
     /// Which profile was inferred and why, when aisbx chose it.
-    pub notice: Option<String>,
+    /// What the run chose that the user did not say (shown on stderr by the CLI).
+    pub notices: Vec<String>,
 }
 
 impl Service {
@@ -352,12 +353,16 @@ impl Service {
                 .as_deref()
                 .or(sandbox.as_ref().map(|sb| sb.workspace.as_path())),
         })?;
-        let notice = detection.inferred().then(|| {
-            format!(
-                "using profile {} ({})",
-                detection.profile.name, detection.reason
-            )
-        });
+        let mut notices: Vec<String> = detection
+            .inferred()
+            .then(|| {
+                format!(
+                    "using profile {} ({})",
+                    detection.profile.name, detection.reason
+                )
+            })
+            .into_iter()
+            .collect();
         let mut profile: Profile = detection.profile;
         let lang: Option<Language> = detection.language;
         if profile.language.is_none()
@@ -403,6 +408,24 @@ impl Service {
 
         let mut ro_binds: Vec<PathBuf> = ETC_BINDS.iter().map(PathBuf::from).collect();
         ro_binds.extend(etc_runtime_dirs());
+        // A script runs from its own directory, bound read-only at its host path, so
+        // that its siblings import as they do on the host; when that directory may
+        // not be bound, from a copy of the file alone.
+        let mut script_in_place: Option<PathBuf> = None;
+        if let (Program::File(path), Some(_)) = (&req.program, &code_file) {
+            match script_dir(path, &perimeter()) {
+                Ok((file, dir)) => {
+                    ro_binds.push(dir);
+                    script_in_place = Some(file);
+                }
+                // Said only when there are siblings it could have wanted.
+                Err(why) if has_siblings(path) => notices.push(format!(
+                    "running a copy of {} alone (its directory is not bound: {why})",
+                    path.display()
+                )),
+                Err(_) => {}
+            }
+        }
         let mut path_var = SANDBOX_PATH.to_string();
         let mut argv = argv_tail;
         let mut code_files = Vec::new();
@@ -436,9 +459,16 @@ impl Service {
                         ),
                     ));
                 }
-                argv = l.argv(&rt.interpreter, &format!("{CODE_DIR}/{name}"));
+                let in_sandbox = format!("{CODE_DIR}/{name}");
+                argv = match (&req.program, &script_in_place) {
+                    (_, Some(file)) => l.argv(&rt.interpreter, &file.to_string_lossy()),
+                    (Program::File(_), None) => l.argv(&rt.interpreter, &in_sandbox),
+                    _ => l.code_argv(&rt.interpreter, &in_sandbox),
+                };
+                if script_in_place.is_none() {
+                    code_files.push((name, content));
+                }
                 argv.extend(req.args.iter().cloned());
-                code_files.push((name, content));
             }
         }
         let mut rw_binds = Vec::new();
@@ -513,7 +543,7 @@ impl Service {
             spec,
             profile: profile.name.clone(),
             sandbox_id: sandbox.map(|s| s.id),
-            notice,
+            notices,
         })
     }
 
@@ -525,7 +555,7 @@ impl Service {
     ) -> Result<RunResult, ServiceError> {
         // Two overlay mounts must never share an upper directory: runs in one
         // copy-on-write sandbox take turns (held until the run has ended).
-        if let Some(n) = &p.notice {
+        for n in &p.notices {
             sink.notice(n);
         }
         let _turn = match &p.spec.workspace {
@@ -633,6 +663,39 @@ fn check_words(field: &'static str, argv: &[String]) -> Result<(), ServiceError>
         ));
     }
     Ok(())
+}
+
+/// A script's canonical path and its directory, when the directory passes the host
+/// path check (a script in `/tmp` itself or in a home directory does not).
+fn script_dir(path: &Path, perimeter: &Perimeter) -> Result<(PathBuf, PathBuf), String> {
+    let file = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    let dir = file
+        .parent()
+        .ok_or_else(|| "it has no parent directory".to_string())?;
+    let dir = hostpath::check(dir, Use::Request, perimeter).map_err(|e| e.rule)?;
+    // The sandbox has its own of these: a bind there would be hidden.
+    for own in ["/tmp", "/dev", "/proc", "/run", "/workspace"] {
+        if dir.starts_with(own) {
+            return Err(format!(
+                "it is under {own}, which the sandbox has its own of"
+            ));
+        }
+    }
+    Ok((file, dir))
+}
+
+/// Whether the file's directory holds anything besides it.
+fn has_siblings(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| Some(e.file_name().as_os_str()) != path.file_name())
+        })
+        .unwrap_or(false)
 }
 
 fn read_script(path: &Path) -> Result<Vec<u8>, ServiceError> {

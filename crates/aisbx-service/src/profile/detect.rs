@@ -266,6 +266,7 @@ static EMPTY_LANGUAGE: Language = Language {
     feed: runtime::Feed::None,
     file_name: String::new(),
     run: Vec::new(),
+    run_code: Vec::new(),
     extensions: Vec::new(),
     markers: Vec::new(),
     hints: Vec::new(),

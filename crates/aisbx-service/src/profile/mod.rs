@@ -963,6 +963,7 @@ fn build(
                 .get("runtime.run")
                 .map(|_| list(&values, "runtime.run"))
                 .unwrap_or_else(|| vec!["{interpreter}".into(), "{file}".into()]),
+            run_code: list(&values, "runtime.run_code"),
             extensions: list(&values, "runtime.extensions")
                 .into_iter()
                 .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
@@ -983,6 +984,9 @@ fn build(
         if feed == Feed::File {
             if lang.run.is_empty() || !lang.run.iter().any(|a| a.contains("{file}")) {
                 bad("runtime.run must contain \"{file}\", where the code file goes".into());
+            }
+            if !lang.run_code.is_empty() && !lang.run_code.iter().any(|a| a.contains("{file}")) {
+                bad("runtime.run_code must contain \"{file}\", where the code file goes".into());
             }
             if aisbx_jail::check_relative(&lang.file_name).is_err() || lang.file_name.contains('/')
             {

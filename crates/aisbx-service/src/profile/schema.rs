@@ -110,6 +110,7 @@ const RUNTIME: &[(&str, Node)] = &[
     ("feed", Node::Leaf(Kind::Choice(&["file", "none"]))),
     ("file_name", Node::Leaf(Kind::Text)),
     ("run", Node::Leaf(Kind::List)),
+    ("run_code", Node::Leaf(Kind::List)),
     ("extensions", Node::Leaf(Kind::List)),
     ("markers", Node::Leaf(Kind::List)),
     ("hints", Node::Leaf(Kind::List)),
