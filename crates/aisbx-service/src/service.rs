@@ -452,11 +452,17 @@ impl Service {
         if let Some(n) = &p.notice {
             sink.notice(n);
         }
+        // A run in a persistent sandbox holds it, so that it is never removed under
+        // the run (destroying it stops the run first).
+        let hold = match &p.sandbox_id {
+            Some(id) => Some(sandbox::hold_for_run(self, id)?),
+            None => None,
+        };
         let _turn = match &p.spec.workspace {
             Workspace::Overlay { upper, .. } => Some(overlay_turn(upper)?),
             _ => None,
         };
-        let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
+        let outcome = crate::helper::run_jail(&p.spec, sink, cancel, hold.as_ref())?;
         let (result, note) = to_result(outcome, &p);
         // The note on a program that could not be executed goes to the live stream too.
         if let Some(note) = note {

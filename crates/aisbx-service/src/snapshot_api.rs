@@ -136,21 +136,24 @@ impl Service {
     }
 
     /// `aisbx cp`: host → sandbox (through a sandbox run) or sandbox → host
-    /// (fd-relative reads that never follow a sandbox symlink).
+    /// (fd-relative reads that never follow a sandbox symlink). Out of a sandbox,
+    /// a symlink pointing outside the copied tree is left out (with a warning in
+    /// the result) unless `keep_links`.
     pub fn copy(
         &self,
         meta: &RequestMeta,
         src: &CopyEnd,
         dst: &CopyEnd,
+        keep_links: bool,
         cancel: &CancelToken,
     ) -> Result<CopyResult, ServiceError> {
-        let args = serde_json::json!({"src": src, "dst": dst});
+        let args = serde_json::json!({"src": src, "dst": dst, "keep_links": keep_links});
         let r = match (src, dst) {
             (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => {
                 sandbox::copy_in(self, s, id, path, cancel)
             }
             (CopyEnd::Sandbox { id, path }, CopyEnd::Host(d)) => {
-                sandbox::copy_out(self, id, path, d)
+                sandbox::copy_out(self, id, path, d, keep_links)
             }
             _ => Err(ServiceError::invalid(
                 "destination",
