@@ -506,3 +506,56 @@ fn snapshots_and_copies_keep_holes() {
     a.ok(&["snap", "restore", "sparse", "--sandbox", "sp2"]);
     a.ok(&["exec", "sp2", "--", "sha256sum", "-c", "sum"]);
 }
+
+/// A sandbox may leave read-only and unreadable directories behind (and a
+/// copy-on-write sandbox's overlay leaves a mode-000 work directory): rm removes
+/// them all, plain and copy-on-write, and the snapshot tree goes with `snap rm`.
+fn rm_removes_what_a_sandbox_locked(a: &Actor) {
+    a.ok(&["create", "lk"]);
+    a.ok(&[
+        "exec",
+        "lk",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p ro/in; echo x > ro/in/f; chmod 500 ro/in; chmod 555 ro",
+    ]);
+    a.ok(&["snap", "create", "lk-snap", "--sandbox", "lk"]);
+    a.ok(&[
+        "exec",
+        "lk",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p un/in; echo y > un/in/f; chmod 0 un/in un",
+    ]);
+    a.ok(&["snap", "restore", "lk-snap", "--sandbox", "lk2"]);
+    a.ok(&[
+        "exec",
+        "lk2",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p q/r; echo z > q/r/f; chmod 0 q",
+    ]);
+    a.ok(&["rm", "lk", "lk2"]);
+    assert!(!a.sandbox_dir("lk").exists());
+    assert!(!a.sandbox_dir("lk2").exists());
+    a.ok(&["snap", "rm", "lk-snap"]);
+    let trees = a.home.join("snapshots/trees");
+    assert_eq!(std::fs::read_dir(&trees).expect("trees").count(), 0);
+}
+
+#[test]
+fn rm_removes_read_only_and_unreadable_directories() {
+    if !is_root() {
+        return;
+    }
+    rm_removes_what_a_sandbox_locked(&Actor::root());
+}
+
+#[test]
+fn unprivileged_rm_removes_read_only_and_unreadable_directories() {
+    let Some(a) = Actor::nobody() else { return };
+    rm_removes_what_a_sandbox_locked(&a);
+}
