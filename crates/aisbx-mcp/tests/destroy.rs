@@ -37,7 +37,15 @@ fn destroy_stops_a_running_sandbox_first() {
         "the run outlived destroy"
     );
     let run = s.response(3, Duration::from_secs(10));
-    assert_ne!(run["result"]["structuredContent"]["exit_code"], 0, "{run}");
+    let result = &run["result"]["structuredContent"];
+    assert_ne!(result["exit_code"], 0, "{run}");
+    assert!(
+        result["stderr"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sandbox 'busy' was removed"),
+        "{run}"
+    );
     assert!(
         !home.path().join("sandboxes/busy").exists(),
         "the sandbox's files are gone"

@@ -146,6 +146,11 @@ impl RunHold {
         }
         self.removed.get()
     }
+
+    /// Did the run stop because its sandbox was destroyed?
+    pub(crate) fn was_removed(&self) -> bool {
+        self.removed.get()
+    }
 }
 
 /// Take a run's hold on sandbox `id` (waits while the sandbox is being destroyed,

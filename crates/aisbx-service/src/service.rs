@@ -463,10 +463,17 @@ impl Service {
             _ => None,
         };
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel, hold.as_ref())?;
-        let (result, note) = to_result(outcome, &p);
+        let (mut result, note) = to_result(outcome, &p);
         // The note on a program that could not be executed goes to the live stream too.
         if let Some(note) = note {
             sink.stderr(note.as_bytes());
+        }
+        if let (Some(h), Some(id)) = (&hold, &p.sandbox_id)
+            && h.was_removed()
+        {
+            let note = format!("aisbx: sandbox '{id}' was removed; the run was stopped\n");
+            sink.stderr(note.as_bytes());
+            result.stderr.push_str(&note);
         }
         Ok(result)
     }

@@ -256,8 +256,9 @@ fn unprivileged_removal_while_a_run_swaps_links_spares_host_files() {
 fn destroy_stops_the_runs_and_new_runs_find_it_gone() {
     let a = Actor::root();
     a.ok(&["create", "busy"]);
-    let mut run = a
+    let run = a
         .cmd(&["exec", "busy", "--timeout", "60", "--", "sleep", "50"])
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     // Wait until the run holds the sandbox.
@@ -265,8 +266,13 @@ fn destroy_stops_the_runs_and_new_runs_find_it_gone() {
     let t = Instant::now();
     a.ok(&["rm", "busy"]);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    let st = run.wait().expect("wait");
-    assert!(!st.success());
+    let out = run.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sandbox 'busy' was removed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!a.sandbox_dir("busy").exists());
     let out = a.out(&["exec", "busy", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
