@@ -900,10 +900,12 @@ fn open_for_removal(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<Owne
     Ok(fd)
 }
 
-/// Read a directory being removed: unlink every non-directory at once, return the
-/// names of its subdirectories.
+/// Read a directory being removed, then unlink every non-directory in it (after
+/// the listing, so that no entry is missed by changing the directory while it is
+/// read); return the names of its subdirectories.
 fn rm_entries(dir: &[u8], fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut subdirs = Vec::new();
+    let mut others = Vec::new();
     let rd = rfs::Dir::read_from(fd).map_err(io_err)?;
     for ent in rd {
         let ent = ent.map_err(io_err)?;
@@ -922,10 +924,13 @@ fn rm_entries(dir: &[u8], fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
         if ft == FileType::Directory {
             subdirs.push(name.to_vec());
         } else {
-            // unlinkat never follows a symlink: it removes the link itself.
-            rfs::unlinkat(fd, os(name), AtFlags::empty())
-                .map_err(|e| rm_err("remove", rm_path(dir, name), e))?;
+            others.push(name.to_vec());
         }
+    }
+    for name in others {
+        // unlinkat never follows a symlink: it removes the link itself.
+        rfs::unlinkat(fd, os(&name), AtFlags::empty())
+            .map_err(|e| rm_err("remove", rm_path(dir, &name), e))?;
     }
     Ok(subdirs)
 }
