@@ -514,8 +514,9 @@ fn snapshots_and_copies_keep_holes() {
 }
 
 /// A sandbox may leave read-only and unreadable directories behind (and a
-/// copy-on-write sandbox's overlay leaves a mode-000 work directory): rm removes
-/// them all, plain and copy-on-write, and the snapshot tree goes with `snap rm`.
+/// copy-on-write sandbox's overlay leaves a mode-000 work directory), and trees
+/// deeper than PATH_MAX: rm removes them all, plain and copy-on-write, and the
+/// snapshot tree goes with `snap rm`.
 fn rm_removes_what_a_sandbox_locked(a: &Actor) {
     a.ok(&["create", "lk"]);
     a.ok(&[
@@ -534,6 +535,15 @@ fn rm_removes_what_a_sandbox_locked(a: &Actor) {
         "/bin/sh",
         "-c",
         "mkdir -p un/in; echo y > un/in/f; chmod 0 un/in un",
+    ]);
+    // A chain of directories deeper than any path the host could name (PATH_MAX).
+    a.ok(&[
+        "exec",
+        "lk",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "import os\nfor i in range(3000):\n    os.mkdir('deep'); os.chdir('deep')\nopen('f', 'w').close()",
     ]);
     a.ok(&["snap", "restore", "lk-snap", "--sandbox", "lk2"]);
     a.ok(&[
