@@ -97,12 +97,17 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
         names: Vec<String>,
     },
     /// Copy a file or tree between the host and a sandbox; NAME:path names a
-    /// sandbox path (relative to /workspace). Symlinks are copied as links.
+    /// sandbox path (relative to /workspace). Symlinks are copied as links; out of
+    /// a sandbox, one that points outside the copied tree is skipped with a warning.
     Cp {
         #[arg(value_name = "SRC")]
         src: String,
         #[arg(value_name = "DST")]
         dst: String,
+        /// Also copy symlinks that point outside the copied tree (absolute, or `..`
+        /// past its root) out of a sandbox.
+        #[arg(long)]
+        keep_links: bool,
     },
     /// Snapshots of sandboxes and directories: create, restore, list, diff, rm, verify.
     #[command(subcommand)]
@@ -232,7 +237,11 @@ fn main() -> ExitCode {
         Cmd::Exec(a) => sandbox_cmd::exec(a),
         Cmd::Ls { json } => sandbox_cmd::ls(json),
         Cmd::Rm { names } => sandbox_cmd::rm(names),
-        Cmd::Cp { src, dst } => sandbox_cmd::cp(src, dst),
+        Cmd::Cp {
+            src,
+            dst,
+            keep_links,
+        } => sandbox_cmd::cp(src, dst, keep_links),
         Cmd::Snap(c) => snap_cmd::run(c),
         Cmd::Trust(a) => trust_cmd::run(a),
     })

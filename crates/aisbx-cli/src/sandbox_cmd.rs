@@ -171,7 +171,7 @@ fn parse_end(s: &str) -> CopyEnd {
     CopyEnd::Host(PathBuf::from(s))
 }
 
-pub fn cp(src: String, dst: String) -> u8 {
+pub fn cp(src: String, dst: String, keep_links: bool) -> u8 {
     let (s, d) = (parse_end(&src), parse_end(&dst));
     if matches!(
         (&s, &d),
@@ -186,8 +186,11 @@ pub fn cp(src: String, dst: String) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match svc.copy(&cli_meta("cp"), &s, &d, &CancelToken::default()) {
+    match svc.copy(&cli_meta("cp"), &s, &d, keep_links, &CancelToken::default()) {
         Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("aisbx: warning: {w}");
+            }
             eprintln!(
                 "copied {}, {}, {} ({})",
                 counted(r.files, "file", "files"),

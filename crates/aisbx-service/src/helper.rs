@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use aisbx_jail::{JailError, Outcome, Sink, Spec, Stdin};
 
+use crate::sandbox::RunHold;
 use crate::{CancelToken, OutputSink, ServiceError};
 
 /// The hidden first argument that turns a binary into the helper.
@@ -24,7 +25,21 @@ const MAX_FRAME: usize = 16 << 20;
 
 struct Adapter<'a> {
     sink: &'a mut dyn OutputSink,
+    stop: Stop<'a>,
+}
+
+/// When a run must end early: the caller cancelled it, or its sandbox is being
+/// destroyed.
+#[derive(Clone, Copy)]
+struct Stop<'a> {
     cancel: &'a CancelToken,
+    hold: Option<&'a RunHold>,
+}
+
+impl Stop<'_> {
+    fn now(&self) -> bool {
+        self.cancel.is_cancelled() || self.hold.is_some_and(RunHold::removed)
+    }
 }
 
 impl Sink for Adapter<'_> {
@@ -35,7 +50,7 @@ impl Sink for Adapter<'_> {
         self.sink.stderr(d)
     }
     fn cancelled(&mut self) -> bool {
-        self.cancel.is_cancelled()
+        self.stop.now()
     }
 }
 
@@ -62,9 +77,11 @@ pub(crate) fn run_jail(
     spec: &Spec,
     sink: &mut dyn OutputSink,
     cancel: &CancelToken,
+    hold: Option<&RunHold>,
 ) -> Result<Outcome, ServiceError> {
-    match aisbx_jail::run(spec, &mut Adapter { sink, cancel }) {
-        Err(JailError::NotSingleThreaded) => run_in_helper(spec, sink, cancel),
+    let stop = Stop { cancel, hold };
+    match aisbx_jail::run(spec, &mut Adapter { sink, stop }) {
+        Err(JailError::NotSingleThreaded) => run_in_helper(spec, sink, stop),
         other => other.map_err(map_err),
     }
 }
@@ -136,7 +153,7 @@ fn helper_main() -> i32 {
 fn run_in_helper(
     spec: &Spec,
     sink: &mut dyn OutputSink,
-    cancel: &CancelToken,
+    stop: Stop<'_>,
 ) -> Result<Outcome, ServiceError> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| {
@@ -178,7 +195,7 @@ fn run_in_helper(
     let mut result: Option<Result<Outcome, ServiceError>> = None;
     let mut signalled = false;
     loop {
-        if cancel.is_cancelled() && !signalled {
+        if !signalled && stop.now() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             signalled = true;

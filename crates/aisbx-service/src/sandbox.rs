@@ -2,8 +2,13 @@
 //! profile it runs with. Every run in one gets a fresh jail over that workspace, so
 //! files persist across calls while processes do not.
 
+use std::cell::Cell;
 use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags};
 
 use serde::{Deserialize, Serialize};
 
@@ -161,21 +166,155 @@ pub fn list_sandboxes(svc: &Service) -> Vec<SandboxInfo> {
     v
 }
 
-/// Delete a sandbox and its workspace (and the snapshot tree it alone used).
-pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
-    let info = load(svc, id)?;
-    let dir = sandboxes_dir(svc.home()).join(&info.id);
-    // The record goes first: a half-removed sandbox is never listed.
-    std::fs::remove_file(dir.join("meta.json"))
-        .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
-    if info.disk {
-        crate::disk::unmount(&dir)?;
+/// How long `destroy` waits for the runs in a sandbox to stop.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How often a run checks whether its sandbox is being destroyed.
+const REMOVED_CHECK: Duration = Duration::from_millis(50);
+
+/// A run's hold on its persistent sandbox: a shared `flock` on the sandbox's
+/// record (`meta.json`), taken before the run starts and kept until it has ended.
+/// Destroying a sandbox unlinks the record, so that no new run starts and every
+/// running one stops itself (see [`RunHold::removed`]), then takes the same lock
+/// exclusively: the files are removed only when no run is left.
+pub(crate) struct RunHold {
+    meta: OwnedFd,
+    last_check: Cell<Instant>,
+    removed: Cell<bool>,
+}
+
+impl RunHold {
+    /// Has the sandbox been destroyed (its record unlinked) since the run started?
+    /// Checked at most every 50 ms: one `fstat`.
+    pub(crate) fn removed(&self) -> bool {
+        if self.removed.get() {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_check.get()) >= REMOVED_CHECK {
+            self.last_check.set(now);
+            if rfs::fstat(&self.meta).is_ok_and(|st| st.st_nlink == 0) {
+                self.removed.set(true);
+            }
+        }
+        self.removed.get()
     }
-    snapshot_fs::remove_tree(&dir)
-        .map_err(|e| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}")))?;
+
+    /// Did the run stop because its sandbox was destroyed?
+    pub(crate) fn was_removed(&self) -> bool {
+        self.removed.get()
+    }
+}
+
+/// Take a run's hold on sandbox `id` (waits while the sandbox is being destroyed,
+/// then reports it gone).
+pub(crate) fn hold_for_run(svc: &Service, id: &str) -> Result<RunHold, ServiceError> {
+    let path = sandboxes_dir(svc.home()).join(id).join("meta.json");
+    let gone = || ServiceError::NoSuchSandbox(id.to_string());
+    let meta = rfs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|_| gone())?;
+    rfs::flock(&meta, FlockOperation::LockShared)
+        .map_err(|e| ServiceError::Internal(format!("cannot lock sandbox '{id}': {e}")))?;
+    if rfs::fstat(&meta).map_err(|_| gone())?.st_nlink == 0 {
+        return Err(gone());
+    }
+    Ok(RunHold {
+        meta,
+        last_check: Cell::new(Instant::now()),
+        removed: Cell::new(false),
+    })
+}
+
+/// Delete a sandbox and its workspace (and the snapshot tree it alone used). Its
+/// runs are stopped first, under the lock each run holds ([`RunHold`]); the files
+/// are then removed fd-relative, never following a link the sandbox made.
+pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
+    let fail =
+        |e: std::io::Error| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}"));
+    let info = match load(svc, id) {
+        Ok(info) => info,
+        Err(ServiceError::NoSuchSandbox(_)) if check_name(id).is_ok() => {
+            // What an interrupted removal left: a directory without a record, in
+            // which no run can start.
+            let root = match snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())) {
+                Ok(r) => r,
+                Err(_) => return Err(ServiceError::NoSuchSandbox(id.to_string())),
+            };
+            if snapshot_fs::stat_beneath(root.as_fd(), id.as_bytes()).is_err() {
+                return Err(ServiceError::NoSuchSandbox(id.to_string()));
+            }
+            crate::disk::unmount(&sandboxes_dir(svc.home()).join(id))?;
+            snapshot_fs::remove_tree_at(root.as_fd(), id.as_bytes()).map_err(fail)?;
+            return crate::snapshot::collect_garbage(svc);
+        }
+        Err(e) => return Err(e),
+    };
+    let root = snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())).map_err(fail)?;
+    let dir = snapshot_fs::open_dir(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
+    let meta = snapshot_fs::open_beneath(dir.as_fd(), b"meta.json", OFlags::RDONLY)
+        .map_err(|_| ServiceError::NoSuchSandbox(id.to_string()))?;
+    let record =
+        snapshot_fs::read_prefix(meta.try_clone().map_err(fail)?, 1 << 20).map_err(fail)?;
+    // The record goes first: no new run starts, running ones stop themselves, and a
+    // half-removed sandbox is never listed.
+    match rfs::unlinkat(&dir, "meta.json", AtFlags::empty()) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::NOENT) => return Err(ServiceError::NoSuchSandbox(id.to_string())),
+        Err(e) => return Err(fail(snapshot_fs::io_err(e))),
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    loop {
+        match rfs::flock(&meta, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                let restored = restore_record(dir.as_fd(), &record);
+                let why = if e == rustix::io::Errno::WOULDBLOCK {
+                    format!("a run in it did not stop within {} s", STOP_WAIT.as_secs())
+                } else {
+                    format!("cannot lock it: {e}")
+                };
+                return Err(ServiceError::Refused(match restored {
+                    Ok(()) => format!(
+                        "sandbox '{id}' was not removed: {why}; try again when its runs have ended"
+                    ),
+                    Err(re) => format!(
+                        "sandbox '{id}' was not removed ({why}) and its record could not be put back ({re}); `aisbx rm {id}` again removes it"
+                    ),
+                }));
+            }
+        }
+    }
+    drop(dir);
+    if info.disk {
+        crate::disk::unmount(&sandboxes_dir(svc.home()).join(&info.id))?;
+    }
+    snapshot_fs::remove_tree_at(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
+    drop(meta);
     if info.lower.is_some() {
         crate::snapshot::collect_garbage(svc)?;
     }
+    Ok(())
+}
+
+/// Put a sandbox's record back after a removal that could not stop its runs.
+fn restore_record(dir: BorrowedFd<'_>, record: &[u8]) -> std::io::Result<()> {
+    let tmp = "meta.json.tmp";
+    let fd = rfs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, record)?;
+    f.sync_all()?;
+    rfs::renameat(dir, tmp, dir, "meta.json")?;
     Ok(())
 }
 
@@ -371,7 +510,7 @@ pub(crate) fn build(
         let p = svc.prepare(&r);
         let res = p.and_then(|p| svc.execute(p, &mut NullSink, cancel));
         if let Err(e) = res {
-            discard(&dir);
+            let _ = remove_sandbox(svc, &info.id);
             return Err(e);
         }
     }
@@ -458,6 +597,35 @@ pub struct CopyResult {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Entries left out, one sentence each (devices, sockets, FIFOs; symlinks
+    /// that point outside the copied tree, unless links are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Does a symlink at `depth` directories below the root of a copied tree point
+/// outside it? Absolute targets do; a relative one does when its leading `..`
+/// climb above the root. A `..` after a name is counted as leaving too, since the
+/// name may itself be a link. A link that is the copied root (`depth` None) has
+/// nothing of the tree around it, so every target leaves.
+pub fn link_leaves_tree(target: &[u8], depth: Option<usize>) -> bool {
+    let Some(depth) = depth else {
+        return true;
+    };
+    if target.is_empty() || target.starts_with(b"/") {
+        return true;
+    }
+    let mut up = 0usize;
+    let mut named = false;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." if named => return true,
+            b".." => up += 1,
+            _ => named = true,
+        }
+    }
+    up > depth
 }
 
 fn rel_arg(field: &str, p: &str) -> Result<Vec<u8>, ServiceError> {
@@ -638,12 +806,14 @@ pub(crate) fn copy_out(
     id: &str,
     path: &str,
     dst: &Path,
+    keep_links: bool,
 ) -> Result<CopyResult, ServiceError> {
     let sb = load(svc, id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
+    let mut warnings = Vec::new();
     let nodes = layers
-        .scan(&rel, &mut |w| eprintln!("aisbx: {w}"))
+        .scan(&rel, &mut |w| warnings.push(w))
         .map_err(|e| ServiceError::invalid("path", format!("{path}: {e}")))?;
     let src_name: Vec<u8> = match snapshot_fs::split(&rel).1 {
         b"" => sb.id.as_bytes().to_vec(),
@@ -673,8 +843,23 @@ pub(crate) fn copy_out(
         dirs: 0,
         symlinks: 0,
         bytes: 0,
+        warnings,
     };
     for n in &nodes {
+        if n.kind == snapshot_fs::Kind::Symlink && !keep_links {
+            let depth = (n.path.len() > rel.len())
+                .then(|| n.path[rel.len()..].iter().filter(|&&b| b == b'/').count());
+            // Below the root of a whole-workspace copy, names start without '/'.
+            let depth = depth.map(|d| if rel.is_empty() { d } else { d - 1 });
+            if link_leaves_tree(&n.target, depth) {
+                res.warnings.push(format!(
+                    "skipped the symlink {} -> {} (it points outside what was copied; --keep-links copies it)",
+                    String::from_utf8_lossy(&n.path),
+                    String::from_utf8_lossy(&n.target)
+                ));
+                continue;
+            }
+        }
         let mut out = n.clone();
         out.path = name.clone();
         let rest = &n.path[rel.len()..];
@@ -758,8 +943,9 @@ pub(crate) fn copy_in(
         snapshot_fs::open_host_dir(&parent)
             .map_err(|e| ServiceError::invalid("source", format!("{}: {e}", parent.display())))?,
     );
+    let mut warnings = Vec::new();
     let nodes = host
-        .scan(&base, &mut |w| eprintln!("aisbx: {w}"))
+        .scan(&base, &mut |w| warnings.push(w))
         .map_err(|e| ServiceError::invalid("source", format!("{}: {e}", src.display())))?;
     let limit = crate::service::MAX_STDIN_BYTES as u64 - (1 << 20);
     let total: u64 = nodes.iter().map(|n| n.size + 1024).sum();
@@ -778,6 +964,7 @@ pub(crate) fn copy_in(
         dirs: 0,
         symlinks: 0,
         bytes: 0,
+        warnings,
     };
     let mut b = tar::Builder::new(Vec::new());
     for n in &nodes {
@@ -787,7 +974,8 @@ pub(crate) fn copy_in(
             <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name),
         );
         let mut h = tar::Header::new_gnu();
-        h.set_mode(n.mode);
+        // Never setuid or setgid, as everything aisbx writes.
+        h.set_mode(snapshot_fs::host_mode(n.kind, n.mode));
         h.set_mtime(n.mtime.0.max(0) as u64);
         let r = match n.kind {
             snapshot_fs::Kind::Dir => {
@@ -851,6 +1039,30 @@ pub(crate) fn copy_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_that_leave_the_copied_tree() {
+        for (t, d) in [
+            ("a/b", 0),
+            ("../x", 1),
+            ("../../x", 2),
+            ("./x", 0),
+            ("..", 1),
+        ] {
+            assert!(!link_leaves_tree(t.as_bytes(), Some(d)), "{t} at {d}");
+        }
+        for (t, d) in [
+            ("/etc/passwd", 3),
+            ("..", 0),
+            ("../../x", 1),
+            ("a/../../x", 5),
+            ("s/../x", 0),
+            ("", 1),
+        ] {
+            assert!(link_leaves_tree(t.as_bytes(), Some(d)), "{t} at {d}");
+        }
+        assert!(link_leaves_tree(b"x", None));
+    }
 
     #[test]
     fn names() {

@@ -558,15 +558,28 @@ impl Service {
         for n in &p.notices {
             sink.notice(n);
         }
+        // A run in a persistent sandbox holds it, so that it is never removed under
+        // the run (destroying it stops the run first).
+        let hold = match &p.sandbox_id {
+            Some(id) => Some(sandbox::hold_for_run(self, id)?),
+            None => None,
+        };
         let _turn = match &p.spec.workspace {
             Workspace::Overlay { upper, .. } => Some(overlay_turn(upper)?),
             _ => None,
         };
-        let outcome = crate::helper::run_jail(&p.spec, sink, cancel)?;
-        let (result, note) = to_result(outcome, &p);
+        let outcome = crate::helper::run_jail(&p.spec, sink, cancel, hold.as_ref())?;
+        let (mut result, note) = to_result(outcome, &p);
         // The note on a program that could not be executed goes to the live stream too.
         if let Some(note) = note {
             sink.stderr(note.as_bytes());
+        }
+        if let (Some(h), Some(id)) = (&hold, &p.sandbox_id)
+            && h.was_removed()
+        {
+            let note = format!("aisbx: sandbox '{id}' was removed; the run was stopped\n");
+            sink.stderr(note.as_bytes());
+            result.stderr.push_str(&note);
         }
         Ok(result)
     }

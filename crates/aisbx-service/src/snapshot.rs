@@ -25,7 +25,10 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags, RenameFlags};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::ServiceError;
@@ -301,10 +304,9 @@ impl Store {
     /// Remove what an interrupted writer left in `tmp/` (caller holds the lock
     /// exclusively).
     fn clean_tmp(&self) {
-        let tmp = self.root.join("tmp");
-        if let Ok(rd) = std::fs::read_dir(&tmp) {
-            for e in rd.flatten() {
-                let _ = sfs::remove_tree(&e.path());
+        if let Ok(tmp) = self.sub("tmp") {
+            for name in names_in(tmp.as_fd()) {
+                let _ = sfs::remove_tree_at(tmp.as_fd(), &name);
             }
         }
     }
@@ -403,10 +405,12 @@ impl Store {
         let mut entries = Vec::with_capacity(nodes.len());
         let mut info = info;
         for node in &nodes {
+            // Never setuid or setgid in the store, nor anywhere it is restored to.
+            let mode = sfs::host_mode(node.kind, node.mode);
             let mut e = Entry {
                 path: Bytes::from(&node.path),
                 kind: node.kind,
-                mode: node.mode,
+                mode,
                 mtime: node.mtime,
                 size: 0,
                 hash: None,
@@ -430,7 +434,7 @@ impl Store {
                         .map_err(|err| internal("reading a file", err))?;
                     let mut hash = hash.to_hex().to_string();
                     let mut size = size;
-                    let key = object_key(&hash, node.mode, node.mtime);
+                    let key = object_key(&hash, mode, node.mtime);
                     if !pending.contains_key(&key) && !self.object_exists(&key, size) {
                         // New content: copy it while hashing again, so the object's
                         // name always matches what was stored.
@@ -456,11 +460,11 @@ impl Store {
                             )
                             .map_err(|err| internal("writing an object", io_err(err)))?;
                         }
-                        rfs::fchmod(&out, Mode::from_raw_mode(node.mode))
+                        rfs::fchmod(&out, Mode::from_raw_mode(mode))
                             .map_err(|err| internal("writing an object", io_err(err)))?;
                         rfs::futimens(&out, &sfs::timestamps(node.mtime))
                             .map_err(|err| internal("writing an object", io_err(err)))?;
-                        let key = object_key(&hash, node.mode, node.mtime);
+                        let key = object_key(&hash, mode, node.mtime);
                         if !self.object_exists(&key, size) && !pending.contains_key(&key) {
                             pending.insert(key, tname);
                         }
@@ -594,30 +598,49 @@ impl Store {
         }
         let mut freed_objects = 0u64;
         let mut freed_bytes = 0u64;
-        if let Ok(rd) = std::fs::read_dir(self.root.join("objects")) {
-            for d in rd.flatten() {
-                for o in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                    let k = o.file_name().to_string_lossy().into_owned();
-                    if !keys.contains(&k) {
-                        freed_bytes += o.metadata().map(|m| m.len()).unwrap_or(0);
-                        if std::fs::remove_file(o.path()).is_ok() {
-                            freed_objects += 1;
-                        }
+        if let Ok(objects) = self.sub("objects") {
+            for d in names_in(objects.as_fd()) {
+                let Ok(dir) = open_dir(objects.as_fd(), &d) else {
+                    continue;
+                };
+                for o in names_in(dir.as_fd()) {
+                    if keys.contains(String::from_utf8_lossy(&o).as_ref()) {
+                        continue;
+                    }
+                    let Ok(st) =
+                        rfs::statat(&dir, OsStr::from_bytes(&o), AtFlags::SYMLINK_NOFOLLOW)
+                    else {
+                        continue;
+                    };
+                    if rfs::unlinkat(&dir, OsStr::from_bytes(&o), AtFlags::empty()).is_ok() {
+                        freed_objects += 1;
+                        // The space an object takes, holes excluded.
+                        freed_bytes += (st.st_blocks as u64 * 512).min(st.st_size as u64);
                     }
                 }
             }
         }
-        if let Ok(rd) = std::fs::read_dir(self.root.join("trees")) {
-            for t in rd.flatten() {
-                let id = t.file_name().to_string_lossy().into_owned();
-                if !ids.contains(&id) {
-                    let _ = sfs::remove_tree(&t.path());
+        if let Ok(trees) = self.sub("trees") {
+            for id in names_in(trees.as_fd()) {
+                if !ids.contains(String::from_utf8_lossy(&id).as_ref()) {
+                    let _ = sfs::remove_tree_at(trees.as_fd(), &id);
                 }
             }
         }
         self.clean_tmp();
         Ok((freed_objects, freed_bytes))
     }
+}
+
+/// The names in an open directory (`.` and `..` left out; empty when unreadable).
+fn names_in(dir: std::os::fd::BorrowedFd<'_>) -> Vec<Vec<u8>> {
+    let Ok(rd) = rfs::Dir::read_from(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect()
 }
 
 fn node_key_map(m: &Manifest) -> BTreeMap<Vec<u8>, &Entry> {

@@ -136,15 +136,18 @@ impl Service {
     }
 
     /// `aisbx cp`: host → sandbox (through a sandbox run) or sandbox → host
-    /// (fd-relative reads that never follow a sandbox symlink).
+    /// (fd-relative reads that never follow a sandbox symlink). Out of a sandbox,
+    /// a symlink pointing outside the copied tree is left out (with a warning in
+    /// the result) unless `keep_links`.
     pub fn copy(
         &self,
         meta: &RequestMeta,
         src: &CopyEnd,
         dst: &CopyEnd,
+        keep_links: bool,
         cancel: &CancelToken,
     ) -> Result<CopyResult, ServiceError> {
-        let args = serde_json::json!({"src": src, "dst": dst});
+        let args = serde_json::json!({"src": src, "dst": dst, "keep_links": keep_links});
         let perimeter = self.perimeter();
         let r = match (src, dst) {
             (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => self
@@ -177,7 +180,7 @@ impl Service {
                             Ok(checked)
                         }
                     })
-                    .and_then(|d| sandbox::copy_out(self, id, path, &d))
+                    .and_then(|d| sandbox::copy_out(self, id, path, &d, keep_links))
             }
             _ => Err(ServiceError::invalid(
                 "destination",

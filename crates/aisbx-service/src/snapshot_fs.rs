@@ -13,12 +13,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{
-    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
+    self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps,
 };
 use serde::{Deserialize, Serialize};
 
@@ -432,69 +432,182 @@ pub fn read_prefix(fd: OwnedFd, max: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// BLAKE3 of a file's content and its length.
+/// The permission bits a file or directory written on the host may carry: never
+/// setuid or setgid (a sandbox's file must not run with its host owner's rights),
+/// and the sticky bit only on a directory.
+pub fn host_mode(kind: Kind, mode: u32) -> u32 {
+    match kind {
+        Kind::Dir => mode & 0o1777,
+        _ => mode & 0o777,
+    }
+}
+
+/// The next data extent of a file at or after `off`, below `len`: `(start, end)`,
+/// found with `SEEK_DATA`/`SEEK_HOLE` so that holes are neither read nor written.
+/// A file system without them reports the whole rest as data.
+fn next_data(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    if off >= len {
+        return Ok(None);
+    }
+    let start = match rfs::seek(fd, rfs::SeekFrom::Data(off)) {
+        Ok(s) => s,
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+            return Ok(Some((off, len)));
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    if start >= len {
+        return Ok(None);
+    }
+    let end = match rfs::seek(fd, rfs::SeekFrom::Hole(start)) {
+        Ok(e) => e.min(len),
+        Err(_) => len,
+    };
+    Ok(Some((start, end.max(start + 1).min(len))))
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Feed `n` zero bytes (a hole) to the hash.
+fn hash_zeros(h: &mut blake3::Hasher, zeros: &[u8], mut n: u64) {
+    while n > 0 {
+        let k = n.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Read `src`'s logical content (holes as zeros, without reading them): calls
+/// `data(offset, bytes)` for every piece of data. Returns the BLAKE3 of the
+/// content and its length; a file that shrinks meanwhile ends where it ends.
+fn walk_content(
+    src: &OwnedFd,
+    progress: &mut dyn FnMut(u64),
+    data: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<(blake3::Hash, u64)> {
+    let len = rfs::fstat(src).map_err(io_err)?.st_size as u64;
+    let mut h = blake3::Hasher::new();
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    while let Some((start, end)) = next_data(src.as_fd(), off, len)? {
+        hash_zeros(&mut h, &zeros, start - off);
+        progress(start - off);
+        off = start;
+        while off < end {
+            let want = ((end - off) as usize).min(CHUNK);
+            let got = match rustix::io::pread(src, &mut buf[..want], off) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_err(e)),
+            };
+            if got == 0 {
+                return Ok((h.finalize(), off)); // it shrank
+            }
+            h.update(&buf[..got]);
+            data(off, &buf[..got])?;
+            off += got as u64;
+            progress(got as u64);
+        }
+    }
+    hash_zeros(&mut h, &zeros, len - off);
+    progress(len - off);
+    Ok((h.finalize(), len))
+}
+
+/// BLAKE3 of a file's content and its length (holes are hashed as the zeros they
+/// read as, without reading them).
 pub fn hash_fd(fd: &OwnedFd, progress: &mut dyn FnMut(u64)) -> io::Result<(blake3::Hash, u64)> {
-    let mut f = std::fs::File::from(fd.try_clone()?);
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let r = f.read(&mut buf)?;
-        if r == 0 {
-            break;
-        }
-        h.update(&buf[..r]);
-        n += r as u64;
-        progress(r as u64);
-    }
-    Ok((h.finalize(), n))
+    walk_content(fd, progress, &mut |_, _| Ok(()))
 }
 
-/// Copy `src` into `dst` while hashing what was copied.
+fn pwrite_all(fd: &OwnedFd, mut data: &[u8], mut off: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::pwrite(fd, data, off) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                off += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Copy `src` into the empty file `dst` while hashing what was copied. Holes stay
+/// holes: only data is written, and the length is set at the end.
 pub fn copy_hash(src: &OwnedFd, dst: &OwnedFd) -> io::Result<(blake3::Hash, u64)> {
-    let mut r = std::fs::File::from(src.try_clone()?);
-    let mut w = std::fs::File::from(dst.try_clone()?);
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let got = r.read(&mut buf)?;
-        if got == 0 {
-            break;
-        }
-        h.update(&buf[..got]);
-        w.write_all(&buf[..got])?;
-        n += got as u64;
-    }
-    Ok((h.finalize(), n))
+    let (h, n) = walk_content(src, &mut |_| {}, &mut |off, d| pwrite_all(dst, d, off))?;
+    rfs::ftruncate(dst, n).map_err(io_err)?;
+    Ok((h, n))
 }
 
-/// Copy file data: a reflink where the file system offers it, else an in-kernel
-/// copy, else read and write.
+/// Copy `src[start..end]` to the same offsets of `dst`: in the kernel when it can,
+/// else by reading and writing.
+fn copy_range(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    start: u64,
+    end: u64,
+    kernel: &mut bool,
+) -> io::Result<()> {
+    let mut off = start;
+    while off < end && *kernel {
+        let (mut i, mut o) = (off, off);
+        match rfs::copy_file_range(
+            src,
+            Some(&mut i),
+            dst,
+            Some(&mut o),
+            ((end - off) as usize).min(1 << 30),
+        ) {
+            Ok(0) => return Ok(()), // it shrank
+            Ok(n) => off += n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => *kernel = false,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    let mut buf = vec![0u8; CHUNK.min((end - off) as usize)];
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let got = match rustix::io::pread(src, &mut buf[..want], off) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        if got == 0 {
+            return Ok(());
+        }
+        pwrite_all(dst, &buf[..got], off)?;
+        off += got as u64;
+    }
+    Ok(())
+}
+
+/// Copy file data into the empty file `dst`: a reflink where the file system
+/// offers it, else the data extents only (in the kernel where it can), so that a
+/// sparse file stays sparse.
 pub fn copy_data(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
     if rfs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
     let len = rfs::fstat(src).map_err(io_err)?.st_size as u64;
-    let mut done = 0u64;
-    let mut kernel_ok = true;
-    while done < len {
-        match rfs::copy_file_range(src, None, dst, None, (len - done).min(1 << 30) as usize) {
-            Ok(0) => break,
-            Ok(n) => done += n as u64,
-            Err(_) if done == 0 => {
-                kernel_ok = false;
-                break;
-            }
-            Err(e) => return Err(io_err(e)),
-        }
+    let mut kernel = true;
+    let mut off = 0u64;
+    while let Some((start, end)) = next_data(src.as_fd(), off, len)? {
+        copy_range(src, dst, start, end, &mut kernel)?;
+        off = end;
     }
-    if kernel_ok {
-        return Ok(());
-    }
-    let mut r = std::fs::File::from(src.try_clone()?);
-    let mut w = std::fs::File::from(dst.try_clone()?);
-    io::copy(&mut r, &mut w).map(|_| ())
+    rfs::ftruncate(dst, len).map_err(io_err)
 }
 
 pub fn timestamps(mtime: (i64, u32)) -> Timestamps {
@@ -519,6 +632,8 @@ pub enum Source<'a> {
 }
 
 /// Writes a tree beneath an open directory, creating every entry fd-relative.
+/// Nothing it writes is setuid or setgid ([`host_mode`]), and files keep their
+/// holes.
 pub struct Writer<'a> {
     pub root: BorrowedFd<'a>,
     /// Owner of everything written (None: the caller's).
@@ -625,7 +740,11 @@ impl Writer<'_> {
             Kind::File => {
                 let source = source.ok_or_else(|| io::Error::other("no data for a file"))?;
                 let copy_from = match source {
-                    Source::Link { dir, name: obj } => {
+                    // An object with a setuid or setgid bit (stored by an older
+                    // aisbx) is copied, so that the bits can be dropped.
+                    Source::Link { dir, name: obj }
+                        if node.mode == host_mode(node.kind, node.mode) =>
+                    {
                         match rfs::linkat(dir, os(&obj), pfd, os(&name), AtFlags::empty()) {
                             Ok(()) => return Ok(()),
                             Err(rustix::io::Errno::MLINK) => {
@@ -634,6 +753,7 @@ impl Writer<'_> {
                             Err(e) => return Err(io_err(e)),
                         }
                     }
+                    Source::Link { dir, name: obj } => open_beneath(dir, &obj, OFlags::RDONLY)?,
                     Source::Copy(fd) => fd,
                 };
                 let mut flags =
@@ -664,7 +784,8 @@ impl Writer<'_> {
                     )
                     .map_err(io_err)?;
                 }
-                rfs::fchmod(&fd, Mode::from_raw_mode(node.mode)).map_err(io_err)?;
+                rfs::fchmod(&fd, Mode::from_raw_mode(host_mode(node.kind, node.mode)))
+                    .map_err(io_err)?;
                 rfs::futimens(&fd, &timestamps(node.mtime)).map_err(io_err)?;
             }
         }
@@ -685,33 +806,208 @@ impl Writer<'_> {
                 )
                 .map_err(io_err)?;
             }
-            rfs::fchmod(&fd, Mode::from_raw_mode(d.mode)).map_err(io_err)?;
+            rfs::fchmod(&fd, Mode::from_raw_mode(host_mode(d.kind, d.mode))).map_err(io_err)?;
             rfs::futimens(&fd, &timestamps(d.mtime)).map_err(io_err)?;
         }
         Ok(())
     }
 }
 
-/// Remove a directory tree we own, even one whose directories are read-only.
+/// Directories deeper than this below the root of a removal are moved up to the
+/// root first, so that a removal holds at most this many open directories and
+/// never recurses on the stack, however deep the tree.
+const REMOVE_DEPTH: usize = 32;
+
+/// Remove a directory tree, even one whose directories are read-only. `path`
+/// itself is the caller's choice (state under aisbx's home); everything below it
+/// is treated as hostile: see [`remove_tree_at`]. A missing `path` is success.
 pub fn remove_tree(path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::symlink_metadata(path) {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no entry", path.display())))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let pfd = match open_host_dir(parent) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    remove_tree_at(pfd.as_fd(), name.as_bytes())
+}
+
+/// One directory being removed: its fd, its name in its parent and the names of
+/// the subdirectories still to remove.
+struct RmFrame {
+    fd: OwnedFd,
+    name: Vec<u8>,
+    /// Relative to the parent of the removal, for messages.
+    path: Vec<u8>,
+    subdirs: Vec<Vec<u8>>,
+}
+
+fn rm_path(dir: &[u8], name: &[u8]) -> String {
+    String::from_utf8_lossy(&join(dir, name)).into_owned()
+}
+
+fn top_path(stack: &[RmFrame]) -> &[u8] {
+    stack.last().map(|f| f.path.as_slice()).unwrap_or(&[])
+}
+
+fn rm_err(what: &str, path: String, e: rustix::io::Errno) -> io::Error {
+    let why = match e {
+        rustix::io::Errno::NOENT => "it vanished during the removal".to_string(),
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            "it was replaced by something that is not a directory".to_string()
+        }
+        rustix::io::Errno::ISDIR => "it was replaced by a directory".to_string(),
+        rustix::io::Errno::NOTEMPTY => "entries were added during the removal".to_string(),
+        e => io_err(e).to_string(),
+    };
+    io::Error::other(format!("cannot {what} {path}: {why}"))
+}
+
+/// Open directory `name` of `dir` for removing its entries: never through a
+/// symlink, and made writable and searchable by us when the sandbox left it
+/// read-only (or unreadable).
+fn open_for_removal(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rfs::openat(dir, os(name), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::ACCESS) => {
+            // Unreadable: chmod the directory itself through an O_PATH handle (which
+            // pins the inode, so nothing can be swapped in), then reopen it.
+            let p = rfs::openat(
+                dir,
+                os(name),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            use std::os::fd::AsRawFd;
+            rfs::chmod(
+                format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
+                Mode::from_raw_mode(0o700),
+            )?;
+            rfs::openat(&p, ".", flags, Mode::empty())?
+        }
         Err(e) => return Err(e),
-        Ok(m) if !m.is_dir() => return std::fs::remove_file(path),
-        Ok(_) => {}
+    };
+    let st = rfs::fstat(&fd)?;
+    if st.st_mode & 0o700 != 0o700 {
+        // Best effort: root needs no permission, and an error shows at the unlink.
+        let _ = rfs::fchmod(&fd, Mode::from_raw_mode(0o700));
     }
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-    for e in std::fs::read_dir(path)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            remove_tree(&e.path())?;
+    Ok(fd)
+}
+
+/// Read a directory being removed, then unlink every non-directory in it (after
+/// the listing, so that no entry is missed by changing the directory while it is
+/// read); return the names of its subdirectories.
+fn rm_entries(dir: &[u8], fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut subdirs = Vec::new();
+    let mut others = Vec::new();
+    let rd = rfs::Dir::read_from(fd).map_err(io_err)?;
+    for ent in rd {
+        let ent = ent.map_err(io_err)?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let ft = match ent.file_type() {
+            FileType::Unknown => {
+                let st = rfs::statat(fd, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| rm_err("inspect", rm_path(dir, name), e))?;
+                FileType::from_raw_mode(st.st_mode)
+            }
+            t => t,
+        };
+        if ft == FileType::Directory {
+            subdirs.push(name.to_vec());
         } else {
-            std::fs::remove_file(e.path())?;
+            others.push(name.to_vec());
         }
     }
-    std::fs::remove_dir(path)
+    for name in others {
+        // unlinkat never follows a symlink: it removes the link itself.
+        rfs::unlinkat(fd, os(&name), AtFlags::empty())
+            .map_err(|e| rm_err("remove", rm_path(dir, &name), e))?;
+    }
+    Ok(subdirs)
+}
+
+/// Remove `name` of the directory `parent` and everything below it, fd-relative:
+/// every directory is opened with `O_NOFOLLOW | O_DIRECTORY` from its parent's fd
+/// and every entry is unlinked with `unlinkat` on its parent's fd, so a symlink
+/// swapped in for a directory (by a program still running in a sandbox) is never
+/// followed. An entry that vanishes or changes kind during the removal is an
+/// error naming it, not success. Read-only directories are made writable (through
+/// their fd) first; trees of any depth are removed with an explicit stack of at
+/// most [`REMOVE_DEPTH`] open directories. A missing `name` is success.
+pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let st = match rfs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(rm_err("inspect", rm_path(&[], name), e)),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rfs::unlinkat(parent, os(name), AtFlags::empty())
+            .map_err(|e| rm_err("remove", rm_path(&[], name), e));
+    }
+    let fd = open_for_removal(parent, name).map_err(|e| rm_err("open", rm_path(&[], name), e))?;
+    let subdirs = rm_entries(name, fd.as_fd())?;
+    let mut stack = vec![RmFrame {
+        fd,
+        name: name.to_vec(),
+        path: name.to_vec(),
+        subdirs,
+    }];
+    let mut moved = 0u64;
+    while let Some(top) = stack.last_mut() {
+        let Some(sub) = top.subdirs.pop() else {
+            let done = stack.pop().expect("a frame");
+            drop(done.fd);
+            let pfd = stack.last().map(|f| f.fd.as_fd()).unwrap_or(parent);
+            rfs::unlinkat(pfd, os(&done.name), AtFlags::REMOVEDIR)
+                .map_err(|e| rm_err("remove", rm_path(&[], &done.path), e))?;
+            continue;
+        };
+        let child = open_for_removal(top.fd.as_fd(), &sub)
+            .map_err(|e| rm_err("open", rm_path(&top.path, &sub), e))?;
+        if stack.len() >= REMOVE_DEPTH {
+            // Too deep: move the subtree to the root of the removal under a fresh
+            // name and remove it from there later. Both ends are fds we hold.
+            drop(child);
+            let from = stack.len() - 1;
+            loop {
+                let fresh = format!(".aisbx-rm-{moved}");
+                moved += 1;
+                match rfs::renameat_with(
+                    stack[from].fd.as_fd(),
+                    os(&sub),
+                    stack[0].fd.as_fd(),
+                    fresh.as_str(),
+                    RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => {
+                        stack[0].subdirs.push(fresh.into_bytes());
+                        break;
+                    }
+                    Err(rustix::io::Errno::EXIST) => continue,
+                    Err(e) => return Err(rm_err("move up", rm_path(top_path(&stack), &sub), e)),
+                }
+            }
+            continue;
+        }
+        let path = join(top_path(&stack), &sub);
+        let subdirs = rm_entries(&path, child.as_fd())?;
+        stack.push(RmFrame {
+            fd: child,
+            name: sub,
+            path,
+            subdirs,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -734,5 +1030,141 @@ mod tests {
         assert!(normalize_rel("/etc").is_err());
         assert!(normalize_rel("/workspacex").is_err());
         assert!(normalize_rel("a/../../b").is_err());
+    }
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn remove_tree_handles_read_only_and_deep_trees_and_links() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "x").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("tree");
+        // A chain far deeper than REMOVE_DEPTH, with files and links at each level.
+        let mut d = root.clone();
+        for i in 0..(REMOVE_DEPTH * 5) {
+            d = d.join(format!("d{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), "x").unwrap();
+            std::os::unix::fs::symlink(outside.path(), d.join("out")).unwrap();
+        }
+        // Read-only and unreadable directories, as a sandbox may leave them.
+        std::fs::create_dir_all(root.join("ro/inner")).unwrap();
+        std::fs::write(root.join("ro/inner/f"), "x").unwrap();
+        chmod(&root.join("ro/inner"), 0o500);
+        chmod(&root.join("ro"), 0o000);
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert!(outside.path().join("keep").exists());
+        // Removing what is not there is success.
+        remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn remove_tree_never_follows_a_swapped_in_symlink() {
+        // A thread plays the sandbox: it keeps swapping a directory full of empty
+        // directories for a symlink to a directory outside while the tree is
+        // removed. The outside files must survive; the removal may fail.
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        for i in 0..50 {
+            std::fs::write(victim.join(format!("c{i}")), "x").unwrap();
+        }
+        for round in 0..5 {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("tree");
+            let swap = root.join("t");
+            for i in 0..2000 {
+                std::fs::create_dir_all(swap.join(format!("e{i}"))).unwrap();
+            }
+            std::fs::create_dir(swap.join("victim")).unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let st = stop.clone();
+            let (r2, sw, out) = (root.clone(), swap.clone(), outside.path().to_path_buf());
+            let th = std::thread::spawn(move || {
+                let aside = r2.join("t2");
+                while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                    if std::fs::rename(&sw, &aside).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&out, &sw);
+                        std::thread::yield_now();
+                        let _ = std::fs::remove_file(&sw);
+                        let _ = std::fs::rename(&aside, &sw);
+                    }
+                }
+            });
+            let r = remove_tree(&root);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            th.join().unwrap();
+            // (The path-based removal this replaced deleted `victim` itself, through
+            // the link, in the first round.)
+            let left = std::fs::read_dir(&victim).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(
+                left, 50,
+                "round {round}: outside files were deleted ({r:?})"
+            );
+            // Whatever is left (after an error) goes now that nothing swaps.
+            remove_tree(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn host_modes_drop_setuid_and_setgid() {
+        assert_eq!(host_mode(Kind::File, 0o4755), 0o755);
+        assert_eq!(host_mode(Kind::File, 0o2755), 0o755);
+        assert_eq!(host_mode(Kind::File, 0o1644), 0o644);
+        assert_eq!(host_mode(Kind::Dir, 0o3777), 0o1777);
+        assert_eq!(host_mode(Kind::Dir, 0o6755), 0o755);
+    }
+
+    #[test]
+    fn sparse_files_stay_sparse_and_hash_as_their_content() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("sparse");
+        let len: u64 = 64 << 20;
+        {
+            let f = std::fs::File::create(&src).unwrap();
+            f.set_len(len).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_at(b"head", 0).unwrap();
+            f.write_at(b"middle", 20 << 20).unwrap();
+            f.write_at(b"tail", len - 4).unwrap();
+        }
+        let mut logical = vec![0u8; len as usize];
+        logical[..4].copy_from_slice(b"head");
+        logical[20 << 20..(20 << 20) + 6].copy_from_slice(b"middle");
+        logical[len as usize - 4..].copy_from_slice(b"tail");
+        let want = blake3::hash(&logical);
+        let dir = open_host_dir(t.path()).unwrap();
+        let s = open_file(dir.as_fd(), b"sparse").unwrap();
+        assert_eq!(hash_fd(&s, &mut |_| {}).unwrap(), (want, len));
+        let mk = |name: &str| {
+            rfs::openat(
+                &dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .unwrap()
+        };
+        let a = mk("a");
+        assert_eq!(copy_hash(&s, &a).unwrap(), (want, len));
+        let b = mk("b");
+        copy_data(&s, &b).unwrap();
+        for name in ["a", "b"] {
+            let p = t.path().join(name);
+            assert_eq!(std::fs::read(&p).unwrap(), logical, "{name}");
+            let md = std::fs::metadata(&p).unwrap();
+            assert!(
+                md.blocks() * 512 < 1 << 20,
+                "{name} takes {} blocks",
+                md.blocks()
+            );
+        }
     }
 }

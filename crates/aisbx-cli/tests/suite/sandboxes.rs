@@ -50,7 +50,7 @@ fn create_exec_ls_rm() {
 }
 
 #[test]
-fn cp_in_and_out_keeps_links_as_links() {
+fn cp_in_and_out_copies_links_as_links() {
     let h = home();
     let t = tempfile::tempdir().expect("tempdir");
     let src = t.path().join("proj");
@@ -95,6 +95,18 @@ fn cp_in_and_out_keeps_links_as_links() {
     assert_eq!(
         std::fs::read_to_string(dst.join("o.txt")).expect("o.txt"),
         "out\n"
+    );
+    // A link pointing out of the copied tree is left out unless asked for.
+    assert!(std::fs::symlink_metadata(dst.join("steal")).is_err());
+    let dst = t.path().join("back2");
+    ok(
+        h.path(),
+        &[
+            "cp",
+            "--keep-links",
+            "box:",
+            dst.to_str().unwrap_or_default(),
+        ],
     );
     let m = std::fs::symlink_metadata(dst.join("steal")).expect("steal");
     assert!(m.file_type().is_symlink(), "copied as a link");
