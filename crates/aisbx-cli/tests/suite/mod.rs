@@ -2,6 +2,7 @@ mod attacks;
 mod cleanup;
 mod common;
 mod limits;
+mod perimeter;
 mod profiles;
 mod run_cli;
 mod sandboxes;

@@ -213,3 +213,49 @@ fn unprivileged_copy_on_write_restore_keeps_the_snapshot_intact() {
         "one\ntwo\n"
     );
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn unprivileged_runs_make_no_setid_file() {
+    use super::perimeter::{SETID_ATTEMPTS, SETID_SHELL, assert_setid_refused, setid_entries};
+    let Some(env) = setup() else { return };
+    let w = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let p = w.path().to_str().unwrap_or_default();
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--workdir",
+            p,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            SETID_ATTEMPTS,
+            ".",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_setid_refused(stdout(&v));
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--workdir",
+            p,
+            "--",
+            "/bin/sh",
+            "-c",
+            SETID_SHELL,
+            "sh",
+            ".",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(stdout(&v), "sh-suid:EPERM\nsh-sgid:EPERM\n", "{v}");
+    assert!(w.path().join("x").exists());
+    assert_eq!(setid_entries(w.path(), false), Vec::<String>::new());
+}

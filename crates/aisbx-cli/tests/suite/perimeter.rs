@@ -1,0 +1,232 @@
+//! What a sandbox leaves on the host and learns of it: no setuid or setgid file,
+//! no host argv or environment in its /proc, no odd stdin, no spare namespaces or
+//! inotify instances, and a tmpfs that fills up with ENOSPC instead of an OOM kill.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::common::*;
+
+/// Tries every system call that can give a file the setuid or setgid bit, each
+/// through its own system call number (x86_64), in the directory `argv[1]`, and
+/// prints `name:result` for each; `plain` checks that ordinary modes still work.
+pub const SETID_ATTEMPTS: &str = r#"
+import ctypes, errno, os, stat, sys
+os.chdir(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "syscall")
+    return r
+AT = -100
+S = 0o4755
+G = 0o2755
+open("f", "w").close()
+fd = os.open("f", os.O_RDONLY)
+class How(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+how = How(os.O_CREAT | os.O_WRONLY, S, 0)
+tries = [
+    ("chmod", lambda: sc(90, b"f", S)),
+    ("fchmod", lambda: sc(91, fd, G)),
+    ("fchmodat", lambda: sc(268, AT, b"f", S)),
+    ("fchmodat2", lambda: sc(452, AT, b"f", G, 0)),
+    ("open", lambda: os.close(sc(2, b"o1", os.O_CREAT | os.O_WRONLY, S))),
+    ("openat", lambda: os.close(sc(257, AT, b"o2", os.O_CREAT | os.O_WRONLY, G))),
+    ("tmpfile", lambda: os.close(sc(257, AT, b".", os.O_TMPFILE | os.O_WRONLY, S))),
+    ("creat", lambda: os.close(sc(85, b"o3", G))),
+    ("mkdir", lambda: sc(83, b"d1", G)),
+    ("mkdirat", lambda: sc(258, AT, b"d2", S)),
+    ("mknod", lambda: sc(133, b"n1", stat.S_IFREG | S, 0)),
+    ("mknodat", lambda: sc(259, AT, b"n2", stat.S_IFREG | G, 0)),
+    ("openat2", lambda: os.close(sc(437, AT, b"o4", ctypes.byref(how), ctypes.sizeof(how)))),
+    ("os.chmod", lambda: os.chmod("f", 0o6755)),
+    ("os.open", lambda: os.close(os.open("o5", os.O_CREAT | os.O_WRONLY, S))),
+    ("os.mkdir", lambda: os.mkdir("d3", G)),
+    ("os.mknod", lambda: os.mknod("n3", stat.S_IFREG | S)),
+    ("plain", lambda: (os.chmod("f", 0o755), os.mkdir("d4", 0o755), os.close(os.open("o6", os.O_CREAT | os.O_WRONLY, 0o644)))),
+]
+out = []
+for name, f in tries:
+    try:
+        f()
+        out.append(name + ":ok")
+    except OSError as e:
+        out.append(name + ":" + errno.errorcode.get(e.errno, str(e.errno)))
+print(" ".join(out))
+"#;
+
+/// The shell version: a copy of a shell made setuid, and a directory made setgid.
+pub const SETID_SHELL: &str = "cd \"$1\" && cp /bin/sh x && { chmod 4755 x 2>/dev/null && echo sh-suid:ok || echo sh-suid:EPERM; } && mkdir -p g && { chmod g+s g 2>/dev/null && echo sh-sgid:ok || echo sh-sgid:EPERM; }";
+
+/// Check the attempts' report: every set-id attempt refused, openat2 unknown,
+/// plain modes fine.
+pub fn assert_setid_refused(report: &str) {
+    let results: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(results.len(), 18, "{report}");
+    for r in results {
+        let (name, res) = r.split_once(':').unwrap_or((r, ""));
+        let want = match name {
+            "plain" => "ok",
+            "openat2" => "ENOSYS",
+            _ => "EPERM",
+        };
+        assert_eq!(res, want, "{name} in {report}");
+    }
+}
+
+/// Every entry under `root` (itself excluded) with a setuid or setgid bit; a
+/// directory with only the setgid bit is allowed when `sgid_dirs` (it inherited
+/// it from a setgid parent: group inheritance, not a privilege).
+pub fn setid_entries(root: &Path, sgid_dirs: bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo: Vec<PathBuf> = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let m = std::fs::symlink_metadata(e.path()).expect("metadata");
+            let bits = m.mode() & 0o6000;
+            let inherited = sgid_dirs && m.is_dir() && bits == 0o2000;
+            if bits != 0 && !inherited {
+                found.push(format!("{} {:o}", e.path().display(), m.mode()));
+            }
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A workspace owned by root (the tempdir of this root test process), made
+/// searchable; `mode` lets a test make it setgid.
+fn root_workdir(mode: u32) -> tempfile::TempDir {
+    std::fs::create_dir_all("/srv").expect("/srv");
+    let d = tempfile::tempdir_in("/srv").expect("tempdir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    d
+}
+
+fn setid_attempts_in_workdir(w: &Path) {
+    let p = w.to_str().expect("utf-8");
+    let (v, code) = run_json(&[
+        "--workdir",
+        p,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        SETID_ATTEMPTS,
+        ".",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_setid_refused(stdout(&v));
+    let (v, code) = run_json(&[
+        "--workdir",
+        p,
+        "--",
+        "/bin/sh",
+        "-c",
+        SETID_SHELL,
+        "sh",
+        ".",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(stdout(&v), "sh-suid:EPERM\nsh-sgid:EPERM\n", "{v}");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn no_setid_file_in_a_root_owned_workdir() {
+    if !is_root() {
+        return;
+    }
+    let w = root_workdir(0o755);
+    assert_eq!(std::fs::metadata(w.path()).expect("meta").uid(), 0);
+    setid_attempts_in_workdir(w.path());
+    // What the sandbox made belongs to root on the host: none of it is set-id.
+    let x = w.path().join("x");
+    assert_eq!(std::fs::metadata(&x).expect("x").uid(), 0);
+    assert_eq!(setid_entries(w.path(), false), Vec::<String>::new());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_setgid_workdir_gives_its_group_to_directories_only() {
+    // The kernel passes a setgid directory's bit on to new subdirectories (so that
+    // they keep handing down the group); files get the group, never the bit.
+    if !is_root() {
+        return;
+    }
+    let w = root_workdir(0o2775);
+    setid_attempts_in_workdir(w.path());
+    let (v, code) = run_json(&[
+        "--workdir",
+        w.path().to_str().expect("utf-8"),
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir sub && echo x > sub/file && echo x > file && cp /bin/sh sub/sh",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        std::fs::metadata(w.path().join("sub")).expect("sub").mode() & 0o6000,
+        0o2000
+    );
+    assert_eq!(setid_entries(w.path(), true), Vec::<String>::new());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn no_setid_file_in_a_read_write_bind() {
+    if !is_root() {
+        return;
+    }
+    let bind = root_workdir(0o755);
+    let config = tempfile::tempdir().expect("tempdir");
+    let profiles = config.path().join("aisbx/profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    std::fs::write(
+        profiles.join("setid.toml"),
+        format!(
+            "extends = [\"base\"]\n[filesystem]\nrw_binds = [\"{}\"]\n",
+            bind.path().display()
+        ),
+    )
+    .expect("profile");
+    let h = home();
+    let b = bind.path().to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let out = cmd(h.path())
+            .env("XDG_CONFIG_HOME", config.path())
+            .args(["run", "--json", "--profile", "setid", "--"])
+            .args(args)
+            .output()
+            .expect("run");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(0), "{v}");
+        stdout(&v).to_string()
+    };
+    assert_setid_refused(&run(&["/usr/bin/python3", "-c", SETID_ATTEMPTS, b]));
+    assert_eq!(
+        run(&["/bin/sh", "-c", SETID_SHELL, "sh", b]),
+        "sh-suid:EPERM\nsh-sgid:EPERM\n"
+    );
+    assert!(bind.path().join("x").exists());
+    assert_eq!(setid_entries(bind.path(), false), Vec::<String>::new());
+}
+
+#[test]
+fn openat2_answers_enosys_so_that_callers_fall_back() {
+    // A program that tries openat2 first (as some runtimes do) still opens files.
+    let (v, code) = py(concat!(
+        "import ctypes, os\n",
+        "libc = ctypes.CDLL(None, use_errno=True)\n",
+        "how = (ctypes.c_uint64 * 3)(0, 0, 0)\n",
+        "r = libc.syscall(ctypes.c_long(437), ctypes.c_long(-100), b'/etc/passwd', how, ctypes.c_long(24))\n",
+        "print(r, os.strerror(ctypes.get_errno()))\n",
+        "print(len(open('/etc/passwd').read()) > 0)\n",
+    ));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(stdout(&v), "-1 Function not implemented\nTrue\n", "{v}");
+}
