@@ -230,3 +230,44 @@ fn openat2_answers_enosys_so_that_callers_fall_back() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(stdout(&v), "-1 Function not implemented\nTrue\n", "{v}");
 }
+
+#[test]
+fn the_sandbox_sees_nothing_of_the_host_command_line() {
+    // Every process's cmdline and environ inside, the init's included.
+    let (v, code) = run_json(&[
+        "--env",
+        "SECRET=hunter2",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for p in /proc/[0-9]*; do echo \"$p\"; cat $p/cmdline; echo; cat $p/environ 2>&1; echo; done",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let out = stdout(&v);
+    assert!(out.contains("/proc/1\n"), "{v}");
+    // The program's own environment has the variable; nothing else may.
+    let init = out
+        .split("/proc/")
+        .find(|s| s.starts_with("1\n"))
+        .expect("/proc/1");
+    assert!(!init.contains("hunter2"), "{init:?}");
+    assert!(!init.contains("SECRET"), "{init:?}");
+    assert!(!init.contains("--env"), "{init:?}");
+    assert!(!init.contains("--json"), "{init:?}");
+    // The init's cmdline: NUL bytes only.
+    let cmdline = init
+        .strip_prefix("1\n")
+        .and_then(|s| s.split('\n').next())
+        .expect("cmdline");
+    assert!(cmdline.bytes().all(|b| b == 0), "{cmdline:?}");
+    for other in out.split("/proc/").filter(|s| !s.is_empty()) {
+        let mut lines = other.splitn(2, '\n');
+        let pid = lines.next().unwrap_or_default();
+        let rest = lines.next().unwrap_or_default();
+        assert!(!rest.contains("--env"), "/proc/{pid}: {rest:?}");
+        assert!(
+            !rest.contains(&bin().display().to_string()),
+            "/proc/{pid}: {rest:?}"
+        );
+    }
+}
