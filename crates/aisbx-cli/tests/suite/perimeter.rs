@@ -271,3 +271,77 @@ fn the_sandbox_sees_nothing_of_the_host_command_line() {
         );
     }
 }
+
+/// `aisbx run --json -- ARGS` with `stdin` as its standard input.
+fn run_with_stdin(stdin: std::process::Stdio, args: &[&str]) -> std::process::Output {
+    let h = home();
+    cmd(h.path())
+        .args(["run", "--json", "--"])
+        .args(args)
+        .stdin(stdin)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn a_directory_or_device_as_stdin_is_refused() {
+    for path in ["/", "/dev/zero"] {
+        let f = std::fs::File::open(path).expect("open");
+        let out = run_with_stdin(f.into(), &["/bin/ls", "-la", "/proc/self/fd/0"]);
+        assert_eq!(out.status.code(), Some(125), "{path}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("standard input is a"), "{path}: {err}");
+    }
+    // /dev/null is fine.
+    let f = std::fs::File::open("/dev/null").expect("open");
+    let out = run_with_stdin(f.into(), &["/bin/cat"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn a_socket_as_stdin_reaches_the_sandbox_as_a_pipe() {
+    use std::io::Write;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    ours.write_all(b"through the relay\n").expect("write");
+    ours.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let out = run_with_stdin(
+        std::os::fd::OwnedFd::from(theirs).into(),
+        &[
+            "/bin/sh",
+            "-c",
+            "cat; stat -L -c %F /proc/self/fd/0; echo back >&0 2>/dev/null || echo no-write",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(stdout(&v), "through the relay\nfifo\nno-write\n", "{v}");
+}
+
+#[test]
+fn a_writable_file_as_stdin_is_reopened_read_only() {
+    use std::io::{Seek, SeekFrom};
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().join("input");
+    std::fs::write(&p, "skip\nread me\n").expect("write");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("open");
+    f.seek(SeekFrom::Start(5)).expect("seek");
+    let out = run_with_stdin(
+        f.into(),
+        &[
+            "/bin/sh",
+            "-c",
+            "cat; echo OVERWRITTEN >&0 2>/dev/null || echo no-write",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(stdout(&v), "read me\nno-write\n", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(&p).expect("read"),
+        "skip\nread me\n"
+    );
+}
