@@ -36,6 +36,29 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// /proc entries made read-only over the fresh /proc.
 const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
+/// Limits of the sandbox's own user namespace, set by its init (which holds
+/// CAP_SYS_RESOURCE there) before the program starts. Each charge to them also
+/// counts against the caller's host-wide limits, so these caps keep a sandbox
+/// from using up the caller's inotify quota; and no user namespace can be made
+/// inside, a second layer under the seccomp filter.
+pub const USERNS_LIMITS: &[(&str, u32)] = &[
+    ("/proc/sys/user/max_user_namespaces", 0),
+    ("/proc/sys/user/max_inotify_instances", 32),
+    ("/proc/sys/user/max_inotify_watches", 8192),
+];
+
+/// Write [`USERNS_LIMITS`] (a kernel without one of these knobs is skipped).
+fn limit_user_namespace() -> R<()> {
+    for (path, value) in USERNS_LIMITS {
+        match fs::write(path, format!("{value}\n")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("setting {path}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 type R<T> = Result<T, String>;
 
 fn cs(p: &Path) -> R<CString> {
@@ -491,6 +514,7 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    limit_user_namespace()?;
     for p in PROC_READONLY {
         let path = Path::new("/proc").join(p);
         // Entries this kernel lacks are skipped.

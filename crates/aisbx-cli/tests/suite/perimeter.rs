@@ -345,3 +345,48 @@ fn a_writable_file_as_stdin_is_reopened_read_only() {
         "skip\nread me\n"
     );
 }
+
+fn host_user_limits() -> Vec<String> {
+    [
+        "max_user_namespaces",
+        "max_inotify_instances",
+        "max_inotify_watches",
+    ]
+    .iter()
+    .map(|k| std::fs::read_to_string(format!("/proc/sys/user/{k}")).expect("sysctl"))
+    .collect()
+}
+
+#[test]
+fn the_sandbox_user_namespace_has_its_own_small_limits() {
+    let before = host_user_limits();
+    let (v, code) = py(concat!(
+        "import ctypes, os\n",
+        "for k in ('max_user_namespaces', 'max_inotify_instances', 'max_inotify_watches'):\n",
+        "    print(open('/proc/sys/user/' + k).read().strip())\n",
+        "libc = ctypes.CDLL(None, use_errno=True)\n",
+        "fds = []\n",
+        "while len(fds) < 200:\n",
+        "    fd = libc.inotify_init1(0)\n",
+        "    if fd < 0:\n",
+        "        print(len(fds), os.strerror(ctypes.get_errno()))\n",
+        "        break\n",
+        "    fds.append(fd)\n",
+        "try:\n",
+        "    open('/proc/sys/user/max_user_namespaces', 'w').write('5')\n",
+        "except OSError as e:\n",
+        "    print('write refused')\n",
+    ));
+    assert_eq!(code, 0, "{v}");
+    let out = stdout(&v);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{v}");
+    assert_eq!(&lines[..3], ["0", "32", "8192"], "{v}");
+    // At most the namespace's cap (fewer when the host user already uses many).
+    let (n, err) = lines[3].split_once(' ').expect("count and error");
+    let n: u32 = n.parse().expect("count");
+    assert!(n <= 32, "{v}");
+    assert_eq!(err, "Too many open files", "{v}");
+    assert_eq!(lines[4], "write refused", "{v}");
+    assert_eq!(host_user_limits(), before);
+}

@@ -259,3 +259,22 @@ fn unprivileged_runs_make_no_setid_file() {
     assert!(w.path().join("x").exists());
     assert_eq!(setid_entries(w.path(), false), Vec::<String>::new());
 }
+
+#[test]
+fn unprivileged_runs_get_the_user_namespace_limits() {
+    let Some(env) = setup() else { return };
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--",
+            "/bin/cat",
+            "/proc/sys/user/max_user_namespaces",
+            "/proc/sys/user/max_inotify_instances",
+            "/proc/sys/user/max_inotify_watches",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(stdout(&v), "0\n32\n8192\n", "{v}");
+}
