@@ -390,3 +390,28 @@ fn the_sandbox_user_namespace_has_its_own_small_limits() {
     assert_eq!(lines[4], "write refused", "{v}");
     assert_eq!(host_user_limits(), before);
 }
+
+#[test]
+fn filling_the_tmpfs_ends_in_enospc_not_an_oom_kill() {
+    // 256 MiB of memory; 400 MiB into /workspace, then /tmp and /dev/shm on top:
+    // each write stops at a full file system, and the run goes on to its end.
+    let (v, code) = run_json(&[
+        "--memory",
+        "256M",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for f in /workspace/fill /tmp/fill /dev/shm/fill; do dd if=/dev/zero of=$f bs=1M count=400 2>/dev/null; echo \"dd=$?\"; done; \
+         df -k /workspace /tmp /dev/shm | awk 'NR>1 {s+=$3} END {print s}'; echo end",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["oom_killed"], false, "{v}");
+    let out = stdout(&v);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{v}");
+    assert_eq!(&lines[..3], ["dd=1", "dd=1", "dd=1"], "{v}");
+    assert_eq!(lines[4], "end", "{v}");
+    // What they hold together: at most three quarters of the memory limit.
+    let used_kib: u64 = lines[3].parse().expect("df");
+    assert!(used_kib <= 192 * 1024 && used_kib > 150 * 1024, "{v}");
+}
