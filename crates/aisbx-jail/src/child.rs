@@ -269,7 +269,21 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
         exit_now(1);
     }
     let status_w = ctx.status_w;
-    match helper.and_then(|h| init_setup_and_wait(&ctx, h)) {
+    // "G": our gid map came from newgidmap, setgroups is allowed: drop the
+    // caller's supplementary groups, which would still count on host files.
+    let groups = if b[0] == b'G' {
+        // SAFETY: setgroups with an empty list.
+        match unsafe { libc::setgroups(0, std::ptr::null()) } {
+            0 => Ok(()),
+            _ => Err(errno_str("dropping the supplementary groups")),
+        }
+    } else {
+        Ok(())
+    };
+    match groups
+        .and(helper)
+        .and_then(|h| init_setup_and_wait(&ctx, h))
+    {
         Ok(never) => match never {},
         Err(msg) => {
             report(status_w, &format!("E {}\n", msg.replace('\n', " ")));

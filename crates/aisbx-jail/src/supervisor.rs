@@ -412,6 +412,13 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
             ));
         }
     }
+    // A non-root caller's supplementary groups are dropped inside the sandbox when
+    // newgidmap can write its gid map (see `groups`); else they stay.
+    let gid_mapper = if root || crate::groups::extra_groups().is_empty() {
+        None
+    } else {
+        crate::groups::gid_mapper().ok()
+    };
     let (host_uid, host_gid) = host_ids(spec)?;
     let mut prepared = Prepared::default();
     if let Workspace::Bind { host } = &spec.workspace {
@@ -446,8 +453,7 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
         &filters,
         &mut cgroup,
         prepared,
-        host_uid,
-        host_gid,
+        (host_uid, host_gid, gid_mapper),
     );
     if let Some(cg) = cgroup {
         // Kills whatever might be left (nothing, normally) and removes the cgroups.
@@ -463,8 +469,7 @@ fn run_in(
     filters: &seccomp::Filters,
     cgroup: &mut Option<RunCgroup>,
     prepared: Prepared,
-    host_uid: u32,
-    host_gid: u32,
+    (host_uid, host_gid, gid_mapper): (u32, u32, Option<crate::groups::GidMapper>),
 ) -> Result<Outcome, JailError> {
     let (sync_r, sync_w) = socketpair()?;
     let (status_r, status_w) = pipe()?;
@@ -545,6 +550,7 @@ fn run_in(
         &sigfd,
         start,
         (host_uid, host_gid, binds_from_supervisor),
+        gid_mapper,
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -574,6 +580,7 @@ fn supervise(
     sigfd: &OwnedFd,
     start: Instant,
     (host_uid, host_gid, binds_from_supervisor): (u32, u32, bool),
+    gid_mapper: Option<crate::groups::GidMapper>,
 ) -> Result<Outcome, JailError> {
     let setup = (|| -> Result<(), JailError> {
         let w = |file: &str, content: String| {
@@ -581,9 +588,16 @@ fn supervise(
                 .map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
         };
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
-        w("setgroups", "deny\n".into())?;
-        w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
-        write_all(sync_w.as_raw_fd(), b"g")
+        // With newgidmap, setgroups stays allowed and the init drops the groups
+        // ("G"); if it fails, the groups stay, as without it ("g").
+        let drop_groups = gid_mapper
+            .as_ref()
+            .is_some_and(|m| m.map(pid, SANDBOX_ID, host_gid).is_ok());
+        if !drop_groups {
+            w("setgroups", "deny\n".into())?;
+            w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
+        }
+        write_all(sync_w.as_raw_fd(), if drop_groups { b"G" } else { b"g" })
             .map_err(|e| JailError::io("starting the sandbox", e))?;
         // The init now changes ids and mounts its new root; plan the binds meanwhile.
         if binds_from_supervisor {
