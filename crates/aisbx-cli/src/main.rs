@@ -401,7 +401,7 @@ fn cmd_doctor(json: bool) -> u8 {
                 aisbx_jail::LayerState::Missing => "MISSING",
             };
             let req = if l.required { "required" } else { "optional" };
-            outln!("  {state}  {:<17} ({req})  {}", l.name, l.detail);
+            outln!("  {state}  {:<20} ({req})  {}", l.name, l.detail);
         }
         outln!(
             "  cgroup version: {}{}",

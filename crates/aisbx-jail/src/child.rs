@@ -206,11 +206,53 @@ impl NsHelper {
     }
 }
 
+/// Where the kernel finds this process's argv and environment strings, from
+/// `/proc/self/stat` (fields 48 to 51): `[arg_start, arg_end, env_start, env_end]`.
+fn arg_env_area(stat: &[u8]) -> Option<[usize; 4]> {
+    // The command name (field 2) may hold anything but ends at the last ')'.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // `rest` starts at field 3.
+    let mut area = [0usize; 4];
+    for (i, a) in area.iter_mut().enumerate() {
+        *a = fields.get(45 + i)?.parse().ok()?;
+    }
+    let [arg_start, arg_end, env_start, env_end] = area;
+    (arg_start < arg_end && env_start <= env_end).then_some(area)
+}
+
+/// The init is a copy of aisbx, not a new program: its `/proc/1/cmdline` and
+/// `/proc/1/environ` would show aisbx's host argv and environment (a `--env
+/// SECRET=...` among them) to the sandbox. Overwrite both areas with zeros in
+/// this copy (the supervisor's memory is not shared), before anything else is
+/// forked from it; the cmdline then reads as NUL bytes only. Nothing in the init
+/// reads its argv or environment afterwards.
+fn scrub_host_args() -> Result<(), String> {
+    let stat = std::fs::read("/proc/self/stat").map_err(|e| format!("/proc/self/stat: {e}"))?;
+    let [arg_start, arg_end, env_start, env_end] =
+        arg_env_area(&stat).ok_or("/proc/self/stat has no argument area")?;
+    for (start, end) in [(arg_start, arg_end), (env_start, env_end)] {
+        // SAFETY: the kernel's record of where this process's argv and environment
+        // strings lie: mapped, writable memory (the initial stack) that no Rust
+        // value refers to.
+        unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+    }
+    Ok(())
+}
+
 /// The sandbox init. Never returns.
 pub fn init_main(ctx: InitCtx<'_>) -> ! {
     for fd in &ctx.parent_fds {
         // SAFETY: closing fds this process does not use.
         unsafe { libc::close(*fd) };
+    }
+    if let Err(msg) = scrub_host_args() {
+        report(
+            ctx.status_w,
+            &format!("E hiding the host arguments: {msg}\n"),
+        );
+        exit_now(1);
     }
     // Die with the supervisor; the kernel then kills the whole pid namespace.
     // SAFETY: plain prctl.
@@ -227,7 +269,21 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
         exit_now(1);
     }
     let status_w = ctx.status_w;
-    match helper.and_then(|h| init_setup_and_wait(&ctx, h)) {
+    // "G": our gid map came from newgidmap, setgroups is allowed: drop the
+    // caller's supplementary groups, which would still count on host files.
+    let groups = if b[0] == b'G' {
+        // SAFETY: setgroups with an empty list.
+        match unsafe { libc::setgroups(0, std::ptr::null()) } {
+            0 => Ok(()),
+            _ => Err(errno_str("dropping the supplementary groups")),
+        }
+    } else {
+        Ok(())
+    };
+    match groups
+        .and(helper)
+        .and_then(|h| init_setup_and_wait(&ctx, h))
+    {
         Ok(never) => match never {},
         Err(msg) => {
             report(status_w, &format!("E {}\n", msg.replace('\n', " ")));
@@ -588,4 +644,32 @@ fn drop_capabilities() -> Result<(), String> {
         }
     }
     capset(0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_argument_area_is_found_in_proc_stat() {
+        // A command name with spaces and parentheses, then fields 3 to 52.
+        let mut line = b"42 (a) (b c)) S".to_vec();
+        for n in 4..=52u32 {
+            line.extend_from_slice(format!(" {}", n * 10).as_bytes());
+        }
+        line.push(b'\n');
+        assert_eq!(arg_env_area(&line), Some([480, 490, 500, 510]));
+        // Truncated, or zeros (the kernel hides them from other processes): none.
+        assert_eq!(arg_env_area(&line[..60]), None);
+        let zeros = format!("1 (x) S{}", " 0".repeat(50));
+        assert_eq!(arg_env_area(zeros.as_bytes()), None);
+        // This process's own area holds its argv.
+        let stat = std::fs::read("/proc/self/stat").expect("stat");
+        let [a, b, e, f] = arg_env_area(&stat).expect("own area");
+        assert!(a < b && b <= e && e <= f);
+        // SAFETY: reading this process's own argv strings.
+        let args = unsafe { std::slice::from_raw_parts(a as *const u8, b - a) };
+        let first = std::env::args_os().next().expect("argv[0]");
+        assert!(args.starts_with(first.as_encoded_bytes()));
+    }
 }

@@ -243,6 +243,7 @@ pub fn probe() -> Report {
         required: false,
         detail: cg_detail,
     });
+    layers.push(groups_layer(root));
     Report {
         layers,
         cgroup_version: version,
@@ -258,4 +259,45 @@ fn writable_dir(p: &std::path::Path) -> bool {
     };
     // SAFETY: access(2) on a valid C string.
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Whether the caller's supplementary groups reach the sandbox.
+fn groups_layer(root: bool) -> Layer {
+    let extra = crate::groups::extra_groups();
+    let (ok, detail) = if root {
+        (
+            true,
+            "dropped before each run (aisbx runs as root)".to_string(),
+        )
+    } else if extra.is_empty() {
+        (true, "this user has none to drop".to_string())
+    } else {
+        match crate::groups::gid_mapper() {
+            Ok(_) => (
+                true,
+                "dropped in each run: newgidmap maps a subordinate gid from /etc/subgid, so the sandbox may call setgroups".to_string(),
+            ),
+            Err(why) => (
+                false,
+                format!(
+                    "kept: the sandbox keeps this user's supplementary groups ({}) for access to host files, because {why}",
+                    extra
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    };
+    Layer {
+        name: "supplementary groups".into(),
+        state: if ok {
+            LayerState::Active
+        } else {
+            LayerState::Missing
+        },
+        required: false,
+        detail,
+    }
 }

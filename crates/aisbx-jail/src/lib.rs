@@ -21,6 +21,7 @@
 mod cgroup;
 mod child;
 mod doctor;
+mod groups;
 mod lsm;
 mod mounts;
 mod seccomp;

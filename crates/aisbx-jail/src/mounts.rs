@@ -36,7 +36,74 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// /proc entries made read-only over the fresh /proc.
 const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
+/// Limits of the sandbox's own user namespace, set by its init (which holds
+/// CAP_SYS_RESOURCE there) before the program starts. Each charge to them also
+/// counts against the caller's host-wide limits, so these caps keep a sandbox
+/// from using up the caller's inotify quota; and no user namespace can be made
+/// inside, a second layer under the seccomp filter.
+pub const USERNS_LIMITS: &[(&str, u32)] = &[
+    ("/proc/sys/user/max_user_namespaces", 0),
+    ("/proc/sys/user/max_inotify_instances", 32),
+    ("/proc/sys/user/max_inotify_watches", 8192),
+];
+
+/// Write [`USERNS_LIMITS`] (a kernel without one of these knobs is skipped).
+fn limit_user_namespace() -> R<()> {
+    for (path, value) in USERNS_LIMITS {
+        match fs::write(path, format!("{value}\n")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("setting {path}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 type R<T> = Result<T, String>;
+
+/// The cap of the tmpfs at `/dev`, which `/dev/shm` shares.
+const DEV_CAP: u64 = 64 << 20;
+
+/// The sizes of the run's writable tmpfs: `/workspace` (when it is one), `/tmp`
+/// and `/dev` (with `/dev/shm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TmpfsSizes {
+    pub workspace: Option<u64>,
+    pub tmp: u64,
+    pub dev: u64,
+}
+
+/// What a tmpfs holds is charged to the run's memory: were `/workspace`, `/tmp`
+/// and `/dev/shm` allowed more than the memory limit between them, filling them
+/// would end in an OOM kill of the whole run instead of `ENOSPC` in the program
+/// that writes. So their sizes add up to at most three quarters of the memory
+/// limit (a quarter is kept for the processes): when their caps (the spec's
+/// workspace and tmp sizes, 64 MiB for `/dev`) add up to more, each shrinks in
+/// proportion. Sizes are whole pages, at least one.
+pub fn tmpfs_sizes(spec: &Spec) -> TmpfsSizes {
+    const PAGE: u64 = 4096;
+    let workspace = match spec.workspace {
+        Workspace::Tmpfs { size_bytes } => Some(size_bytes),
+        _ => None,
+    };
+    let caps = [workspace.unwrap_or(0), spec.limits.tmp_bytes, DEV_CAP];
+    let total: u128 = caps.iter().map(|&c| u128::from(c)).sum();
+    let budget = u128::from(spec.limits.memory_bytes) / 4 * 3;
+    let size = |cap: u64| -> u64 {
+        let s = if total > budget {
+            // Fits in u64: at most `cap`.
+            (u128::from(cap) * budget / total) as u64
+        } else {
+            cap
+        };
+        (s / PAGE).max(1) * PAGE
+    };
+    TmpfsSizes {
+        workspace: workspace.map(size),
+        tmp: size(spec.limits.tmp_bytes),
+        dev: size(DEV_CAP),
+    }
+}
 
 fn cs(p: &Path) -> R<CString> {
     CString::new(p.as_os_str().as_bytes())
@@ -491,6 +558,7 @@ pub fn build_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    limit_user_namespace()?;
     for p in PROC_READONLY {
         let path = Path::new("/proc").join(p);
         // Entries this kernel lacks are skipped.
@@ -509,7 +577,8 @@ pub fn build_root(
         }
     }
 
-    build_dev()?;
+    let sizes = tmpfs_sizes(spec);
+    build_dev(sizes.dev)?;
 
     // /tmp and /workspace.
     mkdir_p(Path::new("/tmp"))?;
@@ -518,10 +587,7 @@ pub fn build_root(
         "/tmp",
         Some("tmpfs"),
         nosuid_nodev,
-        Some(&format!(
-            "mode=1777,size={}",
-            spec.limits.tmp_bytes.max(4096)
-        )),
+        Some(&format!("mode=1777,size={}", sizes.tmp)),
     )?;
     mkdir_p(Path::new("/workspace"))?;
     match (&spec.workspace, &prepared.workspace) {
@@ -543,7 +609,7 @@ pub fn build_root(
             nosuid_nodev,
             Some(&format!(
                 "mode=0755,uid={SANDBOX_ID},gid={SANDBOX_ID},size={}",
-                (*size_bytes).max(4096)
+                sizes.workspace.unwrap_or(*size_bytes)
             )),
         )?,
         (Workspace::Bind { host }, None) => {
@@ -584,16 +650,17 @@ pub fn build_root(
     Ok(())
 }
 
-fn build_dev() -> R<()> {
+fn build_dev(size: u64) -> R<()> {
     mkdir_p(Path::new("/dev"))?;
     // One tmpfs for /dev and the POSIX shared memory in /dev/shm (64 MiB between
-    // them); the devices are binds with their own mount flags.
+    // them, less for a small memory limit); the devices are binds with their own
+    // mount flags.
     mnt(
         Some("tmpfs"),
         "/dev",
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=64m,nr_inodes=4096"),
+        Some(&format!("mode=0755,size={size},nr_inodes=4096")),
     )?;
     for d in DEVICES {
         let src = Path::new("/dev").join(d);
@@ -741,6 +808,88 @@ mod tests {
         assert!(BindPlan::decode(&m, None).is_err());
         assert!(BindPlan::decode(&m[..3], None).is_err());
         assert!(BindPlan::decode(&[7, 0, 0, 0, 0], None).is_err());
+    }
+
+    fn spec(memory: u64, workspace: Workspace, tmp: u64) -> Spec {
+        Spec {
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            cwd: "/workspace".into(),
+            ro_binds: Vec::new(),
+            rw_binds: Vec::new(),
+            etc_files: Vec::new(),
+            code_files: Vec::new(),
+            workspace,
+            workspace_files: Vec::new(),
+            limits: crate::Limits {
+                wall: std::time::Duration::from_secs(1),
+                memory_bytes: memory,
+                pids: 16,
+                cpus: 1.0,
+                nofile: 64,
+                tmp_bytes: tmp,
+                output_bytes: 1024,
+            },
+            stdin: crate::Stdin::Null,
+            hostname: "aisbx".into(),
+            landlock: crate::Enforcement::BestEffort,
+            seccomp: crate::SeccompLevel::Default,
+            require_cgroups: false,
+        }
+    }
+
+    #[test]
+    fn tmpfs_sizes_stay_below_the_memory_limit() {
+        const M: u64 = 1 << 20;
+        let ws = |n: u64| Workspace::Tmpfs { size_bytes: n };
+        // Room for every cap: unchanged.
+        let s = tmpfs_sizes(&spec(2048 * M, ws(1024 * M), 256 * M));
+        assert_eq!(
+            s,
+            TmpfsSizes {
+                workspace: Some(1024 * M),
+                tmp: 256 * M,
+                dev: 64 * M
+            }
+        );
+        // 256 MiB of memory: 192 MiB between them, in proportion to the caps.
+        let s = tmpfs_sizes(&spec(256 * M, ws(1024 * M), 256 * M));
+        let sum = s.workspace.unwrap_or(0) + s.tmp + s.dev;
+        assert!(sum <= 192 * M && sum > 191 * M, "{s:?}");
+        assert!(
+            s.workspace.unwrap_or(0) > 4 * s.tmp && s.tmp > 3 * s.dev,
+            "{s:?}"
+        );
+        // Only /tmp and /dev when the workspace is not a tmpfs.
+        let s = tmpfs_sizes(&spec(
+            64 * M,
+            Workspace::Bind {
+                host: "/srv/x".into(),
+            },
+            256 * M,
+        ));
+        assert_eq!(s.workspace, None);
+        assert!(s.tmp + s.dev <= 48 * M, "{s:?}");
+        // Whole pages, never zero; no overflow for huge values.
+        for (mem, w, t) in [
+            (4 * M, 1, 1),
+            (4 * M, u64::MAX, u64::MAX),
+            (u64::MAX, u64::MAX, u64::MAX),
+            (5 * M + 7, 3 * M + 1, M - 1),
+        ] {
+            let s = tmpfs_sizes(&spec(mem, ws(w), t));
+            for v in [s.workspace.unwrap_or(4096), s.tmp, s.dev] {
+                assert!(v >= 4096 && v % 4096 == 0, "{mem} {w} {t}: {s:?}");
+            }
+            if mem < u64::MAX {
+                // Rounding down to pages keeps the sum in the budget; the
+                // one-page minimum may add a page to a tiny one.
+                assert!(
+                    s.workspace.unwrap_or(0) + s.tmp + s.dev <= mem / 4 * 3 + 2 * 4096,
+                    "{mem} {w} {t}: {s:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //!   x86_64, any x32 system call number kill the process;
 //! - `clone3` fails with `ENOSYS`, so that libc falls back to `clone`, whose flags
 //!   (unlike clone3's, which sit in memory) the filter can inspect;
+//! - `openat2` fails with `ENOSYS`, so that callers fall back to `openat`: its
+//!   mode sits in a struct in memory, which the filter cannot read;
 //! - the deny list fails with `EPERM`, some calls only for some arguments
-//!   (namespace flags, terminal injection, vsock, unusual personalities);
+//!   (namespace flags, terminal injection, vsock, unusual personalities, and a
+//!   mode with the setuid or setgid bit in `chmod`, `fchmod`, `fchmodat`,
+//!   `fchmodat2`, and in `open`, `openat`, `creat`, `mkdir`, `mkdirat`, `mknod`,
+//!   `mknodat` when they create), so that no file the sandbox writes, in a
+//!   root-owned workspace or a read-write bind, is ever setuid or setgid;
 //! - everything else is allowed.
 //!
 //! The system call number is found by binary search, so a call passes about a
@@ -116,6 +122,44 @@ fn allowed_personas(level: SeccompLevel) -> Vec<u32> {
 
 const SYS_CLONE3: u32 = 435;
 
+/// The mode bits no file the sandbox creates or changes may get. A mode is a
+/// `umode_t` in the kernel (16 bits): only the low word of the argument counts.
+const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// The open flags with which `open`/`openat` create a file and use their mode
+/// (`O_CREAT`, and `__O_TMPFILE`, the bit of `O_TMPFILE` that is not
+/// `O_DIRECTORY`); without them the kernel ignores the mode.
+const CREATE_FLAGS: u32 = libc::O_CREAT as u32 | (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
+
+/// System calls whose argument `i` is a mode applied as given: EPERM when it has
+/// [`SETID_BITS`].
+fn mode_calls() -> Vec<(i64, u32)> {
+    let mut v = vec![
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_fchmodat2, 2),
+        (libc::SYS_mkdirat, 2),
+        (libc::SYS_mknodat, 2),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend_from_slice(&[
+        (libc::SYS_chmod, 1),
+        (libc::SYS_creat, 1),
+        (libc::SYS_mkdir, 1),
+        (libc::SYS_mknod, 1),
+    ]);
+    v
+}
+
+/// System calls that create a file with the mode in argument `mode` when the
+/// flags in argument `flags` have one of [`CREATE_FLAGS`]: (number, flags, mode).
+fn open_calls() -> Vec<(i64, u32, u32)> {
+    let mut v = vec![(libc::SYS_openat, 2, 3)];
+    #[cfg(target_arch = "x86_64")]
+    v.push((libc::SYS_open, 1, 2));
+    v
+}
+
 /// What the filter does with one system call number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -130,6 +174,14 @@ enum Verdict {
     Vsock,
     /// EPERM unless the personality is one of [`allowed_personas`].
     Persona,
+    /// EPERM when argument `.0` (a mode) has [`SETID_BITS`].
+    SetidMode(u32),
+    /// EPERM when argument `flags` has [`CREATE_FLAGS`] and argument `mode` has
+    /// [`SETID_BITS`].
+    SetidCreate {
+        flags: u32,
+        mode: u32,
+    },
 }
 
 /// The policy: every system call number that is not simply allowed.
@@ -142,8 +194,19 @@ fn policy(level: SeccompLevel) -> Vec<(u32, Verdict)> {
         .into_iter()
         .map(|nr| (nr as u32, Verdict::Eperm))
         .collect();
+    v.extend(
+        mode_calls()
+            .into_iter()
+            .map(|(nr, arg)| (nr as u32, Verdict::SetidMode(arg))),
+    );
+    v.extend(
+        open_calls()
+            .into_iter()
+            .map(|(nr, flags, mode)| (nr as u32, Verdict::SetidCreate { flags, mode })),
+    );
     v.extend([
         (SYS_CLONE3, Verdict::Enosys),
+        (libc::SYS_openat2 as u32, Verdict::Enosys),
         (libc::SYS_unshare as u32, Verdict::NsFlags),
         // clone's flags are its first argument on x86_64 and aarch64.
         (libc::SYS_clone as u32, Verdict::NsFlags),
@@ -281,21 +344,52 @@ pub fn compile(level: SeccompLevel) -> Result<Filters, String> {
     #[cfg(target_arch = "x86_64")]
     a.ops
         .push(Op::Jmp(BPF_JMP_JGE_K, X32_SYSCALL_BIT, Some(kill), None));
-    let calls: Vec<(u32, Label)> = policy(level)
-        .into_iter()
-        .map(|(nr, v)| {
-            let target = match v {
-                Verdict::Eperm => eperm,
-                Verdict::Enosys => enosys,
-                Verdict::NsFlags => ns,
-                Verdict::TerminalIoctl => tty,
-                Verdict::Vsock => vsock,
-                Verdict::Persona => persona,
-            };
-            (nr, target)
-        })
-        .collect();
+    // The argument checks on modes: one block for each distinct verdict.
+    let mut mode_blocks: Vec<(Verdict, Label)> = Vec::new();
+    let mut calls: Vec<(u32, Label)> = Vec::new();
+    for (nr, v) in policy(level) {
+        let target = match v {
+            Verdict::Eperm => eperm,
+            Verdict::Enosys => enosys,
+            Verdict::NsFlags => ns,
+            Verdict::TerminalIoctl => tty,
+            Verdict::Vsock => vsock,
+            Verdict::Persona => persona,
+            Verdict::SetidMode(_) | Verdict::SetidCreate { .. } => {
+                match mode_blocks.iter().find(|b| b.0 == v) {
+                    Some(b) => b.1,
+                    None => {
+                        let l = a.label();
+                        mode_blocks.push((v, l));
+                        l
+                    }
+                }
+            }
+        };
+        calls.push((nr, target));
+    }
     a.search(&calls, allow);
+
+    for (v, l) in mode_blocks {
+        a.ops.push(Op::Mark(l));
+        let mode = match v {
+            Verdict::SetidCreate { flags, mode } => {
+                a.ops.push(Op::Ld(arg_low(flags)));
+                a.ops
+                    .push(Op::Jmp(BPF_JMP_JSET_K, CREATE_FLAGS, None, Some(allow)));
+                mode
+            }
+            Verdict::SetidMode(mode) => mode,
+            _ => continue, // only mode verdicts have blocks
+        };
+        a.ops.push(Op::Ld(arg_low(mode)));
+        a.ops.push(Op::Jmp(
+            BPF_JMP_JSET_K,
+            SETID_BITS,
+            Some(eperm),
+            Some(allow),
+        ));
+    }
 
     a.ops.push(Op::Mark(ns));
     a.ops.push(Op::Ld(arg_low(0)));
@@ -376,7 +470,33 @@ mod tests {
                 && (low(1) == libc::TIOCSTI as u32 || low(1) == libc::TIOCLINUX as u32))
             || (n == libc::SYS_socket && low(0) == libc::AF_VSOCK as u32)
             || (n == libc::SYS_personality && !allowed_personas(level).contains(&low(0)));
-        if nr == SYS_CLONE3 {
+        // Modes: the setuid/setgid bits of the low word; open flags: O_CREAT or
+        // the O_TMPFILE bit, in the low word.
+        let setid = |i: usize| low(i) & 0o6000 != 0;
+        let creates = |i: usize| low(i) & (0o100 | 0o2000_0000) != 0;
+        let mut mode_arg = vec![
+            (libc::SYS_fchmod, 1),
+            (libc::SYS_fchmodat, 2),
+            (452, 2), // fchmodat2
+            (libc::SYS_mkdirat, 2),
+            (libc::SYS_mknodat, 2),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        mode_arg.extend([
+            (libc::SYS_chmod, 1),
+            (libc::SYS_creat, 1),
+            (libc::SYS_mkdir, 1),
+            (libc::SYS_mknod, 1),
+        ]);
+        #[cfg(target_arch = "x86_64")]
+        let setid_open = n == libc::SYS_open && creates(1) && setid(2);
+        #[cfg(not(target_arch = "x86_64"))]
+        let setid_open = false;
+        let denied = denied
+            || mode_arg.iter().any(|&(c, i)| c == n && setid(i))
+            || setid_open
+            || (n == libc::SYS_openat && creates(2) && setid(3));
+        if nr == SYS_CLONE3 || nr == 437 {
             RET_ENOSYS
         } else if denied {
             RET_EPERM
@@ -430,6 +550,28 @@ mod tests {
             for c in [libc::TIOCSTI, libc::TIOCLINUX, libc::TCGETS] {
                 v.push([0, c, 0, 0, 0, 0]);
                 v.push([0, (7 << 32) | c, 0, 0, 0, 0]);
+            }
+            // Flags and modes for the open, chmod, mkdir and mknod families, in
+            // every argument position they take: plain and set-id modes, a file
+            // type with a set-id mode, create and non-create flags, the bits only
+            // in the high word (which the kernel ignores), and both at once.
+            let words: [u64; 9] = [
+                0,
+                0o755,
+                0o4755,
+                0o2755,
+                0o10_0000 | 0o6000,
+                libc::O_CREAT as u64 | libc::O_WRONLY as u64,
+                libc::O_TMPFILE as u64,
+                (0o6000 | libc::O_CREAT as u64 | libc::O_TMPFILE as u64) << 32,
+                0o4000 | libc::O_CREAT as u64,
+            ];
+            for &a in &words {
+                for &b in &words {
+                    for &c in &words {
+                        v.push([0, a, b, c, 0, 0]);
+                    }
+                }
             }
             for p in [
                 libc::AF_VSOCK as u64,

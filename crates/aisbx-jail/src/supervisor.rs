@@ -270,6 +270,90 @@ fn check_overlay(
     Ok(())
 }
 
+/// The program's stdin when the supervisor writes it: the write end of a pipe,
+/// what is still to be written, and where more comes from (a socket relayed to
+/// the pipe), if anywhere.
+struct Feed {
+    w: OwnedFd,
+    buf: Vec<u8>,
+    src: Option<OwnedFd>,
+}
+
+/// What the program gets when aisbx passes its own stdin on.
+enum InheritedStdin {
+    /// The fd itself (or a read-only reopening of it).
+    Fd(OwnedFd),
+    /// A socket: relayed through a pipe by the supervisor.
+    Relay(OwnedFd),
+}
+
+/// aisbx's stdin, for the program: only a pipe, a regular file, a terminal or
+/// `/dev/null` reaches the sandbox, and only for reading. A pipe or regular file
+/// open for writing too is reopened read-only (a regular file at the same
+/// offset); a socket is relayed through a pipe, so the sandbox never holds it;
+/// anything else (a directory, a device, ...) is refused: it would hand the
+/// sandbox a host object that its own file system does not have.
+fn inherited_stdin() -> Result<InheritedStdin, JailError> {
+    let null = || -> Result<OwnedFd, JailError> {
+        Ok(std::fs::File::open("/dev/null")
+            .map_err(|e| JailError::io("/dev/null", e))?
+            .into())
+    };
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(0, &mut st) } != 0 {
+        // No stdin at all.
+        return null().map(InheritedStdin::Fd);
+    }
+    let dup = || -> Result<OwnedFd, JailError> {
+        // SAFETY: duplicating our fd 0.
+        let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd < 0 {
+            return Err(JailError::io(
+                "duplicating stdin",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: we own the duplicate.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    // SAFETY: plain fcntl on fd 0.
+    let read_only = unsafe { libc::fcntl(0, libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDONLY;
+    let reopen = |keep_offset: bool| -> Result<OwnedFd, JailError> {
+        let f = std::fs::File::open("/proc/self/fd/0")
+            .map_err(|e| JailError::io("reopening stdin read-only", e))?;
+        if keep_offset {
+            // SAFETY: lseek on fds we hold.
+            unsafe {
+                let at = libc::lseek(0, 0, libc::SEEK_CUR);
+                if at > 0 {
+                    libc::lseek(f.as_raw_fd(), at, libc::SEEK_SET);
+                }
+            }
+        }
+        Ok(f.into())
+    };
+    let refuse = |what: &str| {
+        Err(JailError::InvalidSpec(format!(
+            "standard input is {what}; a sandbox reads only a pipe, a regular file, a terminal or /dev/null: redirect stdin from a file or from /dev/null"
+        )))
+    };
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO if read_only => dup().map(InheritedStdin::Fd),
+        libc::S_IFIFO => reopen(false).map(InheritedStdin::Fd),
+        libc::S_IFREG if read_only => dup().map(InheritedStdin::Fd),
+        libc::S_IFREG => reopen(true).map(InheritedStdin::Fd),
+        libc::S_IFSOCK => dup().map(InheritedStdin::Relay),
+        // SAFETY: isatty on fd 0.
+        libc::S_IFCHR if unsafe { libc::isatty(0) } == 1 => dup().map(InheritedStdin::Fd),
+        libc::S_IFCHR if st.st_rdev == libc::makedev(1, 3) => null().map(InheritedStdin::Fd),
+        libc::S_IFCHR => refuse("a device"),
+        libc::S_IFBLK => refuse("a block device"),
+        libc::S_IFDIR => refuse("a directory"),
+        _ => refuse("neither a pipe nor a file"),
+    }
+}
+
 struct Stream {
     fd: Option<OwnedFd>,
     buf: Vec<u8>,
@@ -328,6 +412,13 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
             ));
         }
     }
+    // A non-root caller's supplementary groups are dropped inside the sandbox when
+    // newgidmap can write its gid map (see `groups`); else they stay.
+    let gid_mapper = if root || crate::groups::extra_groups().is_empty() {
+        None
+    } else {
+        crate::groups::gid_mapper().ok()
+    };
     let (host_uid, host_gid) = host_ids(spec)?;
     let mut prepared = Prepared::default();
     if let Workspace::Bind { host } = &spec.workspace {
@@ -362,8 +453,7 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
         &filters,
         &mut cgroup,
         prepared,
-        host_uid,
-        host_gid,
+        (host_uid, host_gid, gid_mapper),
     );
     if let Some(cg) = cgroup {
         // Kills whatever might be left (nothing, normally) and removes the cgroups.
@@ -379,37 +469,29 @@ fn run_in(
     filters: &seccomp::Filters,
     cgroup: &mut Option<RunCgroup>,
     prepared: Prepared,
-    host_uid: u32,
-    host_gid: u32,
+    (host_uid, host_gid, gid_mapper): (u32, u32, Option<crate::groups::GidMapper>),
 ) -> Result<Outcome, JailError> {
     let (sync_r, sync_w) = socketpair()?;
     let (status_r, status_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let mut stdin_feed: Option<(OwnedFd, Vec<u8>)> = None;
+    let mut stdin_feed: Option<Feed> = None;
+    let mut feed = |buf: Vec<u8>, src: Option<OwnedFd>| -> Result<OwnedFd, JailError> {
+        let (r, w) = pipe()?;
+        // SAFETY: making our write end non-blocking.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        stdin_feed = Some(Feed { w, buf, src });
+        Ok(r)
+    };
     let stdin_child: OwnedFd = match &spec.stdin {
         Stdin::Null => std::fs::File::open("/dev/null")
             .map_err(|e| JailError::io("/dev/null", e))?
             .into(),
-        Stdin::Inherit => {
-            // SAFETY: duplicating our fd 0.
-            let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
-            if fd < 0 {
-                std::fs::File::open("/dev/null")
-                    .map_err(|e| JailError::io("/dev/null", e))?
-                    .into()
-            } else {
-                // SAFETY: we own the duplicate.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            }
-        }
-        Stdin::Bytes(b) => {
-            let (r, w) = pipe()?;
-            // SAFETY: making our write end non-blocking.
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-            stdin_feed = Some((w, b.clone()));
-            r
-        }
+        Stdin::Inherit => match inherited_stdin()? {
+            InheritedStdin::Fd(fd) => fd,
+            InheritedStdin::Relay(src) => feed(Vec::new(), Some(src))?,
+        },
+        Stdin::Bytes(b) => feed(b.clone(), None)?,
     };
     let (sigfd, old_mask) = block_signals()?;
     let start = Instant::now();
@@ -436,8 +518,9 @@ fn run_in(
             err_r.as_raw_fd(),
             sigfd.as_raw_fd(),
         ];
-        if let Some((w, _)) = &stdin_feed {
-            parent_fds.push(w.as_raw_fd());
+        if let Some(f) = &stdin_feed {
+            parent_fds.push(f.w.as_raw_fd());
+            parent_fds.extend(f.src.as_ref().map(|s| s.as_raw_fd()));
         }
         init_main(InitCtx {
             spec,
@@ -467,6 +550,7 @@ fn run_in(
         &sigfd,
         start,
         (host_uid, host_gid, binds_from_supervisor),
+        gid_mapper,
     );
     // SAFETY: restoring the mask we saved.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
@@ -492,10 +576,11 @@ fn supervise(
     status_r: OwnedFd,
     out_r: OwnedFd,
     err_r: OwnedFd,
-    mut stdin_feed: Option<(OwnedFd, Vec<u8>)>,
+    mut stdin_feed: Option<Feed>,
     sigfd: &OwnedFd,
     start: Instant,
     (host_uid, host_gid, binds_from_supervisor): (u32, u32, bool),
+    gid_mapper: Option<crate::groups::GidMapper>,
 ) -> Result<Outcome, JailError> {
     let setup = (|| -> Result<(), JailError> {
         let w = |file: &str, content: String| {
@@ -503,9 +588,16 @@ fn supervise(
                 .map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
         };
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
-        w("setgroups", "deny\n".into())?;
-        w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
-        write_all(sync_w.as_raw_fd(), b"g")
+        // With newgidmap, setgroups stays allowed and the init drops the groups
+        // ("G"); if it fails, the groups stay, as without it ("g").
+        let drop_groups = gid_mapper
+            .as_ref()
+            .is_some_and(|m| m.map(pid, SANDBOX_ID, host_gid).is_ok());
+        if !drop_groups {
+            w("setgroups", "deny\n".into())?;
+            w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
+        }
+        write_all(sync_w.as_raw_fd(), if drop_groups { b"G" } else { b"g" })
             .map_err(|e| JailError::io("starting the sandbox", e))?;
         // The init now changes ids and mounts its new root; plan the binds meanwhile.
         if binds_from_supervisor {
@@ -602,13 +694,26 @@ fn supervise(
             });
             roles.push(2);
         }
-        if let Some((fd, _)) = &stdin_feed {
-            pfds.push(libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            });
-            roles.push(3);
+        if let Some(f) = &stdin_feed {
+            // Write what we have; with nothing left, wait for more from the source.
+            match (&f.src, f.buf.is_empty()) {
+                (Some(src), true) => {
+                    pfds.push(libc::pollfd {
+                        fd: src.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    roles.push(5);
+                }
+                _ => {
+                    pfds.push(libc::pollfd {
+                        fd: f.w.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    });
+                    roles.push(3);
+                }
+            }
         }
         pfds.push(libc::pollfd {
             fd: sigfd.as_raw_fd(),
@@ -698,20 +803,20 @@ fn supervise(
                 }
                 3 => {
                     let mut done = true;
-                    if let Some((fd, data)) = &mut stdin_feed
+                    if let Some(f) = &mut stdin_feed
                         && p.revents & libc::POLLOUT != 0
                     {
                         // SAFETY: writing from our buffer to a non-blocking pipe.
                         let w = unsafe {
                             libc::write(
-                                fd.as_raw_fd(),
-                                data.as_ptr().cast(),
-                                data.len().min(64 * 1024),
+                                f.w.as_raw_fd(),
+                                f.buf.as_ptr().cast(),
+                                f.buf.len().min(64 * 1024),
                             )
                         };
                         if w > 0 {
-                            data.drain(..w as usize);
-                            done = data.is_empty();
+                            f.buf.drain(..w as usize);
+                            done = f.buf.is_empty() && f.src.is_none();
                         } else {
                             done = std::io::Error::last_os_error().kind()
                                 != std::io::ErrorKind::WouldBlock;
@@ -719,6 +824,25 @@ fn supervise(
                     }
                     if done {
                         stdin_feed = None;
+                    }
+                }
+                5 => {
+                    // More input from a relayed source; EOF or an error ends it.
+                    if let Some(f) = &mut stdin_feed
+                        && let Some(src) = &f.src
+                    {
+                        // SAFETY: reading into our buffer.
+                        let r = unsafe {
+                            libc::read(src.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len())
+                        };
+                        if r > 0 {
+                            f.buf.extend_from_slice(&chunk[..r as usize]);
+                        } else if r == 0
+                            || std::io::Error::last_os_error().kind()
+                                != std::io::ErrorKind::Interrupted
+                        {
+                            stdin_feed = None;
+                        }
                     }
                 }
                 _ => {

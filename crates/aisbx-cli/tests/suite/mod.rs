@@ -5,6 +5,7 @@ mod disk;
 mod imports;
 mod limits;
 mod parity;
+mod perimeter;
 mod perimeter_fs;
 mod perimeter_paths;
 mod profiles;

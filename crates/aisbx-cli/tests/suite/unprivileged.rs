@@ -37,15 +37,24 @@ fn setup() -> Option<Env> {
 }
 
 fn as_nobody(env: &Env, args: &[&str]) -> Output {
+    as_nobody_in(env, None, args)
+}
+
+/// As `nobody`, with the supplementary groups `groups` (setpriv's list), or none.
+fn as_nobody_in(env: &Env, groups: Option<&str>, args: &[&str]) -> Output {
+    let group_args = match groups {
+        Some(g) => vec!["--groups", g],
+        None => vec!["--clear-groups"],
+    };
     Command::new("setpriv")
         .args([
             "--reuid",
             &NOBODY.to_string(),
             "--regid",
             &NOBODY.to_string(),
-            "--clear-groups",
-            "--",
         ])
+        .args(group_args)
+        .arg("--")
         .arg(&env.bin)
         .args(args)
         .env("AISBX_HOME", &env.home)
@@ -212,4 +221,121 @@ fn unprivileged_copy_on_write_restore_keeps_the_snapshot_intact() {
         ok(&["exec", "s3", "--", "/bin/cat", "a.txt", "d/b"]),
         "one\ntwo\n"
     );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn unprivileged_runs_make_no_setid_file() {
+    use super::perimeter::{SETID_ATTEMPTS, SETID_SHELL, assert_setid_refused, setid_entries};
+    let Some(env) = setup() else { return };
+    let w = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let p = w.path().to_str().unwrap_or_default();
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--workdir",
+            p,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            SETID_ATTEMPTS,
+            ".",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_setid_refused(stdout(&v));
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--workdir",
+            p,
+            "--",
+            "/bin/sh",
+            "-c",
+            SETID_SHELL,
+            "sh",
+            ".",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(stdout(&v), "sh-suid:EPERM\nsh-sgid:EPERM\n", "{v}");
+    assert!(w.path().join("x").exists());
+    assert_eq!(setid_entries(w.path(), false), Vec::<String>::new());
+}
+
+#[test]
+fn unprivileged_runs_get_the_user_namespace_limits() {
+    let Some(env) = setup() else { return };
+    let out = as_nobody(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--",
+            "/bin/cat",
+            "/proc/sys/user/max_user_namespaces",
+            "/proc/sys/user/max_inotify_instances",
+            "/proc/sys/user/max_inotify_watches",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(stdout(&v), "0\n32\n8192\n", "{v}");
+}
+
+#[test]
+fn unprivileged_supplementary_groups_are_dropped_or_reported() {
+    // nobody in the adm group (4), and a root:adm 0640 file in its workdir.
+    let Some(env) = setup() else { return };
+    let w = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(w.path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    let log = w.path().join("adm.log");
+    std::fs::write(&log, "ADM-ONLY-LINE").expect("write");
+    std::os::unix::fs::chown(&log, Some(0), Some(4)).expect("chown");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let d = json(&as_nobody_in(&env, Some("4"), &["doctor", "--json"]));
+    let layer = d["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .find(|l| l["name"] == "supplementary groups")
+        .cloned()
+        .expect("groups layer");
+    let detail = layer["detail"].as_str().unwrap_or_default();
+    let out = as_nobody_in(
+        &env,
+        Some("4"),
+        &[
+            "run",
+            "--json",
+            "--workdir",
+            w.path().to_str().unwrap_or_default(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat adm.log 2>/dev/null || echo refused; grep ^Groups /proc/self/status",
+        ],
+    );
+    let v = json(&out);
+    if layer["state"] == "active" {
+        // newgidmap and a subordinate range: the group is gone inside.
+        assert!(detail.contains("newgidmap"), "{d}");
+        assert_eq!(stdout(&v).lines().next(), Some("refused"), "{v}");
+    } else {
+        // Without them, doctor says the group stays, and why; and it does.
+        assert!(detail.starts_with("kept:") && detail.contains("(4)"), "{d}");
+        assert!(
+            detail.contains("newgidmap") || detail.contains("/etc/subgid"),
+            "{d}"
+        );
+        assert!(stdout(&v).starts_with("ADM-ONLY-LINE"), "{v}");
+    }
+    // Without supplementary groups there is nothing to drop.
+    let d = json(&as_nobody(&env, &["doctor", "--json"]));
+    assert!(d.to_string().contains("this user has none to drop"), "{d}");
 }
