@@ -568,9 +568,7 @@ fn every_entry_point_names_the_broken_file(cwd: &Path, cfg: &Path, file: &Path) 
     // What it could not have matched still runs.
     let out = aisbx_in(cwd, cfg, &["run", "--lang", "sh", "--code", "echo fine"]);
     assert_eq!(text(&out.stdout), "fine\n", "{out:?}");
-    for sb in ["plain"] {
-        aisbx_in(cwd, cfg, &["rm", sb]);
-    }
+    aisbx_in(cwd, cfg, &["rm", "plain"]);
     unmount_under(cfg);
 }
 
