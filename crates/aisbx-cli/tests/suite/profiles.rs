@@ -591,3 +591,99 @@ fn a_broken_approved_project_profile_is_named_wherever_it_is_used() {
     let file = root.join(".aisbx/profiles/python.toml");
     every_entry_point_names_the_broken_file(&root, cfg.path(), &file);
 }
+
+#[test]
+fn snap_restore_uses_its_profile_or_refuses_it() {
+    let (p, cfg) = project(&[]);
+    let (cwd, cfg) = (p.path(), cfg.path());
+    let ok = |args: &[&str]| {
+        let out = aisbx_in(cwd, cfg, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        text(&out.stdout)
+    };
+    ok(&["create", "src"]);
+    ok(&[
+        "exec",
+        "src",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo kept > /workspace/f",
+    ]);
+    ok(&["snap", "create", "s", "--sandbox", "src"]);
+    // An unknown profile: refused with a suggestion, and no sandbox made.
+    let out = aisbx_in(
+        cwd,
+        cfg,
+        &[
+            "snap",
+            "restore",
+            "s",
+            "--sandbox",
+            "r",
+            "--profile",
+            "stirct",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("no profile named 'stirct'"), "{err}");
+    assert!(err.contains("did you mean 'strict'?"), "{err}");
+    assert!(!ok(&["ls"]).contains("\nr "), "a sandbox was made");
+    // A known one: the sandbox has it, and its runs get its limits (strict: 256 files).
+    ok(&[
+        "snap",
+        "restore",
+        "s",
+        "--sandbox",
+        "r",
+        "--profile",
+        "strict",
+    ]);
+    let ls: Value = serde_json::from_str(&ok(&["ls", "--json"])).expect("json");
+    let r = ls["sandboxes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == "r"))
+        .cloned()
+        .expect("sandbox r");
+    assert_eq!(r["profile"], "strict", "{r}");
+    let got = ok(&[
+        "exec",
+        "r",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /workspace/f; ulimit -n",
+    ]);
+    assert_eq!(got, "kept\n256\n");
+    // Without --profile: the snapshot's (src's: base, 1024 files).
+    ok(&["snap", "restore", "s", "--sandbox", "r2"]);
+    assert_eq!(
+        ok(&["exec", "r2", "--", "/bin/sh", "-c", "ulimit -n"]),
+        "1024\n"
+    );
+    // Into a directory a profile has no use: refused, nothing written.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("out");
+    let out = aisbx_in(
+        cwd,
+        cfg,
+        &[
+            "snap",
+            "restore",
+            "s",
+            "--workdir",
+            target.to_str().unwrap_or_default(),
+            "--profile",
+            "strict",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("drop --profile"), "{err}");
+    assert!(!target.exists());
+    for sb in ["r", "r2", "src"] {
+        ok(&["rm", sb]);
+    }
+    unmount_under(cfg);
+}
