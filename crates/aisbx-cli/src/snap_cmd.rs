@@ -40,7 +40,7 @@ pub enum SnapCmd {
         /// The name of a new sandbox over the snapshot.
         #[arg(long, value_name = "NEWNAME")]
         sandbox: Option<String>,
-        /// Profile of the new sandbox (default: the snapshot's); only with --sandbox.
+        /// Profile of the new sandbox (default: the snapshot's, else `base`); only with --sandbox.
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
         #[arg(long)]
