@@ -448,11 +448,24 @@ fn read_write_binds_of_secrets_are_refused() {
 /// One MCP `tools/call` over stdio (`aisbx mcp`), in `cwd` with the config dir
 /// of [`aisbx_in`]: the whole answer.
 fn mcp_call(cwd: &Path, config: &Path, tool: &str, args: Value) -> Value {
+    mcp_call_in(cwd, config, &config.join("state"), &[], tool, args)
+}
+
+/// As [`mcp_call`], with `$AISBX_HOME` set to `env_home` and `aisbx mcp MCP_ARGS`.
+fn mcp_call_in(
+    cwd: &Path,
+    config: &Path,
+    env_home: &Path,
+    mcp_args: &[&str],
+    tool: &str,
+    args: Value,
+) -> Value {
     use std::io::{BufRead, BufReader, Write};
-    let mut child = cmd(&config.join("state"))
+    let mut child = cmd(env_home)
         .current_dir(cwd)
         .env("XDG_CONFIG_HOME", config)
         .arg("mcp")
+        .args(mcp_args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -686,4 +699,39 @@ fn snap_restore_uses_its_profile_or_refuses_it() {
         ok(&["rm", sb]);
     }
     unmount_under(cfg);
+}
+
+#[test]
+fn mcp_build_and_run_see_the_same_approvals() {
+    // Approved in one state directory, served with `--home` set to it while
+    // $AISBX_HOME names another: run and build both use the approved profile.
+    let (p, cfg) = project(&[("team", "extends = [\"base\"]\n[env]\nTEAM = \"approved\"\n")]);
+    trust(p.path(), cfg.path());
+    let state = cfg.path().join("state");
+    let home = state.to_str().unwrap_or_default();
+    let elsewhere = cfg.path().join("elsewhere");
+    let call = |tool: &str, args: Value| {
+        mcp_call_in(
+            p.path(),
+            cfg.path(),
+            &elsewhere,
+            &["--home", home],
+            tool,
+            args,
+        )
+    };
+    let v = call(
+        "run",
+        serde_json::json!({"profile": "team", "command": ["/bin/sh", "-c", "echo $TEAM"]}),
+    );
+    assert!(v.to_string().contains("approved\\n"), "{v}");
+    let v = call(
+        "build",
+        serde_json::json!({"profile": "team", "name": "tb"}),
+    );
+    let all = v.to_string();
+    assert!(!all.contains("not trusted"), "{all}");
+    assert_eq!(v["result"]["structuredContent"]["profile"], "team", "{all}");
+    aisbx_in(p.path(), cfg.path(), &["rm", "tb"]);
+    unmount_under(cfg.path());
 }

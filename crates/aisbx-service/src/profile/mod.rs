@@ -1170,12 +1170,6 @@ fn render_val(path: &str, v: &Val) -> String {
     }
 }
 
-/// Resolve a profile by name from every source, the project's found from the
-/// current directory.
-pub fn find(name: &str) -> Result<Profile, ServiceError> {
-    Ok(Catalog::load(None).resolve(name)?)
-}
-
 /// Apply per-call overrides, refusing values outside sane bounds.
 pub fn check_limits(mut l: Limits, o: &LimitOverrides) -> Result<Limits, ServiceError> {
     if let Some(t) = o.timeout_secs {

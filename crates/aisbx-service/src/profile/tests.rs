@@ -785,7 +785,10 @@ fn overrides_are_bounded() {
 
 #[test]
 fn unknown_profile_names_the_field() {
-    match find("nope-xyz") {
+    match Catalog::builtin()
+        .resolve("nope-xyz")
+        .map_err(ServiceError::from)
+    {
         Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "profile"),
         other => panic!("{other:?}"),
     }
