@@ -140,16 +140,16 @@ struct RunArgs {
     /// Host directory mounted read-write at /workspace (default: a fresh one, removed after).
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
-    /// Wall-clock limit in seconds (default 30).
+    /// Wall-clock limit in seconds (default: the profile's; 30 in `base`).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
-    /// Memory limit, e.g. 256M or 1G (default 512M).
+    /// Memory limit, e.g. 256M or 1G (default: the profile's; 512M in `base`).
     #[arg(long, value_name = "SIZE", value_parser = size::parse)]
     memory: Option<u64>,
-    /// Process limit (default 256).
+    /// Process limit (default: the profile's; 256 in `base`).
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
-    /// CPU limit in cores, e.g. 0.5 (default 1).
+    /// CPU limit in cores, e.g. 0.5 (default: the profile's; 1 in `base`).
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
     /// Set an environment variable in the sandbox (repeatable).

@@ -20,18 +20,23 @@ pub enum ProfileCmd {
         /// Find project profiles from this directory upward (default: the current one).
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print a profile: its file, or with --resolved the effective values and the
     /// layer each came from.
     Show {
+        /// The profile's name (see `aisbx profile list`).
+        #[arg(value_name = "NAME")]
         name: String,
         /// Merge the `extends` chain and name the layer of every value.
         #[arg(long)]
         resolved: bool,
+        /// Find project profiles from this directory upward (default: the current one).
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
+        /// Print the resolved profile as JSON (values with their layers).
         #[arg(long)]
         json: bool,
     },
@@ -48,21 +53,27 @@ aisbx profile detect --code 'console.log(1)'"
         /// Source code, as for `aisbx run --code`.
         #[arg(long, value_name = "SOURCE")]
         code: Option<String>,
+        /// Language, as for `aisbx run --lang`.
         #[arg(long, value_name = "LANG")]
         lang: Option<String>,
+        /// Profile, as for `aisbx run --profile`.
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
         /// The run's workdir: its marker files count, and project profiles are found
         /// from it.
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
+        /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Check profile files and their `extends` chains; exits 1 listing every error.
     Validate {
+        /// Profile files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Find project profiles from this directory upward (default: each file's
+        /// directory).
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
     },

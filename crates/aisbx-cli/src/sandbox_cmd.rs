@@ -33,16 +33,16 @@ pub struct ExecArgs {
     /// The sandbox to run in.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// Wall-clock limit in seconds (default 30).
+    /// Wall-clock limit in seconds (default: the sandbox's profile's; 30 in `base`).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Memory limit, e.g. 256M or 1G (default 512M).
+    /// Memory limit, e.g. 256M or 1G (default: the sandbox's profile's; 512M in `base`).
     #[arg(long, value_name = "SIZE", value_parser = size::parse)]
     pub memory: Option<u64>,
-    /// Process limit (default 256).
+    /// Process limit (default: the sandbox's profile's; 256 in `base`).
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
-    /// CPU limit in cores, e.g. 0.5 (default 1).
+    /// CPU limit in cores, e.g. 0.5 (default: the sandbox's profile's; 1 in `base`).
     #[arg(long, value_name = "N")]
     pub cpus: Option<f64>,
     /// Set an environment variable in the sandbox (repeatable).

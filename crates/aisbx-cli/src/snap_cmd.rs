@@ -40,8 +40,8 @@ pub enum SnapCmd {
         /// The name of a new sandbox over the snapshot.
         #[arg(long, value_name = "NEWNAME")]
         sandbox: Option<String>,
-        /// Profile of the new sandbox (default: the snapshot's).
-        #[arg(long, value_name = "NAME", requires = "sandbox")]
+        /// Profile of the new sandbox (default: the snapshot's, else `base`); only with --sandbox.
+        #[arg(long, value_name = "NAME")]
         profile: Option<String>,
         #[arg(long)]
         json: bool,

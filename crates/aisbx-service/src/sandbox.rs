@@ -374,7 +374,7 @@ pub(crate) fn create(
             .map(str::to_string)
             .or_else(|| snap.profile.clone())
             .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_string());
-        let profile = profile::find(&pname)?;
+        let profile = svc.profiles(None).resolve(&pname)?;
         let dir = new_sandbox_dir(svc, &id)?;
         let made = (|| -> Result<SandboxInfo, ServiceError> {
             let disk = make_storage(&dir, profile.workspace_bytes, true)?;
@@ -454,7 +454,9 @@ pub(crate) fn build(
         }
         None => new_id("sbx"),
     };
-    let profile = profile::find(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
+    let profile = svc
+        .profiles(None)
+        .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
     if req.setup.len() > 64 {
         return Err(ServiceError::invalid(
             "setup",

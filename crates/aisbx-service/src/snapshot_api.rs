@@ -219,6 +219,11 @@ impl Service {
     ) -> Result<RestoreResult, ServiceError> {
         let args = serde_json::json!({"name": name, "target": target, "profile": profile});
         let r = match target {
+            // A directory holds files and runs nothing: a profile would be ignored.
+            RestoreTarget::Workdir(_) if profile.is_some() => Err(ServiceError::invalid(
+                "profile",
+                "a restore into a directory (--workdir) runs nothing, so a profile has no use there: drop --profile, or restore into a new sandbox (--sandbox NAME), whose runs use it",
+            )),
             RestoreTarget::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
                 .and_then(|d| snapshot::restore_to_dir(self, name, &d, progress)),

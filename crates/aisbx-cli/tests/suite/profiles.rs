@@ -444,3 +444,294 @@ fn read_write_binds_of_secrets_are_refused() {
         "{out:?}"
     );
 }
+
+/// One MCP `tools/call` over stdio (`aisbx mcp`), in `cwd` with the config dir
+/// of [`aisbx_in`]: the whole answer.
+fn mcp_call(cwd: &Path, config: &Path, tool: &str, args: Value) -> Value {
+    mcp_call_in(cwd, config, &config.join("state"), &[], tool, args)
+}
+
+/// As [`mcp_call`], with `$AISBX_HOME` set to `env_home` and `aisbx mcp MCP_ARGS`.
+fn mcp_call_in(
+    cwd: &Path,
+    config: &Path,
+    env_home: &Path,
+    mcp_args: &[&str],
+    tool: &str,
+    args: Value,
+) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = cmd(env_home)
+        .current_dir(cwd)
+        .env("XDG_CONFIG_HOME", config)
+        .arg("mcp")
+        .args(mcp_args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("aisbx mcp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut send = |v: Value| writeln!(stdin, "{v}").expect("send");
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "profiles-test", "version": "1"}}}),
+    );
+    let _init = lines.next().expect("initialize answer").expect("read");
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": tool, "arguments": args}}),
+    );
+    let answer = loop {
+        let line = lines.next().expect("tool answer").expect("read");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        if v["id"] == 2 {
+            break v;
+        }
+    };
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    answer
+}
+
+/// Every entry point that resolves a profile, with a broken `python.toml` whose
+/// error is at `file`:3:1 (a user or an approved project profile), run in `cwd`:
+/// each is refused naming the file and the line, never "unknown language" nor
+/// a run with the built-in python.
+fn every_entry_point_names_the_broken_file(cwd: &Path, cfg: &Path, file: &Path) {
+    let at = format!("{}:3:1: unknown key 'timout'", file.display());
+    let refused = |args: &[&str]| {
+        let out = aisbx_in(cwd, cfg, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {out:?}");
+        assert!(err.contains(&at), "{args:?}: {err}");
+        assert!(!err.contains("unknown language"), "{args:?}: {err}");
+        assert!(!err.contains("cannot tell"), "{args:?}: {err}");
+        assert_eq!(text(&out.stdout), "", "{args:?}: ran anyway");
+    };
+    let w = tempfile::tempdir_in(cwd).expect("tempdir");
+    let d = w.path();
+    std::fs::write(d.join("x.py"), "print('ran')\n").expect("write");
+    std::fs::write(d.join("tool"), "#!/usr/bin/env python3\nprint('ran')\n").expect("write");
+    let proj = d.join("proj");
+    std::fs::create_dir(&proj).expect("mkdir");
+    std::fs::write(proj.join("requirements.txt"), "").expect("write");
+    let s = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let (x, tool, proj) = (s(&d.join("x.py")), s(&d.join("tool")), s(&proj));
+    refused(&["run", "--lang", "python", "--code", "print('ran')"]);
+    refused(&["run", "--lang", "py", "--code", "print('ran')"]);
+    refused(&["run", &x]);
+    refused(&["run", &tool]);
+    refused(&["run", "--code", "import os\nprint('ran')"]);
+    refused(&["run", "--workdir", &proj, "--", "/bin/echo", "ran"]);
+    refused(&["run", "--profile", "python", "--code", "print('ran')"]);
+    refused(&[
+        "run",
+        "--profile",
+        "strict",
+        "--lang",
+        "python",
+        "--code",
+        "1",
+    ]);
+    refused(&["profile", "detect", &x]);
+    refused(&["create", "--profile", "python", "pybox"]);
+    // A snapshot restored into a sandbox with the broken profile.
+    assert_eq!(
+        aisbx_in(cwd, cfg, &["create", "plain"]).status.code(),
+        Some(0)
+    );
+    let snap = aisbx_in(cwd, cfg, &["snap", "create", "s1", "--sandbox", "plain"]);
+    assert_eq!(snap.status.code(), Some(0), "{snap:?}");
+    refused(&[
+        "snap",
+        "restore",
+        "s1",
+        "--sandbox",
+        "r1",
+        "--profile",
+        "python",
+    ]);
+    let ls = text(&aisbx_in(cwd, cfg, &["ls"]).stdout);
+    assert!(!ls.contains("pybox") && !ls.contains("r1"), "{ls}");
+    // MCP: run with a language, run detecting it, build with the profile. (MCP
+    // names a user profile by its file name alone: no host path for clients.)
+    let mcp_at = "python.toml:3:1: unknown key 'timout'";
+    for (tool, args) in [
+        (
+            "run",
+            serde_json::json!({"language": "python", "code": "print('ran')"}),
+        ),
+        (
+            "run",
+            serde_json::json!({"code": "import os\nprint('ran')"}),
+        ),
+        ("build", serde_json::json!({"profile": "python"})),
+    ] {
+        let v = mcp_call(cwd, cfg, tool, args.clone());
+        let all = v.to_string();
+        assert!(all.contains(mcp_at), "{tool} {args}: {all}");
+        assert!(!all.contains("unknown language"), "{tool} {args}: {all}");
+        assert!(!all.contains("ran\\n"), "{tool} {args}: {all}");
+    }
+    // What it could not have matched still runs.
+    let out = aisbx_in(cwd, cfg, &["run", "--lang", "sh", "--code", "echo fine"]);
+    assert_eq!(text(&out.stdout), "fine\n", "{out:?}");
+    aisbx_in(cwd, cfg, &["rm", "plain"]);
+    unmount_under(cfg);
+}
+
+const BROKEN_PYTHON: &str = "extends = [\"python\"]\n[limits]\ntimout = \"5s\"\n";
+
+#[test]
+fn a_broken_user_profile_is_named_wherever_it_is_used() {
+    let (p, cfg) = project(&[]);
+    let user = cfg.path().join("aisbx/profiles");
+    std::fs::create_dir_all(&user).expect("mkdir");
+    std::fs::write(user.join("python.toml"), BROKEN_PYTHON).expect("write");
+    every_entry_point_names_the_broken_file(p.path(), cfg.path(), &user.join("python.toml"));
+}
+
+#[test]
+fn a_broken_approved_project_profile_is_named_wherever_it_is_used() {
+    let (p, cfg) = project(&[("python", BROKEN_PYTHON)]);
+    trust(p.path(), cfg.path());
+    let root = std::fs::canonicalize(p.path()).expect("canonical");
+    let file = root.join(".aisbx/profiles/python.toml");
+    every_entry_point_names_the_broken_file(&root, cfg.path(), &file);
+}
+
+#[test]
+fn snap_restore_uses_its_profile_or_refuses_it() {
+    let (p, cfg) = project(&[]);
+    let (cwd, cfg) = (p.path(), cfg.path());
+    let ok = |args: &[&str]| {
+        let out = aisbx_in(cwd, cfg, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        text(&out.stdout)
+    };
+    ok(&["create", "src"]);
+    ok(&[
+        "exec",
+        "src",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo kept > /workspace/f",
+    ]);
+    ok(&["snap", "create", "s", "--sandbox", "src"]);
+    // An unknown profile: refused with a suggestion, and no sandbox made.
+    let out = aisbx_in(
+        cwd,
+        cfg,
+        &[
+            "snap",
+            "restore",
+            "s",
+            "--sandbox",
+            "r",
+            "--profile",
+            "stirct",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("no profile named 'stirct'"), "{err}");
+    assert!(err.contains("did you mean 'strict'?"), "{err}");
+    assert!(!ok(&["ls"]).contains("\nr "), "a sandbox was made");
+    // A known one: the sandbox has it, and its runs get its limits (strict: 256 files).
+    ok(&[
+        "snap",
+        "restore",
+        "s",
+        "--sandbox",
+        "r",
+        "--profile",
+        "strict",
+    ]);
+    let ls: Value = serde_json::from_str(&ok(&["ls", "--json"])).expect("json");
+    let r = ls["sandboxes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == "r"))
+        .cloned()
+        .expect("sandbox r");
+    assert_eq!(r["profile"], "strict", "{r}");
+    let got = ok(&[
+        "exec",
+        "r",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /workspace/f; ulimit -n",
+    ]);
+    assert_eq!(got, "kept\n256\n");
+    // Without --profile: the snapshot's (src's: base, 1024 files).
+    ok(&["snap", "restore", "s", "--sandbox", "r2"]);
+    assert_eq!(
+        ok(&["exec", "r2", "--", "/bin/sh", "-c", "ulimit -n"]),
+        "1024\n"
+    );
+    // Into a directory a profile has no use: refused, nothing written.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("out");
+    let out = aisbx_in(
+        cwd,
+        cfg,
+        &[
+            "snap",
+            "restore",
+            "s",
+            "--workdir",
+            target.to_str().unwrap_or_default(),
+            "--profile",
+            "strict",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("drop --profile"), "{err}");
+    assert!(!target.exists());
+    for sb in ["r", "r2", "src"] {
+        ok(&["rm", sb]);
+    }
+    unmount_under(cfg);
+}
+
+#[test]
+fn mcp_build_and_run_see_the_same_approvals() {
+    // Approved in one state directory, served with `--home` set to it while
+    // $AISBX_HOME names another: run and build both use the approved profile.
+    let (p, cfg) = project(&[("team", "extends = [\"base\"]\n[env]\nTEAM = \"approved\"\n")]);
+    trust(p.path(), cfg.path());
+    let state = cfg.path().join("state");
+    let home = state.to_str().unwrap_or_default();
+    let elsewhere = cfg.path().join("elsewhere");
+    let call = |tool: &str, args: Value| {
+        mcp_call_in(
+            p.path(),
+            cfg.path(),
+            &elsewhere,
+            &["--home", home],
+            tool,
+            args,
+        )
+    };
+    let v = call(
+        "run",
+        serde_json::json!({"profile": "team", "command": ["/bin/sh", "-c", "echo $TEAM"]}),
+    );
+    assert!(v.to_string().contains("approved\\n"), "{v}");
+    let v = call(
+        "build",
+        serde_json::json!({"profile": "team", "name": "tb"}),
+    );
+    let all = v.to_string();
+    assert!(!all.contains("not trusted"), "{all}");
+    assert_eq!(v["result"]["structuredContent"]["profile"], "team", "{all}");
+    aisbx_in(p.path(), cfg.path(), &["rm", "tb"]);
+    unmount_under(cfg.path());
+}

@@ -78,10 +78,15 @@ struct Found {
 
 impl Catalog {
     /// Choose the profile (and language) for a run.
+    ///
+    /// A broken profile is never skipped: when one could have been chosen at the
+    /// step that decides (its name, aliases, extensions, interpreters, markers or
+    /// hints fit), the run is refused with its file:line errors rather than given
+    /// another profile or told the language is unknown (docs/PROFILES.md).
     pub fn detect(&self, input: &DetectInput<'_>) -> Result<Detection, ProfileError> {
         // Resolving every language profile costs real time: only when needed.
         let cell = std::cell::OnceCell::new();
-        let langs = || -> &[Profile] { cell.get_or_init(|| self.languages()) };
+        let langs = || -> &[Candidate] { cell.get_or_init(|| self.candidates()) };
         if let Some(name) = input.profile {
             let profile = self.resolve(name)?;
             let (language, why) = match (&profile.language, input.lang) {
@@ -100,7 +105,7 @@ impl Catalog {
                     (p.language.clone(), format!("; language {asked} given"))
                 }
                 (None, None) if input.file.is_some() || input.code.is_some() => {
-                    match self.find_language(langs(), input)? {
+                    match find_language(langs(), input)? {
                         Some(f) => (
                             f.profile.language.clone(),
                             format!("; language {}", f.reason),
@@ -128,7 +133,7 @@ impl Catalog {
             });
         }
         if input.file.is_some() || input.code.is_some() {
-            return match self.find_language(langs(), input)? {
+            return match find_language(langs(), input)? {
                 Some(f) => Ok(Detection {
                     language: f.profile.language.clone(),
                     reason: f.reason,
@@ -139,7 +144,12 @@ impl Catalog {
             };
         }
         // A command: the project's markers, else the base profile.
-        if let Some(f) = input.dir.and_then(|d| markers(langs(), Some(d))) {
+        if let Some(f) = input
+            .dir
+            .map(|d| markers(langs(), Some(d)))
+            .transpose()?
+            .flatten()
+        {
             let available = f
                 .profile
                 .language
@@ -173,72 +183,92 @@ impl Catalog {
 
     /// The profile for `--lang asked`: the language profile of that name when there
     /// is one (resolving only it), else the first language profile that answers to
-    /// the name (`py`, `js`, ...), which needs every profile resolved.
+    /// the name (`py`, `js`, ...), which needs every profile resolved. A profile of
+    /// that name that is broken is the answer's error, whatever else answers.
     fn language_profile<'a>(
         &self,
         asked: &str,
-        langs: impl FnOnce() -> &'a [Profile],
+        langs: impl FnOnce() -> &'a [Candidate],
     ) -> Result<Profile, ProfileError> {
-        if let Ok(p) = self.resolve(asked)
-            && p.language
-                .as_ref()
-                .is_some_and(|l| l.name == p.name && l.is_called(asked))
-        {
-            return Ok(p);
+        let named = asked.to_ascii_lowercase();
+        match self.resolve(&named) {
+            Ok(p)
+                if p.language
+                    .as_ref()
+                    .is_some_and(|l| l.name == p.name && l.is_called(asked)) =>
+            {
+                return Ok(p);
+            }
+            Err(e) if !self.files(self.canonical(&named)).is_empty() => {
+                return Err(broken(&named, &e, &format!("--lang {asked}"), false));
+            }
+            _ => {}
         }
         by_lang(langs(), asked)
     }
 
-    /// Steps 3 to 5 for code or a file: extension, shebang, markers, content.
-    fn find_language(
-        &self,
-        langs: &[Profile],
-        input: &DetectInput<'_>,
-    ) -> Result<Option<Found>, ProfileError> {
-        if let Some((path, content)) = input.file {
-            let shown = path.display();
-            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-                let hits: Vec<&Profile> = langs
-                    .iter()
-                    .filter(|p| lang(p).has_extension(ext))
-                    .collect();
-                if let Some(p) = hits.first() {
-                    return Ok(Some(Found {
-                        profile: (*p).clone(),
-                        basis: Basis::Extension,
-                        reason: format!(
-                            "{} from the .{ext} extension of {shown}{}",
-                            p.name,
-                            others(&hits)
-                        ),
-                    }));
-                }
-            }
-            if let Some(f) = by_shebang(langs, content, &shown.to_string()) {
-                return Ok(Some(f));
-            }
-        }
-        if let Some(f) = input
-            .code
-            .and_then(|code| by_shebang(langs, code.as_bytes(), "the code"))
-        {
-            return Ok(Some(f));
-        }
-        let dir = input.dir.or_else(|| {
-            input
-                .file
-                .and_then(|(p, _)| p.parent())
-                .filter(|d| !d.as_os_str().is_empty())
-        });
-        if let Some(f) = markers(langs, dir) {
-            return Ok(Some(f));
-        }
-        let content = match (input.code, input.file) {
-            (Some(c), _) => Some(c.as_bytes()),
-            (None, Some((_, c))) => Some(c),
-            _ => None,
+    /// Every language profile for detection, in language order: resolved, or
+    /// broken with what it could have matched.
+    fn candidates(&self) -> Vec<Candidate> {
+        self.order
+            .iter()
+            .filter_map(|n| match self.resolve(n) {
+                Ok(p) => p
+                    .language
+                    .as_ref()
+                    .is_some_and(|l| l.name == p.name)
+                    .then(|| Candidate::Valid(Box::new(p))),
+                Err(e) => self.sketch(n).map(|could| Candidate::Broken {
+                    name: n.clone(),
+                    error: e,
+                    could: could.map(Box::new),
+                }),
+            })
+            .collect()
+    }
+
+    /// What the broken profile `name` could have matched had it been valid: `None`
+    /// when it is not a language profile; `Some(None)` when nothing can be known
+    /// (its file is not TOML and it shadows no language); else the union of what
+    /// its own `[runtime]` says and what the lower source's profile of the same
+    /// name (which it shadows) matches.
+    fn sketch(&self, name: &str) -> Option<Option<Language>> {
+        let stack = self.files(name);
+        let top = stack.last()?;
+        let lower = (0..stack.len() - 1)
+            .rev()
+            .find_map(|i| self.resolve_node((name.to_string(), i)).ok())
+            .and_then(|p| p.language.filter(|l| l.name == name));
+        let own = match top.layer() {
+            Ok(layer) => Some(sketch_of_layer(layer)),
+            Err(_) => top
+                .text
+                .as_deref()
+                .or(top.builtin_text)
+                .and_then(|t| toml::from_str::<toml::Table>(t).ok())
+                .map(|t| sketch_of_table(&t)),
         };
-        Ok(content.and_then(|c| by_content(langs, &String::from_utf8_lossy(c))))
+        match (own, lower) {
+            (None, Some(l)) => Some(Some(l)),
+            (None, None) => Some(None),
+            (Some(o), Some(mut l)) => {
+                for (to, from) in [
+                    (&mut l.aliases, o.aliases),
+                    (&mut l.interpreters, o.interpreters),
+                    (&mut l.extensions, o.extensions),
+                    (&mut l.markers, o.markers),
+                    (&mut l.hints, o.hints),
+                ] {
+                    for x in from {
+                        if !to.contains(&x) {
+                            to.push(x);
+                        }
+                    }
+                }
+                Some(Some(l))
+            }
+            (Some(o), None) => (o.name == name).then_some(Some(o)),
+        }
     }
 
     /// Every language profile with the marker files found in `dir`.
@@ -250,6 +280,167 @@ impl Catalog {
             .map(|p| (p.name.clone(), found_markers(lang(p), &entries)))
             .filter(|(_, m)| !m.is_empty())
             .collect()
+    }
+}
+
+/// A language profile as detection sees it.
+#[derive(Debug, Clone)]
+enum Candidate {
+    Valid(Box<Profile>),
+    /// A profile that does not resolve; `could`: what it might have matched
+    /// (`None`: anything).
+    Broken {
+        name: String,
+        error: ProfileError,
+        could: Option<Box<Language>>,
+    },
+}
+
+impl Candidate {
+    /// Whether a step that tests languages with `test` could choose it.
+    fn fits(&self, test: impl Fn(&Language) -> bool) -> bool {
+        match self {
+            Candidate::Valid(p) => test(lang(p)),
+            Candidate::Broken { could: Some(l), .. } => test(l),
+            Candidate::Broken { could: None, .. } => true,
+        }
+    }
+}
+
+/// Of the candidates a step found (in language order), the first, unless one of
+/// them is broken: then that one's errors, `what` saying what it was a candidate for.
+fn decide<'a>(hits: &[&'a Candidate], what: &str) -> Result<Option<&'a Profile>, ProfileError> {
+    if let Some(Candidate::Broken { name, error, could }) =
+        hits.iter().find(|c| matches!(c, Candidate::Broken { .. }))
+    {
+        return Err(broken(name, error, what, could.is_none()));
+    }
+    Ok(hits.iter().find_map(|c| match c {
+        Candidate::Valid(p) => Some(&**p),
+        Candidate::Broken { .. } => None,
+    }))
+}
+
+/// The error of a broken profile that could have been chosen for `what`;
+/// `unknown`: its file is not TOML, so it could have been chosen for anything.
+fn broken(name: &str, e: &ProfileError, what: &str, unknown: bool) -> ProfileError {
+    let unknown = if unknown {
+        " (its file is not TOML, so what it would match is unknown)"
+    } else {
+        ""
+    };
+    error(
+        "profile",
+        format!(
+            "profile '{name}' could be chosen for {what}{unknown}, but it is invalid (fix or remove the file named here; no other profile stands in for it): {e}"
+        ),
+    )
+}
+
+/// The runtime a profile's own checked file declares (its parents not included).
+fn sketch_of_layer(layer: &super::Layer) -> Language {
+    let text = |k: &str| match layer.values.get(k).map(|e| &e.val) {
+        Some(super::Val::Text(t)) => t.clone(),
+        _ => String::new(),
+    };
+    let list = |k: &str| match layer.values.get(&format!("runtime.{k}")).map(|e| &e.val) {
+        Some(super::Val::List(l) | super::Val::Append(l)) => l.clone(),
+        _ => Vec::new(),
+    };
+    sketch(text("runtime.language"), list)
+}
+
+/// The runtime a file that fails its check declares, read as plain TOML.
+fn sketch_of_table(t: &toml::Table) -> Language {
+    let rt = t.get("runtime").and_then(toml::Value::as_table);
+    let get = |k: &str| rt.and_then(|r| r.get(k));
+    let strings = |v: &toml::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let list = |k: &str| match get(k) {
+        Some(toml::Value::Table(a)) => a.get("append").map(strings).unwrap_or_default(),
+        Some(v) => strings(v),
+        None => Vec::new(),
+    };
+    let name = get("language")
+        .and_then(toml::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    sketch(name, list)
+}
+
+fn sketch(name: String, list: impl Fn(&str) -> Vec<String>) -> Language {
+    Language {
+        name: name.to_ascii_lowercase(),
+        aliases: list("aliases"),
+        interpreters: list("interpreters"),
+        extensions: list("extensions")
+            .into_iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .collect(),
+        markers: list("markers"),
+        hints: list("hints"),
+        ..EMPTY_LANGUAGE.clone()
+    }
+}
+
+/// Steps 3 to 5 for code or a file: extension, shebang, markers, content.
+fn find_language(
+    langs: &[Candidate],
+    input: &DetectInput<'_>,
+) -> Result<Option<Found>, ProfileError> {
+    if let Some((path, content)) = input.file {
+        let shown = path.display();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            let hits: Vec<&Candidate> = langs
+                .iter()
+                .filter(|c| c.fits(|l| l.has_extension(ext)))
+                .collect();
+            let what = format!("the .{ext} extension of {shown}");
+            if let Some(p) = decide(&hits, &what)? {
+                return Ok(Some(Found {
+                    profile: p.clone(),
+                    basis: Basis::Extension,
+                    reason: format!(
+                        "{} from the .{ext} extension of {shown}{}",
+                        p.name,
+                        others(&hits)
+                    ),
+                }));
+            }
+        }
+        if let Some(f) = by_shebang(langs, content, &shown.to_string())? {
+            return Ok(Some(f));
+        }
+    }
+    if let Some(code) = input.code
+        && let Some(f) = by_shebang(langs, code.as_bytes(), "the code")?
+    {
+        return Ok(Some(f));
+    }
+    let dir = input.dir.or_else(|| {
+        input
+            .file
+            .and_then(|(p, _)| p.parent())
+            .filter(|d| !d.as_os_str().is_empty())
+    });
+    if let Some(f) = markers(langs, dir)? {
+        return Ok(Some(f));
+    }
+    let content = match (input.code, input.file) {
+        (Some(c), _) => Some(c.as_bytes()),
+        (None, Some((_, c))) => Some(c),
+        _ => None,
+    };
+    match content {
+        Some(c) => by_content(langs, &String::from_utf8_lossy(c)),
+        None => Ok(None),
     }
 }
 
@@ -273,28 +464,42 @@ static EMPTY_LANGUAGE: Language = Language {
     env: Vec::new(),
 };
 
-fn by_lang(langs: &[Profile], asked: &str) -> Result<Profile, ProfileError> {
-    langs
+fn by_lang(langs: &[Candidate], asked: &str) -> Result<Profile, ProfileError> {
+    let hits: Vec<&Candidate> = langs
         .iter()
-        .find(|p| lang(p).is_called(asked))
-        .cloned()
-        .ok_or_else(|| {
-            let known: Vec<&str> = langs.iter().map(|p| p.name.as_str()).collect();
-            let mut msg = format!("unknown language '{asked}'");
-            if let Some(s) = super::schema::suggest(asked, known.iter().copied()) {
-                msg.push_str(&format!("; did you mean '{s}'?"));
-            } else {
-                msg.push_str(&format!(" (known: {})", known.join(", ")));
-            }
-            error("language", msg)
+        .filter(|c| c.fits(|l| l.is_called(asked)))
+        .collect();
+    if let Some(p) = decide(&hits, &format!("--lang {asked}"))? {
+        return Ok(p.clone());
+    }
+    let known: Vec<&str> = langs
+        .iter()
+        .filter_map(|c| match c {
+            Candidate::Valid(p) => Some(p.name.as_str()),
+            Candidate::Broken { .. } => None,
         })
+        .collect();
+    let mut msg = format!("unknown language '{asked}'");
+    if let Some(s) = super::schema::suggest(asked, known.iter().copied()) {
+        msg.push_str(&format!("; did you mean '{s}'?"));
+    } else {
+        msg.push_str(&format!(" (known: {})", known.join(", ")));
+    }
+    Err(error("language", msg))
 }
 
-fn others(hits: &[&Profile]) -> String {
+fn name_of(c: &Candidate) -> &str {
+    match c {
+        Candidate::Valid(p) => &p.name,
+        Candidate::Broken { name, .. } => name,
+    }
+}
+
+fn others(hits: &[&Candidate]) -> String {
     if hits.len() < 2 {
         return String::new();
     }
-    let rest: Vec<&str> = hits[1..].iter().map(|p| p.name.as_str()).collect();
+    let rest: Vec<&str> = hits[1..].iter().map(|c| name_of(c)).collect();
     format!(
         " (also {}: the first in language order wins)",
         rest.join(", ")
@@ -340,49 +545,82 @@ fn found_markers(l: &Language, entries: &[String]) -> Vec<String> {
 }
 
 /// The language whose interpreter a `#!` line names; `what` says where the line is.
-fn by_shebang(langs: &[Profile], content: &[u8], what: &str) -> Option<Found> {
-    let prog = runtime::shebang_program(content)?;
-    let hits: Vec<&Profile> = langs
+fn by_shebang(
+    langs: &[Candidate],
+    content: &[u8],
+    what: &str,
+) -> Result<Option<Found>, ProfileError> {
+    let Some(prog) = runtime::shebang_program(content) else {
+        return Ok(None);
+    };
+    let hits: Vec<&Candidate> = langs
         .iter()
-        .filter(|p| lang(p).runs_shebang(&prog))
+        .filter(|c| c.fits(|l| l.runs_shebang(&prog)))
         .collect();
-    let p = hits.first()?;
-    Some(Found {
-        profile: (*p).clone(),
+    let Some(p) = decide(&hits, &format!("the #!{prog} line of {what}"))? else {
+        return Ok(None);
+    };
+    Ok(Some(Found {
+        profile: p.clone(),
         basis: Basis::Shebang,
         reason: format!(
             "{} from the #!{prog} line of {what}{}",
             p.name,
             others(&hits)
         ),
-    })
+    }))
 }
 
-fn markers(langs: &[Profile], dir: Option<&Path>) -> Option<Found> {
-    let dir = dir?;
+/// The language whose marker files are in `dir`. A broken profile whose markers
+/// are there is an error; so is one that could match anything, when any
+/// language's markers are there (a directory with none decides nothing).
+fn markers(langs: &[Candidate], dir: Option<&Path>) -> Result<Option<Found>, ProfileError> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
     let entries = dir_entries(dir);
-    let hits: Vec<(&Profile, Vec<String>)> = langs
+    let hits: Vec<(&Candidate, Vec<String>)> = langs
         .iter()
-        .map(|p| (p, found_markers(lang(p), &entries)))
+        .map(|c| {
+            let m = match c {
+                Candidate::Valid(p) => found_markers(lang(p), &entries),
+                Candidate::Broken { could: Some(l), .. } => found_markers(l, &entries),
+                Candidate::Broken { could: None, .. } => Vec::new(),
+            };
+            (c, m)
+        })
         .filter(|(_, m)| !m.is_empty())
         .collect();
-    let (p, m) = hits.first()?;
+    if hits.is_empty() {
+        return Ok(None);
+    }
+    let mut all: Vec<&Candidate> = hits.iter().map(|(c, _)| *c).collect();
+    all.extend(
+        langs
+            .iter()
+            .filter(|c| matches!(c, Candidate::Broken { could: None, .. })),
+    );
+    let what = format!("the project markers in {}", dir.display());
+    let Some(p) = decide(&all, &what)? else {
+        return Ok(None);
+    };
+    let m = &hits[0].1;
     let mut reason = format!("{} from {} in {}", p.name, m.join(", "), dir.display());
     if hits.len() > 1 {
         let rest: Vec<String> = hits[1..]
             .iter()
-            .map(|(p, m)| format!("{} for {}", m.join(", "), p.name))
+            .map(|(c, m)| format!("{} for {}", m.join(", "), name_of(c)))
             .collect();
         reason.push_str(&format!(
             " (also {}: the first in language order wins)",
             rest.join("; ")
         ));
     }
-    Some(Found {
-        profile: (*p).clone(),
+    Ok(Some(Found {
+        profile: p.clone(),
         basis: Basis::Marker,
         reason,
-    })
+    }))
 }
 
 /// Whether `hint` occurs in `code` as a whole word where it begins or ends with one.
@@ -397,23 +635,34 @@ fn hint_matches(code: &str, hint: &str) -> bool {
     })
 }
 
-fn by_content(langs: &[Profile], code: &str) -> Option<Found> {
-    let mut scored: Vec<(usize, &Profile, Vec<&str>)> = langs
+fn by_content(langs: &[Candidate], code: &str) -> Result<Option<Found>, ProfileError> {
+    let hits_of = |l: &Language| -> Vec<String> {
+        l.hints
+            .iter()
+            .filter(|h| hint_matches(code, h))
+            .cloned()
+            .collect()
+    };
+    let mut scored: Vec<(usize, &Candidate, Vec<String>)> = langs
         .iter()
-        .map(|p| {
-            let hits: Vec<&str> = lang(p)
-                .hints
-                .iter()
-                .map(String::as_str)
-                .filter(|h| hint_matches(code, h))
-                .collect();
-            (hits.len(), p, hits)
+        .map(|c| {
+            let hits = match c {
+                Candidate::Valid(p) => hits_of(lang(p)),
+                Candidate::Broken { could: Some(l), .. } => hits_of(l),
+                // Could match anything: it scores, so it is never passed over.
+                Candidate::Broken { could: None, .. } => vec![String::new()],
+            };
+            (hits.len(), c, hits)
         })
         .filter(|(n, _, _)| *n > 0)
         .collect();
+    let any: Vec<&Candidate> = scored.iter().map(|s| s.1).collect();
+    decide(&any, "the code itself (its telling keywords)")?;
     // Stable: equal scores keep language order.
     scored.sort_by_key(|s| std::cmp::Reverse(s.0));
-    let (n, p, hits) = scored.first()?;
+    let Some((n, Candidate::Valid(p), hits)) = scored.first() else {
+        return Ok(None);
+    };
     let quoted: Vec<String> = hits.iter().map(|h| format!("{:?}", h.trim())).collect();
     let mut reason = format!(
         "{} from the code itself ({n} telling keyword{}: {})",
@@ -424,7 +673,7 @@ fn by_content(langs: &[Profile], code: &str) -> Option<Found> {
     let ties: Vec<&str> = scored[1..]
         .iter()
         .filter(|(m, _, _)| m == n)
-        .map(|(_, p, _)| p.name.as_str())
+        .map(|(_, c, _)| name_of(c))
         .collect();
     if !ties.is_empty() {
         reason.push_str(&format!(
@@ -432,11 +681,11 @@ fn by_content(langs: &[Profile], code: &str) -> Option<Found> {
             ties.join(", ")
         ));
     }
-    Some(Found {
-        profile: (*p).clone(),
+    Ok(Some(Found {
+        profile: (**p).clone(),
         basis: Basis::Code,
         reason,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -213,6 +213,9 @@ pub struct FileEntry {
     /// The profile's name: the file's stem until the file is parsed.
     name: String,
     builtin_text: Option<&'static str>,
+    /// The text of a user or project file: what it might match in detection
+    /// when it fails its check.
+    text: Option<String>,
     parsed: std::sync::OnceLock<Result<Layer, Vec<Diag>>>,
 }
 
@@ -233,6 +236,7 @@ impl FileEntry {
             path,
             name,
             builtin_text: None,
+            text: None,
             parsed: std::sync::OnceLock::from(layer),
         }
     }
@@ -300,6 +304,7 @@ impl Catalog {
                 path: None,
                 name: name.to_string(),
                 builtin_text: Some(text),
+                text: None,
                 parsed: std::sync::OnceLock::new(),
             });
         }
@@ -804,16 +809,19 @@ pub fn load_bytes(path: &Path, source: Source, bytes: &[u8]) -> FileEntry {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let layer = match std::str::from_utf8(bytes) {
-        Ok(text) => schema::parse(text, &stem, source, &file, Some(path.to_path_buf())),
-        Err(_) => Err(vec![Diag {
+    let text = std::str::from_utf8(bytes).ok();
+    let layer = match text {
+        Some(text) => schema::parse(text, &stem, source, &file, Some(path.to_path_buf())),
+        None => Err(vec![Diag {
             file: file.clone(),
             line: 0,
             col: 0,
             message: "the file is not UTF-8".into(),
         }]),
     };
-    FileEntry::checked(source, file, Some(path.to_path_buf()), layer)
+    let mut entry = FileEntry::checked(source, file, Some(path.to_path_buf()), layer);
+    entry.text = text.map(str::to_string);
+    entry
 }
 
 /// What a project profile may not do even when approved: bind read-write outside
@@ -886,7 +894,9 @@ fn check_project_entry(entry: FileEntry, root: &Path) -> FileEntry {
     if diags.is_empty() {
         return entry;
     }
-    FileEntry::checked(entry.source, entry.file, entry.path, Err(diags))
+    let mut checked = FileEntry::checked(entry.source, entry.file, entry.path, Err(diags));
+    checked.text = entry.text;
+    checked
 }
 
 fn text(values: &BTreeMap<String, Provenanced>, k: &str) -> Option<String> {
@@ -1162,12 +1172,6 @@ fn render_val(path: &str, v: &Val) -> String {
         Val::Float(f) => f.to_string(),
         Val::List(l) | Val::Append(l) => toml_list(l),
     }
-}
-
-/// Resolve a profile by name from every source, the project's found from the
-/// current directory.
-pub fn find(name: &str) -> Result<Profile, ServiceError> {
-    Ok(Catalog::load(None).resolve(name)?)
 }
 
 /// Apply per-call overrides, refusing values outside sane bounds.

@@ -785,7 +785,10 @@ fn overrides_are_bounded() {
 
 #[test]
 fn unknown_profile_names_the_field() {
-    match find("nope-xyz") {
+    match Catalog::builtin()
+        .resolve("nope-xyz")
+        .map_err(ServiceError::from)
+    {
         Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "profile"),
         other => panic!("{other:?}"),
     }
@@ -864,4 +867,199 @@ fn what_a_project_profile_may_not_do_even_approved() {
     assert!(d[0].message.contains("/srv/x/bin/tool"), "{d:?}");
     let d = check_project_layer(&layer("[perimeter]\nallow = [\"/srv/data\"]\n"), &root);
     assert!(d[0].message.contains("only a user profile"), "{d:?}");
+}
+
+/// The error detection gives for `input`, as one string.
+fn detect_err(c: &Catalog, input: DetectInput<'_>) -> String {
+    match c.detect(&input) {
+        Ok(d) => panic!("chose {} ({})", d.profile.name, d.reason),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_broken_profile_is_the_error_wherever_it_could_be_chosen() {
+    // A python.toml with a typo shadows the built-in python: every way of
+    // reaching python names its file and line, and none falls back to the built-in.
+    let broken = "extends = [\"python\"]\n[limits]\ntimout = \"5s\"\n";
+    let (c, t) = catalog_with(&[("python", broken)]);
+    let file = format!(
+        "{}:3:1: unknown key 'timout'",
+        t.path().join(".aisbx/profiles/python.toml").display()
+    );
+    let proj = t.path().join("proj");
+    std::fs::create_dir(&proj).unwrap();
+    std::fs::write(proj.join("requirements.txt"), "").unwrap();
+    let script = Path::new("x.py");
+    let tool = Path::new("tool");
+    for (input, what) in [
+        (
+            DetectInput {
+                lang: Some("python"),
+                code: Some("1"),
+                ..Default::default()
+            },
+            "--lang python",
+        ),
+        (
+            DetectInput {
+                lang: Some("py"),
+                code: Some("1"),
+                ..Default::default()
+            },
+            "--lang py",
+        ),
+        (
+            DetectInput {
+                profile: Some("strict"),
+                lang: Some("python"),
+                code: Some("1"),
+                ..Default::default()
+            },
+            "--lang python",
+        ),
+        (
+            DetectInput {
+                file: Some((script, b"print(1)")),
+                ..Default::default()
+            },
+            "the .py extension of x.py",
+        ),
+        (
+            DetectInput {
+                file: Some((tool, b"#!/usr/bin/env python3\nprint(1)\n")),
+                ..Default::default()
+            },
+            "the #!python3 line of tool",
+        ),
+        (
+            DetectInput {
+                code: Some("import os\ndef f(): pass"),
+                ..Default::default()
+            },
+            "the code itself",
+        ),
+        (
+            DetectInput {
+                dir: Some(&proj),
+                ..Default::default()
+            },
+            "the project markers in",
+        ),
+        (
+            DetectInput {
+                code: Some("x"),
+                dir: Some(&proj),
+                ..Default::default()
+            },
+            "the project markers in",
+        ),
+    ] {
+        let e = detect_err(&c, input);
+        assert!(
+            e.contains(&format!("profile 'python' could be chosen for {what}")),
+            "{e}"
+        );
+        assert!(e.contains(&file), "{e}");
+        assert!(!e.contains("unknown language"), "{e}");
+    }
+    // What the broken profile could not have matched still runs.
+    let d = c
+        .detect(&DetectInput {
+            file: Some((Path::new("y.js"), b"console.log(1)")),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(d.profile.name, "node");
+    // And a profile given by name reports its own errors, as before.
+    let e = c.resolve("python").unwrap_err().to_string();
+    assert!(e.contains(&file), "{e}");
+}
+
+#[test]
+fn a_broken_new_language_or_parent_is_found_too() {
+    // A new language profile with an error: its own [runtime] tells what it matches.
+    let lua = "[runtime]\nlanguage = \"lua\"\naliases = [\"lua5\"]\ninterpreters = [\"lua5.4\"]\nextensions = [\"lua\"]\nbogus = 1\n";
+    let (c, _t) = catalog_with(&[("lua", lua)]);
+    for input in [
+        DetectInput {
+            lang: Some("lua5"),
+            ..Default::default()
+        },
+        DetectInput {
+            file: Some((Path::new("z.lua"), b"print(1)")),
+            ..Default::default()
+        },
+        DetectInput {
+            code: Some("#!/usr/bin/lua5.4\nprint(1)"),
+            ..Default::default()
+        },
+    ] {
+        let e = detect_err(&c, input);
+        assert!(e.contains("profile 'lua' could be chosen"), "{e}");
+        assert!(e.contains("lua.toml:6:1: unknown key 'bogus'"), "{e}");
+    }
+    assert_eq!(
+        c.detect(&DetectInput {
+            file: Some((Path::new("x.py"), b"print(1)")),
+            ..Default::default()
+        })
+        .unwrap()
+        .profile
+        .name,
+        "python"
+    );
+    // A broken base breaks every language on it; the error names base's file.
+    let (c, _t) = catalog_with(&[("base", "[limits]\ntimeout = \"forever\"\n")]);
+    let e = detect_err(
+        &c,
+        DetectInput {
+            file: Some((Path::new("x.py"), b"print(1)")),
+            ..Default::default()
+        },
+    );
+    assert!(e.contains("profile 'python' could be chosen"), "{e}");
+    assert!(e.contains("base.toml:2:11: limits.timeout"), "{e}");
+    // A file that is not even TOML could be anything: detection stops on it, a
+    // profile given by name and a plain command outside a project do not.
+    let (c, t) = catalog_with(&[("junk", "this is [not toml\n")]);
+    let e = detect_err(
+        &c,
+        DetectInput {
+            file: Some((Path::new("x.py"), b"print(1)")),
+            ..Default::default()
+        },
+    );
+    assert!(e.contains("profile 'junk' could be chosen"), "{e}");
+    assert!(e.contains("its file is not TOML"), "{e}");
+    assert!(e.contains("junk.toml:1:"), "{e}");
+    let named = c
+        .detect(&DetectInput {
+            profile: Some("python"),
+            code: Some("1"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(named.profile.name, "python");
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let cmd = c
+        .detect(&DetectInput {
+            dir: Some(&empty),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(cmd.profile.name, "base");
+    // A profile that is not a language profile does not stop detection.
+    let (c, _t) = catalog_with(&[("team", "extends = [\"strict\"]\n[limits]\nbogus = 1\n")]);
+    assert_eq!(
+        c.detect(&DetectInput {
+            file: Some((Path::new("x.py"), b"print(1)")),
+            ..Default::default()
+        })
+        .unwrap()
+        .profile
+        .name,
+        "python"
+    );
 }
