@@ -16,7 +16,6 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 BIN="${1:-${AISBX_MCP_BIN:-$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/debug/aisbx-mcp}}"
-DIR="${AISBX_INSPECTOR_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aisbx-inspector}"
 EXPECTED_TOOLS=12
 
 if [[ ! -x "$BIN" ]]; then
@@ -27,6 +26,7 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
 # shellcheck source=tests/clients/npm_deps.sh
 source "$HERE/npm_deps.sh"
+DIR="$(inspector_dir)"
 npm_deps "$HERE/inspector" "$DIR"
 npm_deps "$HERE" "$HERE"
 NODE22="$DIR/node_modules/.bin/node"

@@ -4,6 +4,11 @@
 #   npm_deps SRC_DIR DEST_DIR
 # SRC_DIR holds package.json and package-lock.json; DEST_DIR gets node_modules/
 # (DEST_DIR may be SRC_DIR). Progress goes to stderr.
+# Where inspector.sh keeps the Inspector and its Node.
+inspector_dir() {
+  echo "${AISBX_INSPECTOR_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aisbx-inspector}"
+}
+
 npm_deps() {
   local src="$1" dest="$2" stamp
   stamp="$dest/node_modules/.aisbx-package-lock.json"
