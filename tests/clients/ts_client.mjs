@@ -269,7 +269,9 @@ async function main() {
     return 2;
   }
   const openers = { stdio: stdioSession, http: httpSession, unix: unixSession };
-  const transports = values.transport === "all" ? Object.keys(openers) : [values.transport];
+  // `both` is what python_client.py calls the three.
+  const all = values.transport === "all" || values.transport === "both";
+  const transports = all ? Object.keys(openers) : [values.transport];
   for (const t of transports) {
     if (!openers[t]) {
       console.error(`unknown transport ${JSON.stringify(t)}: use stdio, http, unix or all`);
