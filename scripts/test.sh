@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole aisbx test suite: formatting, lints, unit and integration tests (real
 # sandboxes; run as root to cover both the root and the unprivileged path), then the
-# MCP server against real clients: the official Python SDK and the MCP conformance
-# suite. Needs python3 (with venv) and npm; both client suites install themselves
+# MCP server against real clients: the official Python and TypeScript SDKs, the MCP
+# conformance suite and the MCP Inspector's strict schema check. Needs python3 (with
+# venv), node >= 20 and npm; the client suites install themselves (pinned versions)
 # on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +25,21 @@ if grep -qE '^test result: FAILED|error: test failed|could not compile' /tmp/ais
 fi
 passed=$(grep -oE '^test result: ok\. [0-9]+ passed' /tmp/aisbx-cargo-test.log | awk '{s+=$4} END {print s+0}')
 
-step "MCP: Python SDK client (stdio and HTTP)"
+step "MCP: Python SDK client (stdio, HTTP, Unix socket)"
 cargo build --quiet -p aisbx-mcp
 # Binaries live under the host's target tuple (see .cargo/config.toml).
 host=$(rustc -vV | sed -n 's/^host: //p')
 mcp_bin="${CARGO_TARGET_DIR:-target}/$host/debug/aisbx-mcp"
 tests/clients/run_python.sh "$mcp_bin" --transport both
 
+step "MCP: TypeScript SDK client (stdio, HTTP, Unix socket)"
+tests/clients/run_ts.sh "$mcp_bin" --transport all
+
 step "MCP: conformance suite"
 tests/clients/conformance.sh "$mcp_bin"
+
+step "MCP: Inspector --strict and JSON Schema check of the tool schemas"
+tests/clients/inspector.sh "$mcp_bin"
 
 step "summary"
 echo "cargo: ${passed} passed, 0 failed"
