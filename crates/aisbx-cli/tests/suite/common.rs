@@ -1,11 +1,49 @@
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aisbx"))
+}
+
+/// A copy of the binary that `nobody` can run (the build's own may sit below a
+/// directory it cannot enter), made once per test process in a 0755 directory.
+pub fn bin_for_nobody() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        // Copies of test processes that are gone.
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("aisbx-test-bin-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("aisbx-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let b = dir.join("aisbx");
+        std::fs::copy(bin(), &b).expect("copy binary");
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // A child that another test thread forked while the copy was open for writing
+        // holds that descriptor until it execs, and executing the copy fails with
+        // ETXTBSY meanwhile: wait until it runs.
+        for _ in 0..500 {
+            match Command::new(&b).arg("--version").output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break,
+            }
+        }
+        b
+    })
+    .clone()
 }
 
 /// A state directory private to one test. As root, persistent sandboxes mount their

@@ -41,9 +41,7 @@ impl Actor {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
-        let b = dir.path().join("aisbx");
-        std::fs::copy(bin(), &b).expect("copy binary");
-        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let b = bin_for_nobody();
         let home = dir.path().join("home");
         std::fs::create_dir(&home).expect("mkdir");
         give(&home, NOBODY);

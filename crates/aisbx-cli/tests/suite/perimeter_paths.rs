@@ -497,9 +497,7 @@ fn the_perimeter_holds_for_an_unprivileged_user() {
     }
     let t = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let bin = t.path().join("aisbx");
-    std::fs::copy(super::common::bin(), &bin).expect("copy");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = bin_for_nobody();
     let (state, home, project) = (
         t.path().join("state"),
         t.path().join("home"),

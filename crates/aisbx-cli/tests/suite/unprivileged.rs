@@ -23,9 +23,7 @@ fn setup() -> Option<Env> {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let bin = dir.path().join("aisbx");
-    std::fs::copy(super::common::bin(), &bin).expect("copy binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = bin_for_nobody();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).expect("mkdir");
     std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).expect("chown");
