@@ -325,7 +325,7 @@ impl Store {
             std::fs::create_dir_all(&root)?;
             let dir = sfs::open_host_dir(&root)?;
             rfs::fchmod(&dir, Mode::from_raw_mode(0o700)).map_err(io_err)?;
-            for d in ["objects", "manifests", "trees", "tmp"] {
+            for d in ["objects", "manifests", "trees", "tmp", "damaged"] {
                 mkdir_ok(&dir, d, 0o700)?;
             }
             let lock = rfs::openat(
@@ -453,6 +453,69 @@ impl Store {
                 (n, m)
             })
             .collect()
+    }
+
+    /// Objects a check found damaged (`damaged/<key>`, holding what is wrong):
+    /// recorded by a restore into a directory and by `snap verify`, cleared by a
+    /// `snap verify` that finds the object sound, or when the object is freed.
+    fn bad_objects(&self) -> HashMap<String, String> {
+        let Ok(dir) = self.sub("damaged") else {
+            return HashMap::new();
+        };
+        names_in(dir.as_fd())
+            .into_iter()
+            .filter_map(|k| {
+                let what = open_beneath(dir.as_fd(), &k, OFlags::RDONLY)
+                    .and_then(|fd| sfs::read_prefix(fd, 200))
+                    .ok()?;
+                let what = match what.as_slice() {
+                    b"missing" => "is missing",
+                    _ => "does not match its hash",
+                };
+                Some((lossy(&k), what.to_string()))
+            })
+            .collect()
+    }
+
+    /// Record that a check found object `key` damaged (`missing`, or else its
+    /// content does not match). Best effort: the check reports it either way.
+    fn mark_bad(&self, key: &str, missing: bool) {
+        if let Ok(dir) = self.sub("damaged")
+            && let Ok(fd) = rfs::openat(
+                &dir,
+                key,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::TRUNC
+                    | OFlags::CLOEXEC
+                    | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o600),
+            )
+        {
+            let what: &[u8] = if missing { b"missing" } else { b"corrupt" };
+            let _ = rustix::io::write(&fd, what);
+        }
+    }
+
+    fn clear_bad(&self, key: &str) {
+        if let Ok(dir) = self.sub("damaged") {
+            let _ = rfs::unlinkat(&dir, key, AtFlags::empty());
+        }
+    }
+
+    /// Why a sound manifest's snapshot is damaged anyway: the first of its files
+    /// whose object a check found damaged.
+    fn known_damage(m: &Manifest, bad: &HashMap<String, String>) -> Option<String> {
+        if bad.is_empty() {
+            return None;
+        }
+        m.entries.iter().find_map(|e| {
+            let what = bad.get(&e.key()?)?;
+            let path = e.path.to_vec().map(|p| lossy(&p)).unwrap_or_default();
+            Some(format!(
+                "the stored content of {path} {what} (found by an earlier check; `snap verify` checks again)"
+            ))
+        })
     }
 
     /// What can be shown of a damaged snapshot: its recorded metadata when that
@@ -764,6 +827,13 @@ impl Store {
                 }
             }
         }
+        if let Ok(marks) = self.sub("damaged") {
+            for k in names_in(marks.as_fd()) {
+                if !keys.contains(String::from_utf8_lossy(&k).as_ref()) {
+                    let _ = rfs::unlinkat(&marks, OsStr::from_bytes(&k), AtFlags::empty());
+                }
+            }
+        }
         match &users.unreadable {
             Some(sb) => {
                 out.kept = Some(format!(
@@ -919,11 +989,15 @@ pub(crate) fn list(
     with_sharing: bool,
 ) -> Result<Vec<SnapshotInfo>, ServiceError> {
     let store = Store::open(svc.home(), false)?;
+    let bad = store.bad_objects();
     let mut ms = Vec::new();
     let mut out = Vec::new();
     for (name, m) in store.manifests() {
         match m {
-            Ok(m) => ms.push(m),
+            Ok(mut m) => {
+                m.info.damaged = Store::known_damage(&m, &bad);
+                ms.push(m)
+            }
             Err(why) => out.push(store.damaged_info(&name, why)),
         }
     }
@@ -973,7 +1047,7 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
     })?;
     let store = Store::open(svc.home(), true)?;
     let was_damaged = match store.load_manifest(name) {
-        Ok(_) => None,
+        Ok(m) => Store::known_damage(&m, &store.bad_objects()),
         Err(None) => {
             return Err(ServiceError::invalid(
                 "snapshot",
@@ -1012,6 +1086,11 @@ pub(crate) fn with_tree<T>(
 ) -> Result<T, ServiceError> {
     let store = Store::open(svc.home(), true)?;
     let m = store.read_manifest(name)?;
+    if let Some(why) = Store::known_damage(&m, &store.bad_objects()) {
+        return Err(ServiceError::Refused(format!(
+            "snapshot '{name}' is damaged: {why}; it cannot be used, only removed (`aisbx snap rm {name}`)"
+        )));
+    }
     let tree = store.ensure_tree(&m)?;
     with(&m.info, &tree)
 }
@@ -1118,6 +1197,9 @@ fn restore_into(
                         OFlags::RDONLY,
                     )
                     .map_err(|err| {
+                        if err.kind() == io::ErrorKind::NotFound {
+                            store.mark_bad(&key, true);
+                        }
                         ServiceError::Refused(format!(
                             "snapshot '{name}' is damaged: the stored content of {path} cannot be opened ({err})"
                         ))
@@ -1130,6 +1212,9 @@ fn restore_into(
             };
             w.put(&node, source).map_err(|err| {
                 if sfs::is_mismatch(&err) {
+                    if let Some(key) = e.key() {
+                        store.mark_bad(&key, false);
+                    }
                     ServiceError::Refused(format!(
                         "snapshot '{name}' is damaged: the stored content of {path} does not match its hash"
                     ))
@@ -1210,9 +1295,14 @@ fn undo_restore(
     }
 }
 
-fn read_object(store: &Store, key: &str, max: u64) -> Option<Vec<u8>> {
-    let fd = open_beneath(store.dir.as_fd(), &object_rel(key), OFlags::RDONLY).ok()?;
-    sfs::read_prefix(fd, max as usize).ok()
+/// The content of a small file's object, only when it matches its hash (a
+/// damaged object shows no diff).
+fn read_object(store: &Store, e: &Entry, max: u64) -> Option<Vec<u8>> {
+    let key = e.key()?;
+    let fd = open_beneath(store.dir.as_fd(), &object_rel(&key), OFlags::RDONLY).ok()?;
+    let data = sfs::read_prefix(fd, max as usize + 1).ok()?;
+    (data.len() as u64 == e.size && blake3::hash(&data).to_hex().as_str() == e.hash.as_deref()?)
+        .then_some(data)
 }
 
 pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDiff, ServiceError> {
@@ -1240,10 +1330,9 @@ pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDif
                         && x.hash != y.hash
                         && x.size <= MAX_DIFF_BYTES
                         && y.size <= MAX_DIFF_BYTES
-                        && let (Some(ka), Some(kb)) = (x.key(), y.key())
                         && let (Some(ca), Some(cb)) = (
-                            read_object(&store, &ka, MAX_DIFF_BYTES),
-                            read_object(&store, &kb, MAX_DIFF_BYTES),
+                            read_object(&store, x, MAX_DIFF_BYTES),
+                            read_object(&store, y, MAX_DIFF_BYTES),
                         )
                         && let (Ok(ta), Ok(tb)) =
                             (std::str::from_utf8(&ca), std::str::from_utf8(&cb))
@@ -1324,6 +1413,7 @@ pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError>
             Err(e) => {
                 r.problems
                     .push(format!("object {key} ({user}) is missing: {e}"));
+                store.mark_bad(key, true);
                 continue;
             }
         };
@@ -1340,6 +1430,9 @@ pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError>
                     r.problems.push(format!(
                         "object {key} ({user}) is corrupt (its content changed)"
                     ));
+                    store.mark_bad(key, false);
+                } else {
+                    store.clear_bad(key);
                 }
             }
             Err(e) => r

@@ -269,6 +269,15 @@ fn a_tampered_object_is_refused_by_a_restore_into_a_directory() {
         .and_then(|f| f.set_modified(md.modified().expect("mtime")))
         .expect("mtime");
 
+    // A diff still lists the change but shows no content of a damaged object.
+    std::fs::write(src.join("d/e/b.txt"), "the one we changed\n").expect("write");
+    ok(h.path(), &["snap", "create", "s2", "--workdir", s(&src)]);
+    let d = json(h.path(), &["snap", "diff", "s", "s2", "--json"]);
+    assert_eq!(d["changed"], serde_json::json!(["d/e/b.txt"]), "{d}");
+    assert_eq!(d["diffs"], serde_json::json!([]), "{d}");
+    ok(h.path(), &["snap", "rm", "s2"]);
+    std::fs::write(src.join("d/e/b.txt"), "the one we flip\n").expect("write");
+
     // Into a new directory: refused, the file named, the directory gone.
     let dst = t.path().join("new");
     let out = run(h.path(), &["snap", "restore", "s", "--workdir", s(&dst)]);
@@ -292,6 +301,48 @@ fn a_tampered_object_is_refused_by_a_restore_into_a_directory() {
     );
     assert!(!text(&out.stdout).contains("restored"));
 
+    // What the restore found is remembered: the snapshot is listed damaged, and a
+    // copy-on-write restore of it is refused.
+    let l = listed(h.path(), "s").expect("listed");
+    let why = l["damaged"].as_str().unwrap_or_default();
+    assert!(why.contains("d/e/b.txt") && !why.contains('\n'), "{l}");
+    assert_eq!(l["files"], 3, "its metadata is still shown: {l}");
+    let out = ok(h.path(), &["snap", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("s (DAMAGED: ") && l.contains("d/e/b.txt")),
+        "{out}"
+    );
+    let out = run(h.path(), &["snap", "restore", "s", "--sandbox", "sb"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("d/e/b.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Removing another snapshot leaves it as it is.
+    let other = t.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::fs::write(other.join("x"), "unrelated\n").expect("write");
+    ok(
+        h.path(),
+        &["snap", "create", "other", "--workdir", s(&other)],
+    );
+    let before = objects(h.path());
+    let out = run(h.path(), &["snap", "rm", "other"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut after = objects(h.path());
+    assert_eq!(after.len() + 1, before.len(), "only other's object went");
+    after.retain(|k, _| before.contains_key(k));
+    assert_eq!(after.len() + 1, before.len());
+    assert!(
+        before
+            .iter()
+            .all(|(k, v)| { after.get(k).is_none_or(|a| a == v) })
+    );
+    assert_eq!(std::fs::read(&obj).expect("still there"), data);
+    assert!(listed(h.path(), "s").is_some_and(|l| l["damaged"].is_string()));
+
     // `snap verify` names the object and the file using it.
     let out = run(h.path(), &["snap", "verify", "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -313,6 +364,10 @@ fn a_tampered_object_is_refused_by_a_restore_into_a_directory() {
         .open(&obj)
         .and_then(|f| f.set_modified(md.modified().expect("mtime")))
         .expect("mtime");
+    // ... and once `snap verify` finds it sound again, it is no longer damaged.
+    assert!(listed(h.path(), "s").is_some_and(|l| l["damaged"].is_string()));
+    assert_eq!(json(h.path(), &["snap", "verify", "--json"])["ok"], true);
+    assert!(listed(h.path(), "s").is_some_and(|l| l["damaged"].is_null()));
     let dst = t.path().join("good");
     ok(h.path(), &["snap", "restore", "s", "--workdir", s(&dst)]);
     assert_eq!(files(&dst), files(&src));
@@ -333,9 +388,21 @@ fn a_tampered_object_is_refused_by_a_restore_into_a_directory() {
         text(&out.stderr)
     );
     assert!(!dst.exists());
-    // A damaged snapshot's data can still be removed.
-    ok(h.path(), &["snap", "rm", "s"]);
+    // A damaged snapshot's data can still be removed, and its record with it.
+    let out = run(h.path(), &["snap", "rm", "s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("was damaged"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(objects(h.path()).is_empty());
+    assert!(
+        std::fs::read_dir(h.path().join("snapshots/damaged"))
+            .expect("damaged")
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
