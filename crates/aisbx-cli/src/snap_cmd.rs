@@ -46,7 +46,8 @@ pub enum SnapCmd {
         #[arg(long)]
         json: bool,
     },
-    /// List snapshots.
+    /// List snapshots; a damaged one is marked DAMAGED with the reason (`damaged`
+    /// in --json).
     List {
         /// Also show size, file count, source, profile, parent and bytes shared.
         #[arg(long)]
@@ -63,7 +64,7 @@ pub enum SnapCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove snapshots, freeing the data no other snapshot uses.
+    /// Remove snapshots (damaged ones too), freeing the data no other snapshot uses.
     Rm {
         #[arg(value_name = "SNAP", required = true)]
         names: Vec<String>,
@@ -254,6 +255,10 @@ pub fn run(cmd: SnapCmd) -> u8 {
                         "PARENT"
                     );
                     for s in l.snapshots {
+                        if let Some(why) = &s.damaged {
+                            outln!("{:<20} {:<21} DAMAGED: {why}", s.name, s.created_at);
+                            continue;
+                        }
                         outln!(
                             "{:<20} {:<21} {:>10} {:>7} {:>10} {:<10} {:<12} {}",
                             s.name,
@@ -268,7 +273,10 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     }
                 } else {
                     for s in l.snapshots {
-                        outln!("{}", s.name);
+                        match &s.damaged {
+                            Some(why) => outln!("{} (DAMAGED: {why})", s.name),
+                            None => outln!("{}", s.name),
+                        }
                     }
                 }
                 0
@@ -303,12 +311,22 @@ pub fn run(cmd: SnapCmd) -> u8 {
             let mut code = 0;
             for n in names {
                 match svc.snapshot_remove(&cli_meta("snap_rm"), &n) {
-                    Ok(r) => eprintln!(
-                        "removed {}; freed {} objects ({})",
-                        r.name,
-                        r.freed_objects,
-                        human(r.freed_bytes)
-                    ),
+                    Ok(r) => {
+                        eprintln!(
+                            "removed {}{}; freed {} objects ({})",
+                            r.name,
+                            if r.was_damaged.is_some() {
+                                " (it was damaged)"
+                            } else {
+                                ""
+                            },
+                            r.freed_objects,
+                            human(r.freed_bytes)
+                        );
+                        if let Some(kept) = &r.kept {
+                            eprintln!("aisbx: note: {kept}");
+                        }
+                    }
                     Err(e) => code = fail(&e),
                 }
             }

@@ -138,6 +138,7 @@ mod tests {
             bytes: 0,
             skipped: 0,
             shared_bytes: None,
+            damaged: None,
         };
         assert_eq!(snapshot_info(mk("workdir:/home/u/proj")).source, "workdir");
         assert_eq!(snapshot_info(mk("sandbox:sb-1")).source, "sandbox:sb-1");

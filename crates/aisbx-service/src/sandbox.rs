@@ -3,7 +3,6 @@
 //! files persist across calls while processes do not.
 
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -316,15 +315,6 @@ fn restore_record(dir: BorrowedFd<'_>, record: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     rfs::renameat(dir, tmp, dir, "meta.json")?;
     Ok(())
-}
-
-/// The ids of the snapshot trees that sandboxes use.
-pub(crate) fn trees_in_use(svc: &Service) -> HashSet<String> {
-    list_sandboxes(svc)
-        .iter()
-        .filter_map(|s| s.lower.as_ref())
-        .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect()
 }
 
 /// The sandbox's files as the sandbox sees them: its workspace, or its overlay's

@@ -41,6 +41,8 @@ use crate::snapshot_fs::{
 
 /// Manifest format version.
 const FORMAT: u32 = 1;
+/// Largest manifest read (about 3 million entries).
+const MAX_MANIFEST: usize = 1 << 30;
 /// Largest file shown as a unified diff.
 const MAX_DIFF_BYTES: u64 = 64 << 10;
 
@@ -68,6 +70,11 @@ pub struct SnapshotInfo {
     /// Bytes of file data this snapshot shares with other snapshots (listings only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_bytes: Option<u64>,
+    /// Set when the snapshot is damaged: why, in one sentence. A damaged snapshot
+    /// cannot be restored or compared; the other fields are what could be read of
+    /// it (zero or empty when nothing could). `snap rm` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// A path or link target: a string when it is UTF-8, else hex of its bytes.
@@ -118,6 +125,60 @@ struct Manifest {
     format: u32,
     info: SnapshotInfo,
     entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// Is this a manifest this aisbx can use for snapshot `name`? `Err`: why not,
+    /// as the end of a sentence "snapshot 'x' is damaged: ...".
+    fn check(&self, name: &str) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "its manifest has format {}, which this aisbx does not understand",
+                self.format
+            ));
+        }
+        if self.info.name != name {
+            return Err(format!(
+                "its manifest names another snapshot ('{}')",
+                lossy(&self.info.name.as_bytes()[..self.info.name.len().min(64)])
+            ));
+        }
+        if check_name(&self.info.id).is_err() {
+            return Err("its manifest has no valid id".into());
+        }
+        let mut seen: HashMap<Vec<u8>, Kind> = HashMap::new();
+        for e in &self.entries {
+            let node = e
+                .node()
+                .map_err(|err| format!("its manifest lists a bad entry ({err})"))?;
+            let path = lossy(&node.path);
+            let path = if path.is_empty() { ".".into() } else { path };
+            let (parent, _) = sfs::split(&node.path);
+            if !node.path.is_empty() && !parent.is_empty() && seen.get(parent) != Some(&Kind::Dir) {
+                return Err(format!("its manifest lists {path} before its directory"));
+            }
+            if node.path.is_empty() && e.kind != Kind::Dir {
+                return Err("its manifest says the root is not a directory".into());
+            }
+            if seen.insert(node.path, e.kind).is_some() {
+                return Err(format!("its manifest lists {path} twice"));
+            }
+            match (e.kind, &e.hash, &e.target) {
+                (Kind::File, Some(h), None) if valid_hash(h) => {}
+                (Kind::File, _, _) => {
+                    return Err(format!("its manifest gives {path} no valid content hash"));
+                }
+                (Kind::Symlink, None, Some(_)) | (Kind::Dir, None, None) => {}
+                _ => return Err(format!("its manifest describes {path} inconsistently")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A BLAKE3 hash as the store names it: 64 lowercase hex digits.
+fn valid_hash(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl Entry {
@@ -264,7 +325,7 @@ impl Store {
             std::fs::create_dir_all(&root)?;
             let dir = sfs::open_host_dir(&root)?;
             rfs::fchmod(&dir, Mode::from_raw_mode(0o700)).map_err(io_err)?;
-            for d in ["objects", "manifests", "trees", "tmp"] {
+            for d in ["objects", "manifests", "trees", "tmp", "damaged"] {
                 mkdir_ok(&dir, d, 0o700)?;
             }
             let lock = rfs::openat(
@@ -315,31 +376,54 @@ impl Store {
         self.root.join("manifests").join(format!("{name}.json"))
     }
 
+    /// A snapshot's manifest, checked; `Err(None)` when there is no such snapshot,
+    /// `Err(Some(why))` when it is damaged.
+    fn load_manifest(&self, name: &str) -> Result<Manifest, Option<String>> {
+        let fd = match open_beneath(
+            self.dir.as_fd(),
+            format!("manifests/{name}.json").as_bytes(),
+            OFlags::RDONLY,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
+            Err(e) => return Err(Some(format!("its manifest cannot be opened ({e})"))),
+        };
+        let data = sfs::read_prefix(fd, MAX_MANIFEST + 1)
+            .map_err(|e| Some(format!("its manifest cannot be read ({e})")))?;
+        if data.len() > MAX_MANIFEST {
+            return Err(Some(format!(
+                "its manifest is larger than {} MiB",
+                MAX_MANIFEST >> 20
+            )));
+        }
+        let m: Manifest = serde_json::from_slice(&data).map_err(|e| {
+            Some(match e.classify() {
+                serde_json::error::Category::Eof => {
+                    format!("its manifest is cut short ({e})")
+                }
+                serde_json::error::Category::Data => {
+                    format!("its manifest is JSON but not a snapshot manifest ({e})")
+                }
+                _ => format!("its manifest is not valid JSON ({e})"),
+            })
+        })?;
+        m.check(name).map_err(Some)?;
+        Ok(m)
+    }
+
     fn read_manifest(&self, name: &str) -> Result<Manifest, ServiceError> {
         check_name(name).map_err(|_| {
             ServiceError::invalid("snapshot", format!("'{name}' is not a valid snapshot name"))
         })?;
-        let fd = open_beneath(
-            self.dir.as_fd(),
-            format!("manifests/{name}.json").as_bytes(),
-            OFlags::RDONLY,
-        )
-        .map_err(|_| {
-            ServiceError::invalid(
+        self.load_manifest(name).map_err(|damage| match damage {
+            None => ServiceError::invalid(
                 "snapshot",
                 format!("no snapshot named '{name}': list them with `aisbx snap list`"),
-            )
-        })?;
-        let data = sfs::read_prefix(fd, 1 << 30).map_err(|e| internal("reading a manifest", e))?;
-        let m: Manifest = serde_json::from_slice(&data).map_err(|e| {
-            ServiceError::Internal(format!("the manifest of snapshot '{name}' is damaged: {e}"))
-        })?;
-        if m.format != FORMAT || m.info.name != name {
-            return Err(ServiceError::Internal(format!(
-                "the manifest of snapshot '{name}' is not one this aisbx understands"
-            )));
-        }
-        Ok(m)
+            ),
+            Some(why) => ServiceError::Refused(format!(
+                "snapshot '{name}' is damaged: {why}; it cannot be used, only removed (`aisbx snap rm {name}`)"
+            )),
+        })
     }
 
     fn manifest_names(&self) -> Vec<String> {
@@ -359,14 +443,124 @@ impl Store {
         v
     }
 
-    fn manifests(&self) -> Vec<(String, Result<Manifest, ServiceError>)> {
+    fn manifests(&self) -> Vec<(String, Result<Manifest, String>)> {
         self.manifest_names()
             .into_iter()
             .map(|n| {
-                let m = self.read_manifest(&n);
+                let m = self
+                    .load_manifest(&n)
+                    .map_err(|d| d.unwrap_or_else(|| "its manifest vanished".into()));
                 (n, m)
             })
             .collect()
+    }
+
+    /// Objects a check found damaged (`damaged/<key>`, holding what is wrong):
+    /// recorded by a restore into a directory and by `snap verify`, cleared by a
+    /// `snap verify` that finds the object sound, or when the object is freed.
+    fn bad_objects(&self) -> HashMap<String, String> {
+        let Ok(dir) = self.sub("damaged") else {
+            return HashMap::new();
+        };
+        names_in(dir.as_fd())
+            .into_iter()
+            .filter_map(|k| {
+                let what = open_beneath(dir.as_fd(), &k, OFlags::RDONLY)
+                    .and_then(|fd| sfs::read_prefix(fd, 200))
+                    .ok()?;
+                let what = match what.as_slice() {
+                    b"missing" => "is missing",
+                    _ => "does not match its hash",
+                };
+                Some((lossy(&k), what.to_string()))
+            })
+            .collect()
+    }
+
+    /// Record that a check found object `key` damaged (`missing`, or else its
+    /// content does not match). Best effort: the check reports it either way.
+    fn mark_bad(&self, key: &str, missing: bool) {
+        if let Ok(dir) = self.sub("damaged")
+            && let Ok(fd) = rfs::openat(
+                &dir,
+                key,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::TRUNC
+                    | OFlags::CLOEXEC
+                    | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o600),
+            )
+        {
+            let what: &[u8] = if missing { b"missing" } else { b"corrupt" };
+            let _ = rustix::io::write(&fd, what);
+        }
+    }
+
+    fn clear_bad(&self, key: &str) {
+        if let Ok(dir) = self.sub("damaged") {
+            let _ = rfs::unlinkat(&dir, key, AtFlags::empty());
+        }
+    }
+
+    /// Why a sound manifest's snapshot is damaged anyway: the first of its files
+    /// whose object a check found damaged.
+    fn known_damage(m: &Manifest, bad: &HashMap<String, String>) -> Option<String> {
+        if bad.is_empty() {
+            return None;
+        }
+        m.entries.iter().find_map(|e| {
+            let what = bad.get(&e.key()?)?;
+            let path = e.path.to_vec().map(|p| lossy(&p)).unwrap_or_default();
+            Some(format!(
+                "the stored content of {path} {what} (found by an earlier check; `snap verify` checks again)"
+            ))
+        })
+    }
+
+    /// What can be shown of a damaged snapshot: its recorded metadata when that
+    /// part of the manifest still reads, else its name and the manifest's mtime.
+    fn damaged_info(&self, name: &str, why: String) -> SnapshotInfo {
+        #[derive(Deserialize)]
+        struct InfoOnly {
+            info: SnapshotInfo,
+        }
+        let salvaged = open_beneath(
+            self.dir.as_fd(),
+            format!("manifests/{name}.json").as_bytes(),
+            OFlags::RDONLY,
+        )
+        .and_then(|fd| sfs::read_prefix(fd, MAX_MANIFEST))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<InfoOnly>(&d).ok())
+        .map(|i| i.info)
+        .filter(|i| i.name == name && check_name(&i.id).is_ok());
+        let mut info = salvaged.unwrap_or_else(|| {
+            let created_at = sfs::stat_beneath(
+                self.dir.as_fd(),
+                format!("manifests/{name}.json").as_bytes(),
+            )
+            .map(|st| crate::audit::rfc3339(st.st_mtime, 0))
+            .unwrap_or_default();
+            SnapshotInfo {
+                name: name.to_string(),
+                id: String::new(),
+                created_at,
+                source: String::new(),
+                profile: None,
+                parent: None,
+                files: 0,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 0,
+                skipped: 0,
+                shared_bytes: None,
+                damaged: None,
+            }
+        });
+        info.shared_bytes = None;
+        info.damaged = Some(why);
+        info
     }
 
     fn object_exists(&self, key: &str, size: u64) -> bool {
@@ -583,21 +777,34 @@ impl Store {
     }
 
     /// Delete every object and tree nothing references (caller holds the lock
-    /// exclusively). `tree_users` are the trees sandboxes still use.
-    fn collect_garbage(&self, tree_users: &HashSet<String>) -> Result<(u64, u64), ServiceError> {
+    /// exclusively). A damaged manifest's references are unknown, so while one
+    /// exists no object or tree is deleted; while a sandbox's record cannot be read,
+    /// no tree is. Either is said in the result's `kept`, and is not an error.
+    fn collect_garbage(&self, users: &TreeUsers) -> Result<Collected, ServiceError> {
         let mut keys: HashSet<String> = HashSet::new();
-        let mut ids: HashSet<String> = tree_users.clone();
+        let mut ids: HashSet<String> = users.ids.clone();
+        let mut damaged = Vec::new();
         for (name, m) in self.manifests() {
-            let m = m.map_err(|e| {
-                ServiceError::Internal(format!(
-                    "not freeing anything: snapshot '{name}' cannot be read ({e})"
-                ))
-            })?;
-            ids.insert(m.info.id.clone());
-            keys.extend(m.entries.iter().filter_map(Entry::key));
+            match m {
+                Ok(m) => {
+                    ids.insert(m.info.id.clone());
+                    keys.extend(m.entries.iter().filter_map(Entry::key));
+                }
+                Err(_) => damaged.push(name),
+            }
         }
-        let mut freed_objects = 0u64;
-        let mut freed_bytes = 0u64;
+        let mut out = Collected::default();
+        if let Some(first) = damaged.first() {
+            out.kept = Some(format!(
+                "no data was freed: snapshot '{first}'{} is damaged, so which data it uses is unknown; it is freed once the damaged snapshot is removed",
+                match damaged.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                }
+            ));
+            self.clean_tmp();
+            return Ok(out);
+        }
         if let Ok(objects) = self.sub("objects") {
             for d in names_in(objects.as_fd()) {
                 let Ok(dir) = open_dir(objects.as_fd(), &d) else {
@@ -613,23 +820,87 @@ impl Store {
                         continue;
                     };
                     if rfs::unlinkat(&dir, OsStr::from_bytes(&o), AtFlags::empty()).is_ok() {
-                        freed_objects += 1;
+                        out.freed_objects += 1;
                         // The space an object takes, holes excluded.
-                        freed_bytes += (st.st_blocks as u64 * 512).min(st.st_size as u64);
+                        out.freed_bytes += (st.st_blocks as u64 * 512).min(st.st_size as u64);
                     }
                 }
             }
         }
-        if let Ok(trees) = self.sub("trees") {
-            for id in names_in(trees.as_fd()) {
-                if !ids.contains(String::from_utf8_lossy(&id).as_ref()) {
-                    let _ = sfs::remove_tree_at(trees.as_fd(), &id);
+        if let Ok(marks) = self.sub("damaged") {
+            for k in names_in(marks.as_fd()) {
+                if !keys.contains(String::from_utf8_lossy(&k).as_ref()) {
+                    let _ = rfs::unlinkat(&marks, OsStr::from_bytes(&k), AtFlags::empty());
+                }
+            }
+        }
+        match &users.unreadable {
+            Some(sb) => {
+                out.kept = Some(format!(
+                    "no snapshot tree was freed: the record of sandbox '{sb}' cannot be read, so which tree it uses is unknown"
+                ));
+            }
+            None => {
+                if let Ok(trees) = self.sub("trees") {
+                    for id in names_in(trees.as_fd()) {
+                        if !ids.contains(String::from_utf8_lossy(&id).as_ref()) {
+                            let _ = sfs::remove_tree_at(trees.as_fd(), &id);
+                        }
+                    }
                 }
             }
         }
         self.clean_tmp();
-        Ok((freed_objects, freed_bytes))
+        Ok(out)
     }
+}
+
+/// What a garbage collection freed, and why it kept what it could not judge.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub freed_objects: u64,
+    pub freed_bytes: u64,
+    pub kept: Option<String>,
+}
+
+/// The snapshot trees sandboxes use, read from their records (`lower`).
+/// `unreadable`: a sandbox whose record is missing or cannot be read (its tree is
+/// unknown).
+#[derive(Debug, Default)]
+struct TreeUsers {
+    ids: HashSet<String>,
+    unreadable: Option<String>,
+}
+
+fn tree_users(home: &Path) -> TreeUsers {
+    let mut u = TreeUsers::default();
+    let Ok(root) = sfs::open_host_dir(&home.join("sandboxes")) else {
+        return u;
+    };
+    for id in names_in(root.as_fd()) {
+        let record = open_beneath(root.as_fd(), &sfs::join(&id, b"meta.json"), OFlags::RDONLY)
+            .and_then(|fd| sfs::read_prefix(fd, 1 << 20))
+            .ok()
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+            .filter(|v| v.is_object());
+        match record {
+            Some(v) => {
+                if let Some(tree) = v
+                    .get("lower")
+                    .and_then(|l| l.as_str())
+                    .and_then(|l| Path::new(l).file_name())
+                {
+                    u.ids.insert(tree.to_string_lossy().into_owned());
+                }
+            }
+            None => {
+                if u.unreadable.is_none() {
+                    u.unreadable = Some(lossy(&id));
+                }
+            }
+        }
+    }
+    u
 }
 
 /// The names in an open directory (`.` and `..` left out; empty when unreadable).
@@ -683,6 +954,7 @@ pub(crate) fn create(
         bytes: 0,
         skipped: 0,
         shared_bytes: None,
+        damaged: None,
     };
     let layers = match source {
         SnapSource::Sandbox(id) => {
@@ -717,12 +989,18 @@ pub(crate) fn list(
     with_sharing: bool,
 ) -> Result<Vec<SnapshotInfo>, ServiceError> {
     let store = Store::open(svc.home(), false)?;
-    let ms: Vec<Manifest> = store
-        .manifests()
-        .into_iter()
-        .filter_map(|(_, m)| m.ok())
-        .collect();
+    let bad = store.bad_objects();
+    let mut ms = Vec::new();
     let mut out = Vec::new();
+    for (name, m) in store.manifests() {
+        match m {
+            Ok(mut m) => {
+                m.info.damaged = Store::known_damage(&m, &bad);
+                ms.push(m)
+            }
+            Err(why) => out.push(store.damaged_info(&name, why)),
+        }
+    }
     if with_sharing {
         // How many snapshots use each object.
         let mut users: HashMap<String, u32> = HashMap::new();
@@ -747,29 +1025,56 @@ pub(crate) fn list(
             out.push(i);
         }
     } else {
-        out = ms.into_iter().map(|m| m.info).collect();
+        out.extend(ms.into_iter().map(|m| m.info));
     }
     out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
     Ok(out)
 }
 
-pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<(u64, u64), ServiceError> {
+/// What `snap rm` reports.
+pub(crate) struct Removed {
+    pub collected: Collected,
+    /// Set when the removed snapshot was damaged: why.
+    pub was_damaged: Option<String>,
+}
+
+/// Remove a snapshot, damaged or not, then free what nothing uses any more.
+/// Another snapshot being damaged never makes this fail: the collection then
+/// keeps everything it cannot judge (see [`Store::collect_garbage`]).
+pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, ServiceError> {
+    check_name(name).map_err(|_| {
+        ServiceError::invalid("snapshot", format!("'{name}' is not a valid snapshot name"))
+    })?;
     let store = Store::open(svc.home(), true)?;
-    store.read_manifest(name)?;
-    std::fs::remove_file(store.manifest_path(name))
+    let was_damaged = match store.load_manifest(name) {
+        Ok(m) => Store::known_damage(&m, &store.bad_objects()),
+        Err(None) => {
+            return Err(ServiceError::invalid(
+                "snapshot",
+                format!("no snapshot named '{name}': list them with `aisbx snap list`"),
+            ));
+        }
+        Err(Some(why)) => Some(why),
+    };
+    let manifests = store
+        .sub("manifests")
+        .map_err(|e| internal("manifests", e))?;
+    let file = format!("{name}.json");
+    // Whatever the file has become (even a directory), it goes.
+    sfs::remove_tree_at(manifests.as_fd(), file.as_bytes())
         .map_err(|e| internal(&format!("cannot remove snapshot '{name}'"), e))?;
-    if let Ok(fd) = store.sub("manifests") {
-        let _ = rfs::fsync(&fd);
-    }
-    store.collect_garbage(&crate::sandbox::trees_in_use(svc))
+    let _ = rfs::fsync(&manifests);
+    let collected = store.collect_garbage(&tree_users(svc.home()))?;
+    Ok(Removed {
+        collected,
+        was_damaged,
+    })
 }
 
 /// Free what sandboxes no longer use (after a sandbox is removed).
 pub(crate) fn collect_garbage(svc: &crate::Service) -> Result<(), ServiceError> {
     let store = Store::open(svc.home(), true)?;
-    store
-        .collect_garbage(&crate::sandbox::trees_in_use(svc))
-        .map(|_| ())
+    store.collect_garbage(&tree_users(svc.home())).map(|_| ())
 }
 
 /// Materialize a snapshot's tree for a new sandbox. Runs `with` while the store is
@@ -781,6 +1086,11 @@ pub(crate) fn with_tree<T>(
 ) -> Result<T, ServiceError> {
     let store = Store::open(svc.home(), true)?;
     let m = store.read_manifest(name)?;
+    if let Some(why) = Store::known_damage(&m, &store.bad_objects()) {
+        return Err(ServiceError::Refused(format!(
+            "snapshot '{name}' is damaged: {why}; it cannot be used, only removed (`aisbx snap rm {name}`)"
+        )));
+    }
     let tree = store.ensure_tree(&m)?;
     with(&m.info, &tree)
 }
@@ -795,6 +1105,7 @@ pub(crate) fn restore_to_dir(
     let start = std::time::Instant::now();
     let store = Store::open(svc.home(), false)?;
     let m = store.read_manifest(name)?;
+    let mut created = false;
     match std::fs::symlink_metadata(dir) {
         Ok(md) if md.is_dir() => {
             let empty = std::fs::read_dir(dir)
@@ -816,10 +1127,38 @@ pub(crate) fn restore_to_dir(
                 format!("{} exists and is not a directory", dir.display()),
             ));
         }
-        Err(_) => std::fs::create_dir(dir).map_err(|e| {
-            ServiceError::invalid("workdir", format!("cannot create {}: {e}", dir.display()))
-        })?,
+        Err(_) => {
+            std::fs::create_dir(dir).map_err(|e| {
+                ServiceError::invalid("workdir", format!("cannot create {}: {e}", dir.display()))
+            })?;
+            created = true;
+        }
     }
+    let r = restore_into(svc, &store, &m, dir, created, progress);
+    progress.finish();
+    if r.is_err() && created {
+        // Refused before anything was written: the directory made for it goes
+        // (already gone, or not empty, are both fine to leave as they are).
+        let _ = std::fs::remove_dir(dir);
+    }
+    let mut r = r?;
+    r.duration_ms = start.elapsed().as_millis() as u64;
+    Ok(r)
+}
+
+/// Copy `m` into the empty directory `dir`, checking each file's content against
+/// its hash as it is copied. On any failure nothing restored is left: what was
+/// written is removed (and `dir` too when `created`), or the error says what is
+/// left.
+fn restore_into(
+    svc: &crate::Service,
+    store: &Store,
+    m: &Manifest,
+    dir: &Path,
+    created: bool,
+    progress: &mut dyn Progress,
+) -> Result<RestoreResult, ServiceError> {
+    let name = &m.info.name;
     let canon = std::fs::canonicalize(dir)
         .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}", dir.display())))?;
     let home = std::fs::canonicalize(svc.home()).unwrap_or_else(|_| svc.home().into());
@@ -843,42 +1182,127 @@ pub(crate) fn restore_to_dir(
         .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}", dir.display())))?;
     let objects = store.sub("objects").map_err(|e| internal("objects", e))?;
     progress.start("restore", m.info.bytes);
-    let mut w = Writer::new(root.as_fd(), owner, false);
-    for e in &m.entries {
-        let node = e
-            .node()
-            .map_err(|err| internal("a damaged manifest entry", err))?;
-        let source = match e.key() {
-            Some(key) => Some(Source::Copy(
-                open_beneath(
-                    objects.as_fd(),
-                    &object_rel(&key)["objects/".len()..],
-                    OFlags::RDONLY,
-                )
-                .map_err(|err| internal(&format!("object of {}", lossy(&node.path)), err))?,
-            )),
-            None => None,
-        };
-        w.put(&node, source)
-            .map_err(|err| internal(&format!("restoring {}", lossy(&node.path)), err))?;
-        progress.advance(node.size);
+    let written = (|| -> Result<(), ServiceError> {
+        let mut w = Writer::new(root.as_fd(), owner, false);
+        for e in &m.entries {
+            let node = e
+                .node()
+                .map_err(|err| internal("a damaged manifest entry", err))?;
+            let path = lossy(&node.path);
+            let source = match (e.key(), &e.hash) {
+                (Some(key), Some(hash)) => Some(Source::Checked {
+                    fd: open_beneath(
+                        objects.as_fd(),
+                        &object_rel(&key)["objects/".len()..],
+                        OFlags::RDONLY,
+                    )
+                    .map_err(|err| {
+                        if err.kind() == io::ErrorKind::NotFound {
+                            store.mark_bad(&key, true);
+                        }
+                        ServiceError::Refused(format!(
+                            "snapshot '{name}' is damaged: the stored content of {path} cannot be opened ({err})"
+                        ))
+                    })?,
+                    hash: blake3::Hash::from_hex(hash)
+                        .map_err(|err| internal(&format!("the hash of {path}"), err))?,
+                    size: e.size,
+                }),
+                _ => None,
+            };
+            w.put(&node, source).map_err(|err| {
+                if sfs::is_mismatch(&err) {
+                    if let Some(key) = e.key() {
+                        store.mark_bad(&key, false);
+                    }
+                    ServiceError::Refused(format!(
+                        "snapshot '{name}' is damaged: the stored content of {path} does not match its hash"
+                    ))
+                } else {
+                    internal(&format!("restoring {path}"), err)
+                }
+            })?;
+            progress.advance(node.size);
+        }
+        w.finish()
+            .map_err(|e| internal("restoring directory modes", e))
+    })();
+    if let Err(e) = written {
+        return Err(undo_restore(root, m, &canon, created, e));
     }
-    w.finish()
-        .map_err(|e| internal("restoring directory modes", e))?;
-    progress.finish();
     Ok(RestoreResult {
         snapshot: name.to_string(),
         sandbox_id: None,
         workdir: Some(canon.display().to_string()),
         files: m.info.files,
         bytes: m.info.bytes,
-        duration_ms: start.elapsed().as_millis() as u64,
+        duration_ms: 0,
     })
 }
 
-fn read_object(store: &Store, key: &str, max: u64) -> Option<Vec<u8>> {
-    let fd = open_beneath(store.dir.as_fd(), &object_rel(key), OFlags::RDONLY).ok()?;
-    sfs::read_prefix(fd, max as usize).ok()
+/// Remove what a failed restore wrote into `root` (it was empty): the top-level
+/// names of the manifest, then `root` itself when the restore created it. The
+/// error gets the outcome appended: nothing left, or what is.
+fn undo_restore(
+    root: OwnedFd,
+    m: &Manifest,
+    dir: &Path,
+    created: bool,
+    e: ServiceError,
+) -> ServiceError {
+    let mut tops: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for entry in &m.entries {
+        if let Ok(p) = entry.path.to_vec()
+            && let Some(top) = p.split(|&b| b == b'/').next()
+            && !top.is_empty()
+        {
+            tops.insert(top.to_vec());
+        }
+    }
+    // Directories were made 0700 and get their modes only at the end; a removal
+    // makes read-only ones writable through their fd.
+    let mut left = None;
+    for t in &tops {
+        if let Err(err) = sfs::remove_tree_at(root.as_fd(), t) {
+            left.get_or_insert(format!(
+                "{} ({err})",
+                dir.join(OsStr::from_bytes(t)).display()
+            ));
+        }
+    }
+    drop(root);
+    if left.is_none()
+        && created
+        && let Err(err) = std::fs::remove_dir(dir)
+    {
+        left = Some(format!("{} ({err})", dir.display()));
+    }
+    let outcome = match left {
+        None if created => format!("nothing was restored ({} was removed)", dir.display()),
+        None => format!("nothing was restored ({} is empty again)", dir.display()),
+        Some(what) => format!("the partial restore could not all be removed: {what} is left"),
+    };
+    let with = |msg: &str| format!("{msg}; {outcome}");
+    match e {
+        ServiceError::Refused(msg) => ServiceError::Refused(with(&msg)),
+        ServiceError::Internal(msg) => ServiceError::Internal(with(&msg)),
+        ServiceError::NotFound(msg) => ServiceError::NotFound(with(&msg)),
+        ServiceError::InvalidArgument { field, message } => ServiceError::InvalidArgument {
+            field,
+            message: with(&message),
+        },
+        other => other,
+    }
+}
+
+/// The content of a small file's object, only when it matches its hash (a
+/// damaged object shows no diff).
+fn read_object(store: &Store, e: &Entry, max: u64) -> Option<Vec<u8>> {
+    let key = e.key()?;
+    let fd = open_beneath(store.dir.as_fd(), &object_rel(&key), OFlags::RDONLY).ok()?;
+    let data = sfs::read_prefix(fd, max as usize + 1).ok()?;
+    (data.len() as u64 == e.size && blake3::hash(&data).to_hex().as_str() == e.hash.as_deref()?)
+        .then_some(data)
 }
 
 pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDiff, ServiceError> {
@@ -906,10 +1330,9 @@ pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDif
                         && x.hash != y.hash
                         && x.size <= MAX_DIFF_BYTES
                         && y.size <= MAX_DIFF_BYTES
-                        && let (Some(ka), Some(kb)) = (x.key(), y.key())
                         && let (Some(ca), Some(cb)) = (
-                            read_object(&store, &ka, MAX_DIFF_BYTES),
-                            read_object(&store, &kb, MAX_DIFF_BYTES),
+                            read_object(&store, x, MAX_DIFF_BYTES),
+                            read_object(&store, y, MAX_DIFF_BYTES),
                         )
                         && let (Ok(ta), Ok(tb)) =
                             (std::str::from_utf8(&ca), std::str::from_utf8(&cb))
@@ -946,58 +1369,75 @@ pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError>
         unreferenced_objects: 0,
         problems: Vec::new(),
     };
-    let mut wanted: BTreeMap<String, (String, u32, (i64, u32), u64)> = BTreeMap::new();
+    // Every object a snapshot names: what it must be, and the first file using it
+    // (named in a problem).
+    struct Wanted {
+        hash: String,
+        mode: u32,
+        mtime: (i64, u32),
+        size: u64,
+        user: String,
+    }
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     for (name, m) in store.manifests() {
         r.snapshots += 1;
+        // The manifest's structure (paths, duplicates, hashes) is checked on load.
         let m = match m {
             Ok(m) => m,
             Err(e) => {
-                r.problems.push(format!("snapshot '{name}': {e}"));
+                r.problems
+                    .push(format!("snapshot '{name}' is damaged: {e}"));
                 continue;
             }
         };
-        let mut seen = BTreeSet::new();
         for e in &m.entries {
-            match e.node() {
-                Ok(n) => {
-                    if !seen.insert(n.path.clone()) {
-                        r.problems.push(format!(
-                            "snapshot '{name}': {} is listed twice",
-                            lossy(&n.path)
-                        ));
-                    }
-                }
-                Err(err) => r.problems.push(format!("snapshot '{name}': {err}")),
-            }
             if let (Some(k), Some(h)) = (e.key(), &e.hash) {
-                wanted.insert(k, (h.clone(), e.mode & 0o7777, e.mtime, e.size));
+                wanted.entry(k).or_insert_with(|| Wanted {
+                    hash: h.clone(),
+                    mode: e.mode & 0o7777,
+                    mtime: e.mtime,
+                    size: e.size,
+                    user: format!(
+                        "{} in snapshot '{name}'",
+                        e.path.to_vec().map(|p| lossy(&p)).unwrap_or_default()
+                    ),
+                });
             }
         }
     }
-    for (key, (hash, mode, mtime, size)) in &wanted {
+    for (key, w) in &wanted {
         let rel = object_rel(key);
+        let user = &w.user;
         let fd = match open_beneath(store.dir.as_fd(), &rel, OFlags::RDONLY) {
             Ok(f) => f,
             Err(e) => {
-                r.problems.push(format!("object {key} is missing: {e}"));
+                r.problems
+                    .push(format!("object {key} ({user}) is missing: {e}"));
+                store.mark_bad(key, true);
                 continue;
             }
         };
         let st = rfs::fstat(&fd).map_err(|e| internal("stat", io_err(e)))?;
-        if st.st_mode & 0o7777 != *mode || sfs::mtime_of(&st) != *mtime {
+        if st.st_mode & 0o7777 != w.mode || sfs::mtime_of(&st) != w.mtime {
             r.problems
-                .push(format!("object {key} has a changed mode or mtime"));
+                .push(format!("object {key} ({user}) has a changed mode or mtime"));
         }
         match sfs::hash_fd(&fd, &mut |_| {}) {
             Ok((h, n)) => {
                 r.objects_checked += 1;
                 r.bytes_checked += n;
-                if h.to_hex().as_str() != hash || n != *size {
-                    r.problems
-                        .push(format!("object {key} is corrupt (its content changed)"));
+                if h.to_hex().as_str() != w.hash || n != w.size {
+                    r.problems.push(format!(
+                        "object {key} ({user}) is corrupt (its content changed)"
+                    ));
+                    store.mark_bad(key, false);
+                } else {
+                    store.clear_bad(key);
                 }
             }
-            Err(e) => r.problems.push(format!("object {key} cannot be read: {e}")),
+            Err(e) => r
+                .problems
+                .push(format!("object {key} ({user}) cannot be read: {e}")),
         }
     }
     if let Ok(rd) = std::fs::read_dir(store.root.join("objects")) {
@@ -1011,4 +1451,90 @@ pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError>
     }
     r.ok = r.problems.is_empty();
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "26e70f0a438787ee143979a9b519a4a330ea21e0a23d31fcb47051e70b8fe5ad";
+
+    fn manifest(entries: serde_json::Value) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": FORMAT,
+            "info": {
+                "name": "s", "id": "snap-1", "created_at": "", "source": "",
+                "profile": null, "parent": null, "files": 0, "dirs": 0,
+                "symlinks": 0, "bytes": 0, "skipped": 0
+            },
+            "entries": entries,
+        }))
+        .unwrap()
+    }
+
+    fn dir(p: &str) -> serde_json::Value {
+        serde_json::json!({"path": p, "kind": "dir", "mode": 0o755, "mtime": [0, 0]})
+    }
+
+    fn file(p: &str, hash: &str) -> serde_json::Value {
+        serde_json::json!({"path": p, "kind": "file", "mode": 0o644, "mtime": [0, 0],
+            "size": 1, "hash": hash})
+    }
+
+    #[test]
+    fn a_sound_manifest_passes_its_check() {
+        let m = manifest(serde_json::json!([dir(""), dir("d"), file("d/f", H)]));
+        assert_eq!(m.check("s"), Ok(()));
+    }
+
+    #[test]
+    fn damaged_manifests_are_refused_with_a_reason_and_no_panic() {
+        let cases = [
+            (
+                serde_json::json!([dir(""), file("f", "é")]),
+                "no valid content hash",
+            ),
+            (
+                serde_json::json!([dir(""), file("f", "../../lock")]),
+                "no valid content hash",
+            ),
+            (
+                serde_json::json!([dir(""), file("f", &H[..10])]),
+                "no valid content hash",
+            ),
+            (
+                serde_json::json!([dir(""), file("f", H), file("f", H)]),
+                "twice",
+            ),
+            (
+                serde_json::json!([dir(""), file("d/f", H), dir("d")]),
+                "before its directory",
+            ),
+            (
+                serde_json::json!([dir(""), file("f", H), file("f/g", H)]),
+                "before its directory",
+            ),
+            (serde_json::json!([dir(""), file("../x", H)]), "bad entry"),
+            (serde_json::json!([dir(""), dir("a/./b")]), "bad entry"),
+            (serde_json::json!([file("", H)]), "root is not a directory"),
+            (
+                serde_json::json!([dir(""), {"path": "l", "kind": "symlink", "mode": 0o777,
+                    "mtime": [0, 0]}]),
+                "inconsistently",
+            ),
+        ];
+        for (entries, want) in cases {
+            let m = manifest(entries.clone());
+            let why = m.check("s").expect_err(&entries.to_string());
+            assert!(why.contains(want), "{entries}: {why}");
+        }
+        let m = manifest(serde_json::json!([dir("")]));
+        assert!(m.check("other").unwrap_err().contains("another snapshot"));
+        let mut m = manifest(serde_json::json!([dir("")]));
+        m.format = 99;
+        assert!(m.check("s").unwrap_err().contains("format 99"));
+        m.format = FORMAT;
+        m.info.id = "../trees".into();
+        assert!(m.check("s").unwrap_err().contains("no valid id"));
+    }
 }

@@ -35,6 +35,13 @@ pub struct SnapshotRemoved {
     /// Objects no other snapshot used, now deleted.
     pub freed_objects: u64,
     pub freed_bytes: u64,
+    /// Set when the snapshot removed was damaged: why it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_damaged: Option<String>,
+    /// Set when data that may be unused was kept: why (another snapshot is
+    /// damaged, so what it uses is unknown). Not an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 /// Where `cp` copies from or to.
@@ -284,10 +291,12 @@ impl Service {
         meta: &RequestMeta,
         name: &str,
     ) -> Result<SnapshotRemoved, ServiceError> {
-        let r = snapshot::remove(self, name).map(|(o, b)| SnapshotRemoved {
+        let r = snapshot::remove(self, name).map(|r| SnapshotRemoved {
             name: name.to_string(),
-            freed_objects: o,
-            freed_bytes: b,
+            freed_objects: r.collected.freed_objects,
+            freed_bytes: r.collected.freed_bytes,
+            was_damaged: r.was_damaged,
+            kept: r.collected.kept,
         });
         self.record(meta, &serde_json::json!({"name": name}), &r);
         r

@@ -629,6 +629,51 @@ pub enum Source<'a> {
     Link { dir: BorrowedFd<'a>, name: Vec<u8> },
     /// Copy this open file.
     Copy(OwnedFd),
+    /// Copy this open file and check that what was written has this BLAKE3 hash
+    /// and length: on a mismatch `put` fails with a [`ContentMismatch`] error.
+    Checked {
+        fd: OwnedFd,
+        hash: blake3::Hash,
+        size: u64,
+    },
+}
+
+/// What [`Writer::put`] fails with when a [`Source::Checked`] file's content is not
+/// what it should be (find it with [`is_mismatch`]).
+#[derive(Debug)]
+pub struct ContentMismatch;
+
+impl std::fmt::Display for ContentMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the content does not match its hash")
+    }
+}
+
+impl std::error::Error for ContentMismatch {}
+
+/// Is this the error of a [`Source::Checked`] copy whose content did not match?
+pub fn is_mismatch(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<ContentMismatch>())
+}
+
+/// Copy `src` into the empty file `dst` (open for reading and writing) and check
+/// what landed: a reflink where the file system offers it, then the copy is
+/// hashed; else the data is hashed as it is copied (holes stay holes).
+pub fn copy_checked(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    hash: &blake3::Hash,
+    size: u64,
+) -> io::Result<()> {
+    let (h, n) = if rfs::ioctl_ficlone(dst, src).is_ok() {
+        hash_fd(dst, &mut |_| {})?
+    } else {
+        copy_hash(src, dst)?
+    };
+    if h != *hash || n != size {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, ContentMismatch));
+    }
+    Ok(())
 }
 
 /// Writes a tree beneath an open directory, creating every entry fd-relative.
@@ -739,6 +784,7 @@ impl Writer<'_> {
             }
             Kind::File => {
                 let source = source.ok_or_else(|| io::Error::other("no data for a file"))?;
+                let mut expect = None;
                 let copy_from = match source {
                     // An object with a setuid or setgid bit (stored by an older
                     // aisbx) is copied, so that the bits can be dropped.
@@ -755,9 +801,13 @@ impl Writer<'_> {
                     }
                     Source::Link { dir, name: obj } => open_beneath(dir, &obj, OFlags::RDONLY)?,
                     Source::Copy(fd) => fd,
+                    Source::Checked { fd, hash, size } => {
+                        expect = Some((hash, size));
+                        fd
+                    }
                 };
-                let mut flags =
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                // Read and write: a checked copy is read back after a reflink.
+                let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 flags |= if overwrite {
                     OFlags::TRUNC
                 } else {
@@ -775,7 +825,10 @@ impl Writer<'_> {
                         }
                     },
                 )?;
-                copy_data(&copy_from, &fd)?;
+                match &expect {
+                    Some((hash, size)) => copy_checked(&copy_from, &fd, hash, *size)?,
+                    None => copy_data(&copy_from, &fd)?,
+                }
                 if let Some((u, g)) = owner {
                     rfs::fchown(
                         &fd,
@@ -1166,5 +1219,62 @@ mod tests {
                 md.blocks()
             );
         }
+    }
+
+    #[test]
+    fn a_checked_copy_refuses_content_that_does_not_match() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("obj"), b"the stored content").unwrap();
+        let good = blake3::hash(b"the stored content");
+        let dir = open_host_dir(t.path()).unwrap();
+        std::fs::create_dir(t.path().join("out")).unwrap();
+        let out = open_dir(dir.as_fd(), b"out").unwrap();
+        let mut w = Writer::new(out.as_fd(), None, false);
+        let node = |name: &[u8]| Node {
+            path: name.to_vec(),
+            kind: Kind::File,
+            mode: 0o640,
+            mtime: (1_000_000_000, 0),
+            size: 18,
+            target: Vec::new(),
+            layer: 0,
+        };
+        let src = || open_file(dir.as_fd(), b"obj").unwrap();
+        w.put(
+            &node(b"ok"),
+            Some(Source::Checked {
+                fd: src(),
+                hash: good,
+                size: 18,
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("out/ok")).unwrap(),
+            b"the stored content"
+        );
+        let e = w
+            .put(
+                &node(b"bad-hash"),
+                Some(Source::Checked {
+                    fd: src(),
+                    hash: blake3::hash(b"something else"),
+                    size: 18,
+                }),
+            )
+            .unwrap_err();
+        assert!(is_mismatch(&e), "{e}");
+        let e = w
+            .put(
+                &node(b"bad-size"),
+                Some(Source::Checked {
+                    fd: src(),
+                    hash: good,
+                    size: 17,
+                }),
+            )
+            .unwrap_err();
+        assert!(is_mismatch(&e), "{e}");
+        assert!(!is_mismatch(&io::Error::other("other")));
     }
 }

@@ -12,4 +12,5 @@ mod profiles;
 mod run_cli;
 mod sandboxes;
 mod snapshots;
+mod snapshots_damage;
 mod unprivileged;
