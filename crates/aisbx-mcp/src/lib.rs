@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod auth;
 pub mod http;
+pub mod protocol;
 pub mod redact;
 pub mod server;
 pub mod tools;
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backend::maybe_run_helper;
@@ -196,15 +196,10 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
 
 async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
     let server = AisbxServer::new(shared, FrontEnd::Stdio);
-    let running = server
-        .serve(rmcp::transport::stdio_pipes())
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    protocol::serve_framed(server, stdin, stdout)
         .await
-        .map_err(|e| McpError::Stdio(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| McpError::Stdio(e.to_string()))?;
-    Ok(())
+        .map_err(McpError::Stdio)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -732,7 +732,8 @@ impl ServerHandler for AisbxServer {
             }
             other => Err(McpError::invalid_params(
                 format!(
-                    "unknown tool '{other}': the tools are run, build, profile_list, {}",
+                    "unknown tool '{}': the tools are run, build, profile_list, {}",
+                    crate::protocol::cut(other),
                     tools::SANDBOX_TOOLS.join(", ")
                 ),
                 Some(json!({ "field": "name" })),
