@@ -45,10 +45,12 @@ fn initialize_lists_tools_with_schemas() {
             "file_write",
             "file_read",
             "file_list",
+            "file_delete",
             "snapshot_create",
             "snapshot_restore",
             "snapshot_list",
-            "snapshot_diff"
+            "snapshot_diff",
+            "snapshot_delete"
         ]
     );
     for t in tools {
