@@ -269,17 +269,39 @@ fn take_text(pending: &mut Vec<u8>) -> String {
     }
 }
 
-/// Sends output as progress notifications (and log messages at `info`).
+/// How often buffered output is sent at most (unless [`MAX_NOTIFY_CHUNK`] fills first).
+const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Sends output as progress notifications (and log messages at `info`), coalesced:
+/// at most one per stream per [`NOTIFY_EVERY`], or sooner when [`MAX_NOTIFY_CHUNK`]
+/// bytes are waiting; nothing is lost.
 struct Streamer {
     peer: Peer<RoleServer>,
     token: ProgressToken,
     level: Arc<Mutex<LoggingLevel>>,
     sent_bytes: u64,
+    /// Bytes not yet valid UTF-8 (a sequence cut between chunks).
     out_pending: Vec<u8>,
     err_pending: Vec<u8>,
+    /// Text waiting for the next send.
+    out_text: String,
+    err_text: String,
 }
 
 impl Streamer {
+    fn new(peer: Peer<RoleServer>, token: ProgressToken, level: Arc<Mutex<LoggingLevel>>) -> Self {
+        Streamer {
+            peer,
+            token,
+            level,
+            sent_bytes: 0,
+            out_pending: Vec::new(),
+            err_pending: Vec::new(),
+            out_text: String::new(),
+            err_text: String::new(),
+        }
+    }
+
     async fn send(&mut self, stream: &'static str, text: String) {
         if text.is_empty() {
             return;
@@ -309,39 +331,59 @@ impl Streamer {
         }
     }
 
+    /// Takes in a chunk; sends at once only what fills whole [`MAX_NOTIFY_CHUNK`]s.
     async fn chunk(&mut self, c: Chunk) {
-        let (stream, pending) = match c {
+        let stream = match c {
             Chunk::Out(d) => {
                 self.out_pending.extend_from_slice(&d);
-                ("stdout", 0)
+                let t = take_text(&mut self.out_pending);
+                self.out_text.push_str(&t);
+                "stdout"
             }
             Chunk::Err(d) => {
                 self.err_pending.extend_from_slice(&d);
-                ("stderr", 1)
+                let t = take_text(&mut self.err_pending);
+                self.err_text.push_str(&t);
+                "stderr"
             }
         };
-        let buf = if pending == 0 {
-            &mut self.out_pending
-        } else {
-            &mut self.err_pending
-        };
-        let mut text = take_text(buf);
-        while !text.is_empty() {
-            let mut cut = text.len().min(MAX_NOTIFY_CHUNK);
+        loop {
+            let text = if stream == "stdout" {
+                &mut self.out_text
+            } else {
+                &mut self.err_text
+            };
+            if text.len() < MAX_NOTIFY_CHUNK {
+                break;
+            }
+            let mut cut = MAX_NOTIFY_CHUNK;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             let rest = text.split_off(cut);
-            self.send(stream, text).await;
-            text = rest;
+            let piece = std::mem::replace(text, rest);
+            self.send(stream, piece).await;
         }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.out_text.is_empty() || !self.err_text.is_empty()
+    }
+
+    /// Sends what is waiting.
+    async fn flush(&mut self) {
+        let out = std::mem::take(&mut self.out_text);
+        self.send("stdout", out).await;
+        let err = std::mem::take(&mut self.err_text);
+        self.send("stderr", err).await;
     }
 
     async fn finish(&mut self) {
         let out = String::from_utf8_lossy(&std::mem::take(&mut self.out_pending)).into_owned();
-        self.send("stdout", out).await;
+        self.out_text.push_str(&out);
         let err = String::from_utf8_lossy(&std::mem::take(&mut self.err_pending)).into_owned();
-        self.send("stderr", err).await;
+        self.err_text.push_str(&err);
+        self.flush().await;
     }
 }
 
@@ -459,14 +501,10 @@ impl AisbxServer {
             drop(tx);
             Box::new(NullSink)
         };
-        let mut streamer = progress.map(|token| Streamer {
-            peer: ctx.peer.clone(),
-            token,
-            level: self.level.clone(),
-            sent_bytes: 0,
-            out_pending: Vec::new(),
-            err_pending: Vec::new(),
-        });
+        let mut streamer =
+            progress.map(|token| Streamer::new(ctx.peer.clone(), token, self.level.clone()));
+        let mut tick = tokio::time::interval(NOTIFY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let service = self.shared.service.clone();
         let run_cancel = cancel.clone();
         let mut task = tokio::task::spawn_blocking(move || {
@@ -485,6 +523,11 @@ impl AisbxServer {
                 _ = disconnected.cancelled(), if !cancel.is_cancelled() => {
                     tracing::info!("client disconnected: cancelling its run");
                     cancel.cancel();
+                }
+                _ = tick.tick(), if streamer.as_ref().is_some_and(Streamer::waiting) => {
+                    if let Some(s) = streamer.as_mut() {
+                        s.flush().await;
+                    }
                 }
                 c = rx.recv(), if rx_open => match c {
                     Some(c) => {

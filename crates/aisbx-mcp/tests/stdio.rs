@@ -363,3 +363,46 @@ fn every_call_is_audited_and_the_chain_verifies() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn progress_is_coalesced_and_nothing_is_lost() {
+    let home = home();
+    let mut s = StdioServer::start_initialized(home.path());
+    let started = Instant::now();
+    // 20,000 lines, one write each.
+    s.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run",
+        "arguments": {"command": ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done"]},
+        "_meta": {"progressToken": "tok-2"}}}),
+    );
+    let mut texts: Vec<String> = Vec::new();
+    let response = loop {
+        let m = s.recv(Duration::from_secs(60)).expect("message");
+        match m["method"].as_str() {
+            Some("notifications/progress") => texts.push(
+                m["params"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            Some(_) => {}
+            None => break m,
+        }
+    };
+    let took = started.elapsed();
+    eprintln!("{} progress notifications in {took:?}", texts.len());
+    let expected: String = (0..20_000).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(structured(&response)["stdout"], expected.as_str());
+    let joined: String = texts.concat();
+    assert!(joined == expected, "streamed text differs from the output");
+    // At most one per 50 ms, plus one per full 16 KiB, plus the last.
+    let bound = took.as_millis() as usize / 50 + expected.len() / (16 * 1024) + 2;
+    assert!(
+        texts.len() <= bound,
+        "{} notifications in {took:?} (bound {bound})",
+        texts.len()
+    );
+    assert!(texts.len() < 500, "{} notifications", texts.len());
+    assert!(texts.iter().all(|t| t.len() <= 16 * 1024));
+}
