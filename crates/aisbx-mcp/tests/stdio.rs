@@ -406,3 +406,52 @@ fn progress_is_coalesced_and_nothing_is_lost() {
     assert!(texts.len() < 500, "{} notifications", texts.len());
     assert!(texts.iter().all(|t| t.len() <= 16 * 1024));
 }
+
+#[test]
+fn run_takes_env_memory_cpus_and_args_within_the_profile() {
+    let home = home();
+    let mut s = StdioServer::start_initialized(home.path());
+    let r = s.call(
+        1,
+        "run",
+        json!({"language": "sh", "code": "echo \"$GREETING $1 $2\"; cat /sys/fs/cgroup/memory.max 2>/dev/null || true",
+               "args": ["a b", "c"], "env": {"GREETING": "hi"}, "memory": "64M", "cpus": 0.5}),
+    );
+    let out = structured(&r)["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(out.starts_with("hi a b c\n"), "{r}");
+    // A raise is refused as an isError result naming the request's field.
+    for (i, (args, field)) in [
+        (json!({"command": ["true"], "memory": "1T"}), "memory "),
+        (json!({"command": ["true"], "cpus": 512}), "cpus "),
+        (
+            json!({"command": ["true"], "timeout_secs": 1.0e6}),
+            "timeout_secs ",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s.call(2 + i as u64, "run", args);
+        assert_eq!(r["result"]["isError"], true, "{r}");
+        let t = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(t.starts_with(field) && t.contains("never raise"), "{t}");
+    }
+    // Bad values are -32602 naming the field.
+    for (i, (args, field)) in [
+        (json!({"command": ["true"], "memory": "lots"}), "memory"),
+        (json!({"command": ["true"], "env": {"A": 1}}), "env"),
+        (json!({"command": ["true"], "args": ["x"]}), "args"),
+        (json!({"code": "1", "args": "x"}), "args"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s.call(10 + i as u64, "run", args);
+        assert_eq!(field_of_error(&r), (-32602, field.to_string()), "{r}");
+    }
+}
