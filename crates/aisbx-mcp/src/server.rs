@@ -102,6 +102,7 @@ fn service_error(
     tool: &str,
     arguments: Option<&JsonObject>,
 ) -> Result<CallToolResponse, McpError> {
+    let e = cut_echoes(e, arguments);
     match e {
         ServiceError::InvalidArgument { field, message } => {
             let message = mcp_terms(&redact::text(&message, home));
@@ -131,12 +132,60 @@ fn service_error(
     }
 }
 
+/// The service's message with every long value of the request it repeats cut to
+/// [`crate::protocol::MAX_ECHO_BYTES`].
+fn cut_echoes(e: ServiceError, arguments: Option<&JsonObject>) -> ServiceError {
+    fn long_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) if s.len() > crate::protocol::MAX_ECHO_BYTES => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| long_strings(x, out)),
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k.len() > crate::protocol::MAX_ECHO_BYTES {
+                        out.push(k);
+                    }
+                    long_strings(x, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(args) = arguments else { return e };
+    let mut long = Vec::new();
+    for (k, v) in args {
+        if k.len() > crate::protocol::MAX_ECHO_BYTES {
+            long.push(k.as_str());
+        }
+        long_strings(v, &mut long);
+    }
+    if long.is_empty() {
+        return e;
+    }
+    // Longest first, so a value inside another is not cut twice.
+    long.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let cut = |m: String| {
+        long.iter()
+            .fold(m, |m, s| m.replace(*s, &crate::protocol::cut(s)))
+    };
+    match e {
+        ServiceError::InvalidArgument { field, message } => ServiceError::InvalidArgument {
+            field,
+            message: cut(message),
+        },
+        ServiceError::Refused(m) => ServiceError::Refused(cut(m)),
+        ServiceError::NotFound(m) => ServiceError::NotFound(cut(m)),
+        ServiceError::NoSuchSandbox(m) => ServiceError::NoSuchSandbox(m),
+        ServiceError::Internal(m) => ServiceError::Internal(m),
+    }
+}
+
 /// Whether a refused argument is about the server's state (a name that does not
 /// exist or is taken) rather than the request itself.
 fn about_state(message: &str) -> bool {
     message.contains("does not exist")
         || message.contains("already exists")
         || message.starts_with("no snapshot named")
+        || message.contains("no profile named")
 }
 
 /// The service's hints speak of the command line; MCP clients get theirs.
@@ -147,6 +196,9 @@ fn mcp_terms(text: &str) -> String {
             "snapshot_list shows the snapshots",
         )
         .replace("memory_bytes ", "memory ");
+    if t.contains("no profile named") {
+        t.push_str("; profile_list shows the profiles");
+    }
     if t.contains("already exists") {
         t.push_str("; choose another name, or delete it first (sandbox_destroy, snapshot_delete)");
     }
@@ -966,6 +1018,22 @@ mod tests {
             panic!("expected a tool result")
         };
         assert_eq!(r.is_error, Some(true));
+    }
+
+    #[test]
+    fn long_values_are_not_echoed_whole() {
+        let long = "n".repeat(100_000);
+        let mut args = JsonObject::new();
+        args.insert("name".into(), json!(long));
+        let e = service_error(
+            ServiceError::invalid("snapshot", format!("'{long}' is not a valid snapshot name")),
+            Path::new("/h"),
+            "snapshot_create",
+            Some(&args),
+        )
+        .expect_err("invalid");
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        assert_eq!(e.data, Some(json!({"field": "name"})));
     }
 
     #[test]

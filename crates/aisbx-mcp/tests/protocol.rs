@@ -75,6 +75,23 @@ fn stdio_answers_every_malformed_message() {
     let r = s.request(json!({"jsonrpc": "2.0", "id": 13, "method": long}));
     assert_eq!(r["error"]["code"], -32601);
     assert!(r.to_string().len() < 1000, "{:.300}", r.to_string());
+    // Long argument names and values are not echoed whole either.
+    for (i, args) in [
+        json!({"name": long, "sandbox_id": "x"}),
+        json!({"name": "s", "sandbox_id": long}),
+        json!({"name": "s", "sandbox_id": "x", long.clone(): 1}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s.call(20 + i as u64, "snapshot_create", args);
+        assert!(r.to_string().len() < 1000, "{:.300}", r.to_string());
+        assert!(
+            r["error"]["code"] == -32602 || r["result"]["isError"] == true,
+            "{:.300}",
+            r.to_string()
+        );
+    }
     // Still serving.
     let r = s.call(14, "run", json!({"command": ["echo", "ok"]}));
     assert_eq!(r["result"]["structuredContent"]["stdout"], "ok\n", "{r}");
