@@ -195,7 +195,13 @@ fn mcp_terms(text: &str) -> String {
             "list them with `aisbx snap list`",
             "snapshot_list shows the snapshots",
         )
-        .replace("memory_bytes ", "memory ");
+        .replace("memory_bytes ", "memory ")
+        // The CLI's flags, as the MCP arguments that do the same.
+        .replace(" --lang", " `language`")
+        .replace(" --profile", " `profile`")
+        .replace(" --timeout", " `timeout_secs`")
+        .replace(" --memory", " `memory`")
+        .replace(" --cpus", " `cpus`");
     if t.contains("no profile named") {
         t.push_str("; profile_list shows the profiles");
     }
@@ -1068,6 +1074,21 @@ mod tests {
             None,
         ));
         assert!(!t.contains("aisbx trust") && !t.contains("--ignore"), "{t}");
+        let e = service_error(
+            ServiceError::invalid(
+                "language",
+                "cannot tell the language of the code: no known extension; give --lang or --profile",
+            ),
+            home,
+            "run",
+            None,
+        )
+        .expect_err("invalid");
+        assert!(
+            e.message.ends_with("give `language` or `profile`"),
+            "{}",
+            e.message
+        );
         let e = service_error(
             ServiceError::invalid("name", "'a b' is not a valid sandbox name"),
             home,

@@ -249,4 +249,42 @@ fn binary_files_deletes_and_failed_setup_over_mcp() {
     assert_eq!(structured(&r)["snapshots"], json!([]));
     let t = tool_error(&s.call(18, "snapshot_delete", json!({"name": "s1"})));
     assert!(t.contains("no snapshot named 's1'"), "{t}");
+    // In a copy-on-write sandbox, deleting a file of the snapshot hides it there only.
+    s.call(
+        19,
+        "snapshot_create",
+        json!({"name": "s2", "sandbox_id": "p"}),
+    );
+    let r = s.call(
+        20,
+        "snapshot_restore",
+        json!({"name": "s2", "sandbox_id": "cow"}),
+    );
+    assert_eq!(structured(&r)["sandbox_id"], "cow");
+    let r = s.call(
+        21,
+        "file_delete",
+        json!({"sandbox_id": "cow", "path": "t.txt"}),
+    );
+    assert_eq!(structured(&r)["kind"], "file");
+    let t = tool_error(&s.call(
+        22,
+        "file_read",
+        json!({"sandbox_id": "cow", "path": "t.txt"}),
+    ));
+    assert!(t.contains("does not exist"), "{t}");
+    let r = s.call(23, "file_read", json!({"sandbox_id": "p", "path": "t.txt"}));
+    assert_eq!(structured(&r)["content"], "text");
+    let r = s.call(
+        24,
+        "snapshot_restore",
+        json!({"name": "s2", "sandbox_id": "cow2"}),
+    );
+    assert_eq!(structured(&r)["sandbox_id"], "cow2");
+    let r = s.call(
+        25,
+        "file_read",
+        json!({"sandbox_id": "cow2", "path": "t.txt"}),
+    );
+    assert_eq!(structured(&r)["content"], "text");
 }
