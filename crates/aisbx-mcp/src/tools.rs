@@ -584,6 +584,12 @@ pub fn strict_schema(v: &mut Value) {
             {
                 m.remove("format");
             }
+            // Doc comments wrap lines; a description is one paragraph.
+            if let Some(Value::String(d)) = m.get_mut("description")
+                && d.contains('\n')
+            {
+                *d = d.split_whitespace().collect::<Vec<_>>().join(" ");
+            }
             for child in m.values_mut() {
                 strict_schema(child);
             }
@@ -1025,6 +1031,9 @@ mod tests {
                     assert!(STANDARD_FORMATS.contains(&f.as_str()), "{at}: format {f}");
                 }
                 assert!(!m.contains_key("nullable"), "{at}");
+                if let Some(Value::String(d)) = m.get("description") {
+                    assert!(!d.contains('\n'), "{at}: {d}");
+                }
                 assert!(!m.contains_key("$ref"), "{at}");
                 for (k, c) in m {
                     assert_strict(c, &format!("{at}/{k}"));
