@@ -304,6 +304,10 @@ where
                     if m.last() == Some(&b'\r') {
                         m.pop();
                     }
+                    // RFC 8259 lets a parser ignore a byte order mark; the SDK does.
+                    if m.starts_with(b"\xEF\xBB\xBF") {
+                        m.drain(..3);
+                    }
                     if m.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }

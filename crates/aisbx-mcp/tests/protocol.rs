@@ -36,6 +36,9 @@ fn stdio_answers_every_malformed_message() {
     assert_eq!(e["error"]["code"], -32700, "{e}");
     s.send_raw("{\"jsonrpc\": \"2.0\", \"id\": 5, \"method\": ");
     assert_eq!(next_null_id_error(&mut s)["error"]["code"], -32700);
+    // A byte order mark is allowed (RFC 8259).
+    s.send_raw("\u{feff}{\"jsonrpc\": \"2.0\", \"id\": 3, \"method\": \"ping\"}");
+    assert_eq!(s.response(3, Duration::from_secs(30))["result"], json!({}));
     s.send_raw("[1, 2, 3]");
     assert_eq!(next_null_id_error(&mut s)["error"]["code"], -32600);
     s.send_raw("{\"id\": 1, \"method\": \"ping\"}");
@@ -113,7 +116,8 @@ fn post_raw(srv: &HttpServer, session: &Session, body: &[u8]) -> (u16, Value) {
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).expect("write");
-    s.write_all(body).expect("write");
+    // A server refusing an oversized body may stop reading it: the answer still comes.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let r = parse_response(&raw);
@@ -146,6 +150,14 @@ fn http_answers_a_body_that_is_not_json_with_400() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], -32602, "{v}");
     assert_eq!(v["id"], 4, "{v}");
+    // A body over the 16 MiB limit: 413 with a JSON-RPC error.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":6,"method":"ping","params":{{"x":"{}"}}}}"#,
+        "y".repeat(16 << 20)
+    );
+    let (status, v) = post_raw(&srv, &s, big.as_bytes());
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"]["code"], -32600, "{v}");
     // Still serving.
     let r = s.call(5, "run", json!({"command": ["echo", "ok"]}));
     assert_eq!(r.rpc()["result"]["structuredContent"]["stdout"], "ok\n");
