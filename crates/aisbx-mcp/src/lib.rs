@@ -1,7 +1,8 @@
 //! `aisbx-mcp`: the aisbx MCP server, on the official Rust SDK (`rmcp`).
 //!
-//! Tools `run`, `build` and `profile_list` call the same service functions as the
-//! `aisbx` CLI; this crate only maps arguments, streams output and formats results.
+//! The tools (`run`, `build`, `profile_list`, the sandbox, file and snapshot tools)
+//! call the same service functions as the `aisbx` CLI; this crate only checks
+//! messages, maps arguments, streams output and formats results.
 //! stdio by default; `--http ADDR` serves Streamable HTTP at `/mcp`.
 
 pub mod admission;
