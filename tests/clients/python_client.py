@@ -180,7 +180,8 @@ async def exercise(session: ClientSession, transport: str) -> None:
     expected = [
         "run", "build", "profile_list",
         "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list",
-        "snapshot_create", "snapshot_restore", "snapshot_list", "snapshot_diff",
+        "file_delete", "snapshot_create", "snapshot_restore", "snapshot_list",
+        "snapshot_diff", "snapshot_delete",
     ]
     check(f"{t}: tools/list names", sorted(names) == sorted(expected), repr(names))
     for tool in tools.tools:
@@ -242,6 +243,18 @@ async def exercise(session: ClientSession, transport: str) -> None:
     text = "".join(getattr(c, "text", "") for c in r.content)
     check(f"{t}: a limit above the profile's is refused",
           r.is_error and "timeout_secs" in text and "never raise" in text, text)
+
+    # Understood but not possible: an isError result in MCP's terms, not a JSON-RPC error.
+    r = await session.call_tool("snapshot_restore", {"name": "no-such-snapshot", "sandbox_id": "x"})
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    check(f"{t}: a missing snapshot is an isError result",
+          r.is_error and "snapshot_list" in text and "aisbx snap" not in text, text)
+    r = await session.call_tool("build", {"setup": ["echo a", "exit 3", "echo never"]})
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    check(f"{t}: a failed setup step is named",
+          r.is_error and "setup step 2 of 3" in text and "echo never" in text, text)
+    if r.structured_content:
+        await session.call_tool("sandbox_destroy", {"sandbox_id": r.structured_content["sandbox_id"]})
 
     r = await session.call_tool("run", {"command": ["echo", "still alive"]})
     check(f"{t}: still serving after bad arguments", structured(r).get("stdout") == "still alive\n", repr(r))

@@ -31,7 +31,7 @@ use crate::auth::{Token, TokenOrigin};
 use crate::server::{AisbxServer, DisconnectToken, FrontEnd, Shared};
 
 /// Largest POST body accepted (the tools cap their own arguments below this).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::protocol::MAX_MESSAGE_BYTES;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -183,6 +183,7 @@ pub fn router(
     );
     let mut router = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn(check_message))
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
     if let Some(token) = &opts.token {
@@ -437,6 +438,40 @@ async fn require_bearer(
         HeaderValue::from_static("Bearer realm=\"aisbx-mcp\""),
     );
     resp
+}
+
+/// A POSTed JSON body is checked before the SDK sees it ([`crate::protocol::check`]):
+/// one that is not JSON, not a JSON-RPC message or has impossible `params` is answered
+/// `400 Bad Request` with the JSON-RPC error; one over the size limit `413`, likewise.
+async fn check_message(req: Request, next: Next) -> Response {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if req.method() != Method::POST || !json {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(crate::protocol::too_large()),
+            )
+                .into_response();
+        }
+    };
+    if let Err(reply) = crate::protocol::check(&bytes) {
+        return (StatusCode::BAD_REQUEST, axum::Json(reply)).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// `DELETE /mcp`: 404 for a session that does not exist (never did, or already

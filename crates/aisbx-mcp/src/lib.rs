@@ -1,12 +1,14 @@
 //! `aisbx-mcp`: the aisbx MCP server, on the official Rust SDK (`rmcp`).
 //!
-//! Tools `run`, `build` and `profile_list` call the same service functions as the
-//! `aisbx` CLI; this crate only maps arguments, streams output and formats results.
+//! The tools (`run`, `build`, `profile_list`, the sandbox, file and snapshot tools)
+//! call the same service functions as the `aisbx` CLI; this crate only checks
+//! messages, maps arguments, streams output and formats results.
 //! stdio by default; `--http ADDR` serves Streamable HTTP at `/mcp`.
 
 pub mod admission;
 pub mod auth;
 pub mod http;
+pub mod protocol;
 pub mod redact;
 pub mod server;
 pub mod tools;
@@ -20,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backend::maybe_run_helper;
@@ -196,15 +197,10 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
 
 async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
     let server = AisbxServer::new(shared, FrontEnd::Stdio);
-    let running = server
-        .serve(rmcp::transport::stdio_pipes())
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    protocol::serve_framed(server, stdin, stdout)
         .await
-        .map_err(|e| McpError::Stdio(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| McpError::Stdio(e.to_string()))?;
-    Ok(())
+        .map_err(McpError::Stdio)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

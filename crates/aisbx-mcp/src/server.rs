@@ -89,16 +89,35 @@ fn arg_error(e: ArgError) -> McpError {
     McpError::invalid_params(e.to_string(), Some(json!({ "field": e.field })))
 }
 
-/// The tool result for a service error (or -32602 for a bad argument). No host path
-/// reaches the client: aisbx's own failures become a sentence with a reference (the
-/// detail goes to the server's log), and other messages have the state directory and
-/// the home directory replaced.
-fn service_error(e: ServiceError, home: &Path) -> Result<CallToolResponse, McpError> {
+/// The tool result for a service error, by the rule of docs/MCP.md: an argument the
+/// request itself gets wrong is JSON-RPC -32602 naming the request's field; what the
+/// server understood but could not carry out (a missing sandbox or snapshot, a name
+/// taken, a limit or policy, aisbx's own failure) is an `isError` result with one
+/// sentence and a hint in MCP's terms. No host path reaches the client: aisbx's own
+/// failures become a sentence with a reference (the detail goes to the server's
+/// log), and other messages have the state directory and home replaced.
+fn service_error(
+    e: ServiceError,
+    home: &Path,
+    tool: &str,
+    arguments: Option<&JsonObject>,
+) -> Result<CallToolResponse, McpError> {
+    let e = cut_echoes(e, arguments);
     match e {
-        ServiceError::InvalidArgument { field, message } => Err(arg_error(ArgError {
-            field,
-            message: redact::text(&message, home),
-        })),
+        ServiceError::InvalidArgument { field, message } => {
+            let message = mcp_terms(&redact::text(&message, home));
+            if about_state(&message) {
+                return Ok(tool_error(message));
+            }
+            Err(arg_error(ArgError {
+                field: request_field(tool, &field, &message, arguments),
+                message,
+            }))
+        }
+        ServiceError::NoSuchSandbox(id) => Ok(tool_error(format!(
+            "no sandbox named '{}': sandbox_list shows the sandboxes; build or snapshot_restore makes one",
+            crate::protocol::cut(&id)
+        ))),
         ServiceError::Internal(detail) => {
             let reference = aisbx_service::new_id("err");
             tracing::error!(%reference, %detail, "a call failed inside aisbx");
@@ -106,7 +125,124 @@ fn service_error(e: ServiceError, home: &Path) -> Result<CallToolResponse, McpEr
                 "aisbx failed internally (reference {reference}); the server's log has the details"
             )))
         }
-        other => Ok(tool_error(redact::text(&other.to_string(), home))),
+        other => Ok(tool_error(mcp_terms(&redact::text(
+            &other.to_string(),
+            home,
+        )))),
+    }
+}
+
+/// The service's message with every long value of the request it repeats cut to
+/// [`crate::protocol::MAX_ECHO_BYTES`].
+fn cut_echoes(e: ServiceError, arguments: Option<&JsonObject>) -> ServiceError {
+    fn long_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) if s.len() > crate::protocol::MAX_ECHO_BYTES => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| long_strings(x, out)),
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k.len() > crate::protocol::MAX_ECHO_BYTES {
+                        out.push(k);
+                    }
+                    long_strings(x, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(args) = arguments else { return e };
+    let mut long = Vec::new();
+    for (k, v) in args {
+        if k.len() > crate::protocol::MAX_ECHO_BYTES {
+            long.push(k.as_str());
+        }
+        long_strings(v, &mut long);
+    }
+    if long.is_empty() {
+        return e;
+    }
+    // Longest first, so a value inside another is not cut twice.
+    long.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let cut = |m: String| {
+        long.iter()
+            .fold(m, |m, s| m.replace(*s, &crate::protocol::cut(s)))
+    };
+    match e {
+        ServiceError::InvalidArgument { field, message } => ServiceError::InvalidArgument {
+            field,
+            message: cut(message),
+        },
+        ServiceError::Refused(m) => ServiceError::Refused(cut(m)),
+        ServiceError::NotFound(m) => ServiceError::NotFound(cut(m)),
+        ServiceError::NoSuchSandbox(m) => ServiceError::NoSuchSandbox(m),
+        ServiceError::Internal(m) => ServiceError::Internal(m),
+    }
+}
+
+/// Whether a refused argument is about the server's state (a name that does not
+/// exist or is taken) rather than the request itself.
+fn about_state(message: &str) -> bool {
+    message.contains("does not exist")
+        || message.contains("already exists")
+        || message.starts_with("no snapshot named")
+        || message.contains("no profile named")
+}
+
+/// The service's hints speak of the command line; MCP clients get theirs.
+fn mcp_terms(text: &str) -> String {
+    let mut t = text
+        .replace(
+            "list them with `aisbx snap list`",
+            "snapshot_list shows the snapshots",
+        )
+        .replace("memory_bytes ", "memory ")
+        // The CLI's flags, as the MCP arguments that do the same.
+        .replace(" --lang", " `language`")
+        .replace(" --profile", " `profile`")
+        .replace(" --timeout", " `timeout_secs`")
+        .replace(" --memory", " `memory`")
+        .replace(" --cpus", " `cpus`");
+    if t.contains("no profile named") {
+        t.push_str("; profile_list shows the profiles");
+    }
+    if t.contains("already exists") {
+        t.push_str("; choose another name, or delete it first (sandbox_destroy, snapshot_delete)");
+    }
+    // Any other hint naming an aisbx command or flag is cut at the clause it starts.
+    if let Some(at) = t.find("`aisbx ").or_else(|| t.find(" --")) {
+        let clause = t[..at].rfind([':', ';']).unwrap_or(at);
+        t.truncate(clause);
+        t.push_str(
+            ": choose a profile that profile_list shows as available, or ask the server's user",
+        );
+    }
+    t
+}
+
+/// The request's own name of a field the service named.
+fn request_field(tool: &str, field: &str, message: &str, arguments: Option<&JsonObject>) -> String {
+    let mapped = match (tool, field) {
+        ("snapshot_restore", "name") => "sandbox_id",
+        ("snapshot_create" | "snapshot_restore" | "snapshot_delete", "snapshot") => "name",
+        ("snapshot_diff", "snapshot") => {
+            let from = arguments
+                .and_then(|a| a.get("from"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !from.is_empty() && message.contains(&format!("'{from}'")) {
+                "from"
+            } else {
+                "to"
+            }
+        }
+        ("build", "sandbox_id") => "name",
+        (_, "memory_bytes") => "memory",
+        (_, f) => f,
+    };
+    if tools::fields_of(tool).contains(&mapped) {
+        mapped.to_string()
+    } else {
+        "arguments".to_string()
     }
 }
 
@@ -191,17 +327,39 @@ fn take_text(pending: &mut Vec<u8>) -> String {
     }
 }
 
-/// Sends output as progress notifications (and log messages at `info`).
+/// How often buffered output is sent at most (unless [`MAX_NOTIFY_CHUNK`] fills first).
+const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Sends output as progress notifications (and log messages at `info`), coalesced:
+/// at most one per stream per [`NOTIFY_EVERY`], or sooner when [`MAX_NOTIFY_CHUNK`]
+/// bytes are waiting; nothing is lost.
 struct Streamer {
     peer: Peer<RoleServer>,
     token: ProgressToken,
     level: Arc<Mutex<LoggingLevel>>,
     sent_bytes: u64,
+    /// Bytes not yet valid UTF-8 (a sequence cut between chunks).
     out_pending: Vec<u8>,
     err_pending: Vec<u8>,
+    /// Text waiting for the next send.
+    out_text: String,
+    err_text: String,
 }
 
 impl Streamer {
+    fn new(peer: Peer<RoleServer>, token: ProgressToken, level: Arc<Mutex<LoggingLevel>>) -> Self {
+        Streamer {
+            peer,
+            token,
+            level,
+            sent_bytes: 0,
+            out_pending: Vec::new(),
+            err_pending: Vec::new(),
+            out_text: String::new(),
+            err_text: String::new(),
+        }
+    }
+
     async fn send(&mut self, stream: &'static str, text: String) {
         if text.is_empty() {
             return;
@@ -231,39 +389,59 @@ impl Streamer {
         }
     }
 
+    /// Takes in a chunk; sends at once only what fills whole [`MAX_NOTIFY_CHUNK`]s.
     async fn chunk(&mut self, c: Chunk) {
-        let (stream, pending) = match c {
+        let stream = match c {
             Chunk::Out(d) => {
                 self.out_pending.extend_from_slice(&d);
-                ("stdout", 0)
+                let t = take_text(&mut self.out_pending);
+                self.out_text.push_str(&t);
+                "stdout"
             }
             Chunk::Err(d) => {
                 self.err_pending.extend_from_slice(&d);
-                ("stderr", 1)
+                let t = take_text(&mut self.err_pending);
+                self.err_text.push_str(&t);
+                "stderr"
             }
         };
-        let buf = if pending == 0 {
-            &mut self.out_pending
-        } else {
-            &mut self.err_pending
-        };
-        let mut text = take_text(buf);
-        while !text.is_empty() {
-            let mut cut = text.len().min(MAX_NOTIFY_CHUNK);
+        loop {
+            let text = if stream == "stdout" {
+                &mut self.out_text
+            } else {
+                &mut self.err_text
+            };
+            if text.len() < MAX_NOTIFY_CHUNK {
+                break;
+            }
+            let mut cut = MAX_NOTIFY_CHUNK;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             let rest = text.split_off(cut);
-            self.send(stream, text).await;
-            text = rest;
+            let piece = std::mem::replace(text, rest);
+            self.send(stream, piece).await;
         }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.out_text.is_empty() || !self.err_text.is_empty()
+    }
+
+    /// Sends what is waiting.
+    async fn flush(&mut self) {
+        let out = std::mem::take(&mut self.out_text);
+        self.send("stdout", out).await;
+        let err = std::mem::take(&mut self.err_text);
+        self.send("stderr", err).await;
     }
 
     async fn finish(&mut self) {
         let out = String::from_utf8_lossy(&std::mem::take(&mut self.out_pending)).into_owned();
-        self.send("stdout", out).await;
+        self.out_text.push_str(&out);
         let err = String::from_utf8_lossy(&std::mem::take(&mut self.err_pending)).into_owned();
-        self.send("stderr", err).await;
+        self.err_text.push_str(&err);
+        self.flush().await;
     }
 }
 
@@ -381,14 +559,10 @@ impl AisbxServer {
             drop(tx);
             Box::new(NullSink)
         };
-        let mut streamer = progress.map(|token| Streamer {
-            peer: ctx.peer.clone(),
-            token,
-            level: self.level.clone(),
-            sent_bytes: 0,
-            out_pending: Vec::new(),
-            err_pending: Vec::new(),
-        });
+        let mut streamer =
+            progress.map(|token| Streamer::new(ctx.peer.clone(), token, self.level.clone()));
+        let mut tick = tokio::time::interval(NOTIFY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let service = self.shared.service.clone();
         let run_cancel = cancel.clone();
         let mut task = tokio::task::spawn_blocking(move || {
@@ -408,6 +582,11 @@ impl AisbxServer {
                     tracing::info!("client disconnected: cancelling its run");
                     cancel.cancel();
                 }
+                _ = tick.tick(), if streamer.as_ref().is_some_and(Streamer::waiting) => {
+                    if let Some(s) = streamer.as_mut() {
+                        s.flush().await;
+                    }
+                }
                 c = rx.recv(), if rx_open => match c {
                     Some(c) => {
                         if let Some(s) = streamer.as_mut() {
@@ -425,7 +604,7 @@ impl AisbxServer {
             }
             s.finish().await;
         }
-        respond(outcome, self.home(), tools::run_summary)
+        respond(outcome, self.home(), "run", arguments, tools::run_summary)
     }
 
     async fn call_build(
@@ -446,9 +625,25 @@ impl AisbxServer {
             Err(refusal) => return Ok(refusal),
         };
         let service = self.shared.service.clone();
+        let setup = req.setup.clone();
         let outcome =
             Self::cancellable(&ctx, move |cancel| service.build(&meta, req, cancel)).await;
-        respond(outcome, self.home(), tools::build_summary)
+        if let Ok(Ok(b)) = &outcome
+            && let Some(text) = tools::build_failure(b, &setup)
+        {
+            let value = serde_json::to_value(b)
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
+            r.structured_content = Some(value);
+            return Ok(r.into());
+        }
+        respond(
+            outcome,
+            self.home(),
+            "build",
+            arguments,
+            tools::build_summary,
+        )
     }
 
     async fn call_profile_list(
@@ -466,7 +661,13 @@ impl AisbxServer {
             service.profile_list(&meta).map(redact::profile_list)
         })
         .await;
-        respond(outcome, self.home(), tools::profile_list_summary)
+        respond(
+            outcome,
+            self.home(),
+            "profile_list",
+            arguments,
+            tools::profile_list_summary,
+        )
     }
 }
 
@@ -487,8 +688,8 @@ impl AisbxServer {
                 return Err(arg_error(e));
             }
         };
-        // file_write is a sandbox run: it takes a run slot like `run` and `build`.
-        let _slot = if matches!(call, tools::SandboxCall::FileWrite { .. }) {
+        // file_write and file_delete are sandbox runs: they take a run slot like `run`.
+        let _slot = if call.runs() {
             match self.admit(&meta, arguments, &ctx).await {
                 Ok(p) => Some(p),
                 Err(refusal) => return Ok(refusal),
@@ -503,10 +704,12 @@ impl AisbxServer {
         .await;
         match outcome {
             Ok(Ok((summary, value))) => Ok(structured(summary, value)),
-            Ok(Err(e)) => service_error(e, self.home()),
+            Ok(Err(e)) => service_error(e, self.home(), tool, arguments),
             Err(join) => service_error(
                 ServiceError::Internal(format!("the worker thread failed: {join}")),
                 self.home(),
+                tool,
+                arguments,
             ),
         }
     }
@@ -537,6 +740,8 @@ impl AisbxServer {
 fn respond<T: serde::Serialize>(
     outcome: Result<Result<T, ServiceError>, tokio::task::JoinError>,
     home: &Path,
+    tool: &str,
+    arguments: Option<&JsonObject>,
     summary: impl FnOnce(&T) -> String,
 ) -> Result<CallToolResponse, McpError> {
     match outcome {
@@ -545,10 +750,12 @@ fn respond<T: serde::Serialize>(
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?;
             Ok(structured(summary(&result), value))
         }
-        Ok(Err(e)) => service_error(e, home),
+        Ok(Err(e)) => service_error(e, home, tool, arguments),
         Err(join) => service_error(
             ServiceError::Internal(format!("the worker thread failed: {join}")),
             home,
+            tool,
+            arguments,
         ),
     }
 }
@@ -580,6 +787,17 @@ fn run_sandbox_call(
             let r = service.file_write(meta, &id, &path, content, cancel)?;
             (
                 format!("wrote {} bytes to {} in sandbox {id}", r.bytes, r.path),
+                to_value(&r)?,
+            )
+        }
+        C::FileDelete { id, path } => {
+            let r = service.file_delete(meta, &id, &path, cancel)?;
+            (format!("deleted {} in sandbox {id}", r.path), to_value(&r)?)
+        }
+        C::SnapshotDelete { name } => {
+            let r = service.snapshot_remove(meta, &name)?;
+            (
+                format!("snapshot {name} deleted ({} bytes freed)", r.freed_bytes),
                 to_value(&r)?,
             )
         }
@@ -690,8 +908,14 @@ impl ServerHandler for AisbxServer {
         .with_server_info(implementation)
         .with_instructions(
             "aisbx runs code in an isolated Linux sandbox. Use `run` for one-off code or \
-             commands, `build` to create a persistent sandbox and then `run` with its \
-             sandbox_id, and `profile_list` to see the available runtimes.",
+             commands (code runs in /workspace, where `files` you pass import by name). \
+             For work across calls, `build` creates a persistent sandbox and returns its \
+             sandbox_id; pass it to `run`, the file_* tools and snapshot_create. \
+             snapshot_restore makes a NEW sandbox (its `sandbox_id`) from a snapshot \
+             (its `name`). `profile_list` shows the runtimes. Sandboxes have no network \
+             and cannot install packages (pip, npm, apt) unless a profile allows it. A \
+             malformed request is a JSON-RPC error; a request aisbx understood but could \
+             not carry out is a result with isError and a sentence saying why.",
         )
     }
 
@@ -732,7 +956,8 @@ impl ServerHandler for AisbxServer {
             }
             other => Err(McpError::invalid_params(
                 format!(
-                    "unknown tool '{other}': the tools are run, build, profile_list, {}",
+                    "unknown tool '{}': the tools are run, build, profile_list, {}",
+                    crate::protocol::cut(other),
                     tools::SANDBOX_TOOLS.join(", ")
                 ),
                 Some(json!({ "field": "name" })),
@@ -781,15 +1006,100 @@ mod tests {
     #[test]
     fn service_errors_map() {
         let home = Path::new("/var/lib/aisbx-test-home");
-        let e = service_error(ServiceError::invalid("files", "bad path"), home).expect_err("err");
+        let e = service_error(
+            ServiceError::invalid("files", "bad path"),
+            home,
+            "run",
+            None,
+        )
+        .expect_err("err");
         assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
         assert_eq!(e.data, Some(json!({"field": "files"})));
-        let Ok(CallToolResponse::Complete(r)) =
-            service_error(ServiceError::Refused("no landlock".into()), home)
-        else {
+        let Ok(CallToolResponse::Complete(r)) = service_error(
+            ServiceError::Refused("no landlock".into()),
+            home,
+            "run",
+            None,
+        ) else {
             panic!("expected a tool result")
         };
         assert_eq!(r.is_error, Some(true));
+    }
+
+    #[test]
+    fn long_values_are_not_echoed_whole() {
+        let long = "n".repeat(100_000);
+        let mut args = JsonObject::new();
+        args.insert("name".into(), json!(long));
+        let e = service_error(
+            ServiceError::invalid("snapshot", format!("'{long}' is not a valid snapshot name")),
+            Path::new("/h"),
+            "snapshot_create",
+            Some(&args),
+        )
+        .expect_err("invalid");
+        assert!(e.message.len() < 400, "{}", e.message.len());
+        assert_eq!(e.data, Some(json!({"field": "name"})));
+    }
+
+    #[test]
+    fn errors_speak_mcp() {
+        let home = Path::new("/h");
+        let t = text_of(service_error(
+            ServiceError::NoSuchSandbox("nope".into()),
+            home,
+            "run",
+            None,
+        ));
+        assert!(t.contains("sandbox_list") && !t.contains("aisbx ls"), "{t}");
+        let t = text_of(service_error(
+            ServiceError::invalid(
+                "snapshot",
+                "no snapshot named 'x': list them with `aisbx snap list`",
+            ),
+            home,
+            "snapshot_restore",
+            None,
+        ));
+        assert!(
+            t.contains("snapshot_list") && !t.contains("aisbx snap"),
+            "{t}"
+        );
+        let t = text_of(service_error(
+            ServiceError::Refused(
+                "the project profile p is not trusted: review it, then approve them with `aisbx trust /x`, or run with --ignore-project-profiles".into(),
+            ),
+            home,
+            "run",
+            None,
+        ));
+        assert!(!t.contains("aisbx trust") && !t.contains("--ignore"), "{t}");
+        let e = service_error(
+            ServiceError::invalid(
+                "language",
+                "cannot tell the language of the code: no known extension; give --lang or --profile",
+            ),
+            home,
+            "run",
+            None,
+        )
+        .expect_err("invalid");
+        assert!(
+            e.message.ends_with("give `language` or `profile`"),
+            "{}",
+            e.message
+        );
+        let e = service_error(
+            ServiceError::invalid("name", "'a b' is not a valid sandbox name"),
+            home,
+            "snapshot_restore",
+            None,
+        )
+        .expect_err("invalid");
+        assert_eq!(e.data, Some(json!({"field": "sandbox_id"})));
+        let e = service_error(ServiceError::invalid("workdir", "x"), home, "run", None)
+            .expect_err("invalid");
+        assert_eq!(e.data, Some(json!({"field": "arguments"})));
     }
 
     fn text_of(r: Result<CallToolResponse, McpError>) -> String {
@@ -808,18 +1118,24 @@ mod tests {
                 "cannot write /var/lib/aisbx-test-home/sandboxes/x/meta.json: EIO".into(),
             ),
             home,
+            "run",
+            None,
         ));
         assert!(t.contains("failed internally (reference err-"), "{t}");
         assert!(!t.contains("/var/lib") && !t.contains("meta.json"), "{t}");
         let t = text_of(service_error(
             ServiceError::Refused("cannot open /var/lib/aisbx-test-home/snapshots/s".into()),
             home,
+            "run",
+            None,
         ));
         assert!(!t.contains("/var/lib/aisbx-test-home"), "{t}");
         assert!(t.contains("cannot open $AISBX_HOME/snapshots/s"), "{t}");
         let e = service_error(
             ServiceError::invalid("profile", "in /var/lib/aisbx-test-home/profiles/x.toml"),
             home,
+            "run",
+            None,
         )
         .expect_err("invalid");
         assert!(

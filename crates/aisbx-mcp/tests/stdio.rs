@@ -45,10 +45,12 @@ fn initialize_lists_tools_with_schemas() {
             "file_write",
             "file_read",
             "file_list",
+            "file_delete",
             "snapshot_create",
             "snapshot_restore",
             "snapshot_list",
-            "snapshot_diff"
+            "snapshot_diff",
+            "snapshot_delete"
         ]
     );
     for t in tools {
@@ -360,4 +362,96 @@ fn every_call_is_audited_and_the_chain_verifies() {
         lines.iter().any(|l| l["tool"] == "profile_list"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn progress_is_coalesced_and_nothing_is_lost() {
+    let home = home();
+    let mut s = StdioServer::start_initialized(home.path());
+    let started = Instant::now();
+    // 20,000 lines, one write each.
+    s.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run",
+        "arguments": {"command": ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done"]},
+        "_meta": {"progressToken": "tok-2"}}}),
+    );
+    let mut texts: Vec<String> = Vec::new();
+    let response = loop {
+        let m = s.recv(Duration::from_secs(60)).expect("message");
+        match m["method"].as_str() {
+            Some("notifications/progress") => texts.push(
+                m["params"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            Some(_) => {}
+            None => break m,
+        }
+    };
+    let took = started.elapsed();
+    eprintln!("{} progress notifications in {took:?}", texts.len());
+    let expected: String = (0..20_000).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(structured(&response)["stdout"], expected.as_str());
+    let joined: String = texts.concat();
+    assert!(joined == expected, "streamed text differs from the output");
+    // At most one per 50 ms, plus one per full 16 KiB, plus the last.
+    let bound = took.as_millis() as usize / 50 + expected.len() / (16 * 1024) + 2;
+    assert!(
+        texts.len() <= bound,
+        "{} notifications in {took:?} (bound {bound})",
+        texts.len()
+    );
+    assert!(texts.len() < 500, "{} notifications", texts.len());
+    assert!(texts.iter().all(|t| t.len() <= 16 * 1024));
+}
+
+#[test]
+fn run_takes_env_memory_cpus_and_args_within_the_profile() {
+    let home = home();
+    let mut s = StdioServer::start_initialized(home.path());
+    let r = s.call(
+        1,
+        "run",
+        json!({"language": "sh", "code": "echo \"$GREETING $1 $2\"; cat /sys/fs/cgroup/memory.max 2>/dev/null || true",
+               "args": ["a b", "c"], "env": {"GREETING": "hi"}, "memory": "64M", "cpus": 0.5}),
+    );
+    let out = structured(&r)["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(out.starts_with("hi a b c\n"), "{r}");
+    // A raise is refused as an isError result naming the request's field.
+    for (i, (args, field)) in [
+        (json!({"command": ["true"], "memory": "1T"}), "memory "),
+        (json!({"command": ["true"], "cpus": 512}), "cpus "),
+        (
+            json!({"command": ["true"], "timeout_secs": 1.0e6}),
+            "timeout_secs ",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s.call(2 + i as u64, "run", args);
+        assert_eq!(r["result"]["isError"], true, "{r}");
+        let t = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(t.starts_with(field) && t.contains("never raise"), "{t}");
+    }
+    // Bad values are -32602 naming the field.
+    for (i, (args, field)) in [
+        (json!({"command": ["true"], "memory": "lots"}), "memory"),
+        (json!({"command": ["true"], "env": {"A": 1}}), "env"),
+        (json!({"command": ["true"], "args": ["x"]}), "args"),
+        (json!({"code": "1", "args": "x"}), "args"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = s.call(10 + i as u64, "run", args);
+        assert_eq!(field_of_error(&r), (-32602, field.to_string()), "{r}");
+    }
 }

@@ -78,8 +78,9 @@ pub struct RunRequest {
     pub limit_policy: LimitPolicy,
     /// Extra environment, after the profile's.
     pub env: Vec<(String, String)>,
-    /// Files written into /workspace before the run (relative paths only).
-    pub files: BTreeMap<String, String>,
+    /// Files written into /workspace before the run (relative paths only), any bytes.
+    #[serde(with = "file_map")]
+    pub files: BTreeMap<String, Vec<u8>>,
     /// Bytes fed to the program's standard input (`None`: /dev/null, or the caller's
     /// stdin when the CLI passes it through).
     pub stdin: Option<Vec<u8>>,
@@ -184,8 +185,9 @@ pub struct BuildRequest {
     pub profile: Option<String>,
     /// A name for the sandbox; one is generated when absent.
     pub name: Option<String>,
-    /// Files written into the sandbox's workspace (relative paths only).
-    pub files: BTreeMap<String, String>,
+    /// Files written into the sandbox's workspace (relative paths only), any bytes.
+    #[serde(with = "file_map")]
+    pub files: BTreeMap<String, Vec<u8>>,
     /// Shell commands run one after another in the sandbox (`sh -c`); stops at the
     /// first failure.
     pub setup: Vec<String>,
@@ -235,5 +237,57 @@ impl CancelToken {
     }
     pub fn is_cancelled(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Files as requests serialise them (the audit log digests them): a UTF-8 content as
+/// a string, other bytes as `{"base64": ...}`.
+mod file_map {
+    use std::collections::BTreeMap;
+
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Bytes { base64: String },
+    }
+
+    pub fn serialize<S: Serializer>(
+        files: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let m: BTreeMap<&String, Content> = files
+            .iter()
+            .map(|(k, v)| {
+                let c = match std::str::from_utf8(v) {
+                    Ok(t) => Content::Text(t.to_string()),
+                    Err(_) => Content::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (k, c)
+            })
+            .collect();
+        m.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        let m = BTreeMap::<String, Content>::deserialize(d)?;
+        m.into_iter()
+            .map(|(k, c)| {
+                let v = match c {
+                    Content::Text(t) => t.into_bytes(),
+                    Content::Bytes { base64 } => base64::engine::general_purpose::STANDARD
+                        .decode(base64)
+                        .map_err(serde::de::Error::custom)?,
+                };
+                Ok((k, v))
+            })
+            .collect()
     }
 }

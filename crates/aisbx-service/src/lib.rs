@@ -21,8 +21,8 @@ pub use api::*;
 pub use error::ServiceError;
 pub use helper::maybe_run_helper;
 pub use sandbox::{
-    CopyResult, FileContent, FileEntry, FileList, FileWriteResult, SandboxInfo, list_sandboxes,
-    remove_sandbox,
+    CopyResult, FileContent, FileDeleteResult, FileEntry, FileList, FileWriteResult, SandboxInfo,
+    list_sandboxes, remove_sandbox,
 };
 pub use service::{Service, ServiceConfig, default_home, new_id};
 pub use snapshot::{

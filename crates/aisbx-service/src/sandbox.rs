@@ -750,12 +750,12 @@ pub(crate) fn file_list(
     })
 }
 
-/// Write a text file into a sandbox, from inside a sandbox run.
+/// Write a file into a sandbox, from inside a sandbox run.
 pub(crate) fn file_write(
     svc: &Service,
     id: &str,
     path: &str,
-    content: String,
+    content: Vec<u8>,
     cancel: &CancelToken,
 ) -> Result<FileWriteResult, ServiceError> {
     let sb = load(svc, id)?;
@@ -788,6 +788,68 @@ pub(crate) fn file_write(
         sandbox_id: sb.id,
         path: rel,
         bytes,
+    })
+}
+
+/// What `file_delete` removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileDeleteResult {
+    pub sandbox_id: String,
+    pub path: String,
+    /// What the path was: `file`, `dir` (removed with everything in it) or `symlink`
+    /// (the link itself; its target is untouched).
+    pub kind: snapshot_fs::Kind,
+}
+
+/// Delete a file, a symlink (never its target) or a directory tree of a sandbox.
+/// The path is looked up from the host side fd-relative, never following a symlink
+/// (one on the way counts as missing); the removal itself happens inside a sandbox
+/// run, which also makes the whiteouts a copy-on-write sandbox needs. Whatever the
+/// sandbox does to its tree meanwhile, the removal cannot reach past its own files.
+pub(crate) fn file_delete(
+    svc: &Service,
+    id: &str,
+    path: &str,
+    cancel: &CancelToken,
+) -> Result<FileDeleteResult, ServiceError> {
+    let sb = load(svc, id)?;
+    let rel = rel_arg("path", path)?;
+    if rel.is_empty() {
+        return Err(ServiceError::invalid(
+            "path",
+            "names the workspace itself, not a file in it",
+        ));
+    }
+    let layers = layers(&sb)?;
+    let node = layers
+        .lookup(&rel, &mut |_| {})
+        .map_err(io_internal(format!("cannot look up {path}")))?
+        .map(|(n, _)| n)
+        .ok_or_else(|| {
+            ServiceError::invalid("path", format!("{path} does not exist in sandbox '{id}'"))
+        })?;
+    drop(layers);
+    let rel = String::from_utf8_lossy(&rel).into_owned();
+    let mut r = RunRequest::new(Program::Command(vec![
+        "rm".into(),
+        "-rf".into(),
+        "--".into(),
+        format!("/workspace/{rel}"),
+    ]));
+    r.sandbox_id = Some(sb.id.clone());
+    let res = svc
+        .prepare(&r)
+        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+    if res.exit_code != Some(0) {
+        return Err(ServiceError::Refused(format!(
+            "deleting {rel} in sandbox '{id}' failed: {}",
+            res.stderr.trim()
+        )));
+    }
+    Ok(FileDeleteResult {
+        sandbox_id: sb.id,
+        path: rel,
+        kind: node.kind,
     })
 }
 

@@ -757,7 +757,7 @@ fn check_workdir(dir: &Path, perimeter: &Perimeter) -> Result<PathBuf, ServiceEr
         .map_err(|e| ServiceError::invalid("workdir", format!("{} {}", dir.display(), e.rule)))
 }
 
-fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
+fn check_files(files: &BTreeMap<String, Vec<u8>>) -> Result<Vec<(String, Vec<u8>)>, ServiceError> {
     if files.len() > MAX_FILES {
         return Err(ServiceError::invalid(
             "files",
@@ -767,7 +767,7 @@ fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)
             ),
         ));
     }
-    let total: usize = files.values().map(String::len).sum();
+    let total: usize = files.values().map(Vec::len).sum();
     if total > MAX_FILES_BYTES {
         return Err(ServiceError::invalid(
             "files",
@@ -781,7 +781,7 @@ fn check_files(files: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<u8>)
         .iter()
         .map(|(k, v)| {
             aisbx_jail::check_relative(k).map_err(|e| ServiceError::invalid("files", e))?;
-            Ok((k.clone(), v.clone().into_bytes()))
+            Ok((k.clone(), v.clone()))
         })
         .collect()
 }
@@ -971,11 +971,11 @@ mod tests {
     #[test]
     fn file_paths_must_stay_inside() {
         let mut f = BTreeMap::new();
-        f.insert("ok/a.txt".to_string(), "x".to_string());
+        f.insert("ok/a.txt".to_string(), b"x".to_vec());
         assert!(check_files(&f).is_ok());
         for bad in ["/etc/passwd", "../up", "a/../../b"] {
             let mut f = BTreeMap::new();
-            f.insert(bad.to_string(), String::new());
+            f.insert(bad.to_string(), Vec::new());
             match check_files(&f) {
                 Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "files"),
                 other => panic!("{bad}: {other:?}"),

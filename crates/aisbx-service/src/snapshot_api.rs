@@ -133,12 +133,29 @@ impl Service {
         meta: &RequestMeta,
         id: &str,
         path: &str,
-        content: String,
+        content: Vec<u8>,
         cancel: &CancelToken,
     ) -> Result<FileWriteResult, ServiceError> {
         let args = serde_json::json!({"sandbox_id": id, "path": path, "bytes": content.len()});
         let r = sandbox::file_write(self, id, path, content, cancel);
         self.record(meta, &args, &r);
+        r
+    }
+
+    /// Delete a file, symlink or directory tree of a sandbox (MCP `file_delete`).
+    pub fn file_delete(
+        &self,
+        meta: &RequestMeta,
+        id: &str,
+        path: &str,
+        cancel: &CancelToken,
+    ) -> Result<crate::sandbox::FileDeleteResult, ServiceError> {
+        let r = sandbox::file_delete(self, id, path, cancel);
+        self.record(
+            meta,
+            &serde_json::json!({"sandbox_id": id, "path": path}),
+            &r,
+        );
         r
     }
 
