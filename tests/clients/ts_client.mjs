@@ -30,8 +30,8 @@ import { Agent, fetch as undiciFetch } from "undici";
 
 const EXPECTED_TOOLS = [
   "run", "build", "profile_list",
-  "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list",
-  "snapshot_create", "snapshot_restore", "snapshot_list", "snapshot_diff",
+  "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list", "file_delete",
+  "snapshot_create", "snapshot_restore", "snapshot_list", "snapshot_diff", "snapshot_delete",
 ];
 const CALL_TIMEOUT_MS = 120_000;
 
