@@ -582,6 +582,20 @@ fn run_in(
     outcome
 }
 
+/// The error the init reported ("E ..."), from what it wrote to the status pipe
+/// before it exited; read without waiting.
+fn init_report(status_r: &OwnedFd) -> Option<String> {
+    // SAFETY: making our own fd non-blocking.
+    unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: reading into our buffer.
+    let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(n).ok()?);
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .find_map(|l| l.strip_prefix("E ").map(str::to_string))
+}
+
 fn kill_tree(pid: i32, cgroup: Option<&RunCgroup>) {
     // Killing the init of a pid namespace kills every process in it.
     // SAFETY: signalling our own child.
@@ -679,7 +693,9 @@ fn supervise(
         kill_tree(pid, cgroup);
         // SAFETY: reaping our child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(e);
+        // The init may have failed first and said why (then the step here
+        // failed only because it was gone): its reason is the better one.
+        return Err(init_report(&status_r).map_or(e, JailError::Setup));
     }
 
     let cap = spec.limits.output_bytes;
