@@ -176,12 +176,23 @@ fn root_of_a_namespace_without_the_sandbox_id_is_told_so() {
 
 /// `aisbx ARGS` as root of a user namespace that maps the host's ids 0 to
 /// 2,000,000,000 (the sandbox's id among them) and denies setgroups, with the
-/// supplementary group 4, in a mount namespace of its own (as in a container).
-fn in_setgroups_denied_userns(home: &Path, args: &[&str]) -> Output {
+/// supplementary groups `groups` (setpriv's list, or none), in a mount namespace
+/// of its own (as in a container).
+fn in_setgroups_denied_userns(home: &Path, groups: Option<&str>, args: &[&str]) -> Output {
+    let group_args = match groups {
+        Some(g) => vec!["--groups", g],
+        None => vec!["--clear-groups"],
+    };
     let mut child = Command::new("timeout")
-        .args(["60", "setpriv", "--groups", "4", "--"])
+        .args(["60", "setpriv"])
+        .args(group_args)
+        .arg("--")
         .args(["unshare", "--user", "--mount", "--setgroups=deny", "--"])
-        .args(["/bin/sh", "-c", "read _ && exec \"$@\"", "sh"])
+        // The shell started before its namespace had maps, so it has no
+        // capabilities; the exec that gives them marks a process non-dumpable,
+        // which the exec after it undoes (as in a container, whose first
+        // process starts mapped).
+        .args(["/bin/sh", "-c", "read _ && exec env \"$@\"", "sh"])
         .arg(bin())
         .args(args)
         .env("AISBX_HOME", home)
@@ -222,8 +233,8 @@ fn root_whose_groups_cannot_be_dropped_is_told_so() {
         return;
     }
     let h = home();
-    let doctor = in_setgroups_denied_userns(h.path(), &["doctor", "--json"]);
-    let run = in_setgroups_denied_userns(h.path(), &["run", "--", "echo", "hi"]);
+    let doctor = in_setgroups_denied_userns(h.path(), Some("4"), &["doctor", "--json"]);
+    let run = in_setgroups_denied_userns(h.path(), Some("4"), &["run", "--", "echo", "hi"]);
     assert_refusal_names(
         &doctor,
         &run,
@@ -238,8 +249,27 @@ fn root_whose_groups_cannot_be_dropped_is_told_so() {
         err.contains("(the set-up failed at: dropping the supplementary groups: "),
         "{err}"
     );
-    // The layers before it are active.
+    // The layers before it are active, and without the group the same
+    // namespace runs it.
     assert_eq!(doctor_layer(&doctor, "user namespace")["state"], "active");
+    let run = in_setgroups_denied_userns(
+        h.path(),
+        None,
+        &[
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "grep ^Groups /proc/self/status",
+        ],
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim_end(),
+        "Groups:",
+        "{err}"
+    );
 }
 
 #[test]
