@@ -269,13 +269,22 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
         exit_now(1);
     }
     let status_w = ctx.status_w;
-    // "G": our gid map came from newgidmap, setgroups is allowed: drop the
-    // caller's supplementary groups, which would still count on host files.
+    // "G": our gid map was written by root or by newgidmap, setgroups is
+    // allowed: drop the caller's supplementary groups, which would still count
+    // on host files. Where setgroups is denied anyway (a parent namespace denies
+    // it), having none to drop is as good.
     let groups = if b[0] == b'G' {
         // SAFETY: setgroups with an empty list.
         match unsafe { libc::setgroups(0, std::ptr::null()) } {
             0 => Ok(()),
-            _ => Err(errno_str("dropping the supplementary groups")),
+            _ => {
+                let e = errno_str("dropping the supplementary groups");
+                // SAFETY: getgroups with size 0 only counts.
+                match unsafe { libc::getgroups(0, std::ptr::null_mut()) } {
+                    0 => Ok(()),
+                    _ => Err(e),
+                }
+            }
         }
     } else {
         Ok(())

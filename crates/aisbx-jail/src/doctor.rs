@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::DEFAULT_HOST_ID;
 use crate::cgroup::{Hierarchy, detect};
 use crate::lsm::kernel_abi;
 
@@ -17,9 +18,60 @@ pub enum LayerState {
 pub struct Layer {
     pub name: String,
     pub state: LayerState,
-    /// Whether the default profile refuses to run without it.
+    /// Whether a run refuses to start without it.
     pub required: bool,
+    /// What the layer does, or, when it is missing, why and what to do about it.
     pub detail: String,
+    /// When missing: the subject of the refusal ("the user namespace is").
+    #[serde(skip)]
+    subject: String,
+    /// When missing: why (the first half of `detail`).
+    #[serde(skip)]
+    reason: String,
+    /// When missing: what to do (the second half of `detail`).
+    #[serde(skip)]
+    remedy: String,
+}
+
+impl Layer {
+    fn active(name: &str, required: bool, detail: impl Into<String>) -> Layer {
+        Layer {
+            name: name.to_string(),
+            state: LayerState::Active,
+            required,
+            detail: detail.into(),
+            subject: String::new(),
+            reason: String::new(),
+            remedy: String::new(),
+        }
+    }
+
+    fn missing(
+        name: &str,
+        subject: &str,
+        required: bool,
+        reason: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Layer {
+        let (reason, remedy) = (reason.into(), remedy.into());
+        Layer {
+            name: name.to_string(),
+            state: LayerState::Missing,
+            required,
+            detail: format!("{reason}; {remedy}"),
+            subject: subject.to_string(),
+            reason,
+            remedy,
+        }
+    }
+
+    /// The sentence a run refused for want of this layer gives, in doctor's words.
+    pub fn refusal(&self) -> String {
+        format!(
+            "{} not available here ({}): {}",
+            self.subject, self.reason, self.remedy
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,38 +125,99 @@ fn errno() -> i32 {
 }
 
 fn explain(code: i32) -> String {
-    if code == 0 {
-        "works".into()
-    } else if code > 0 {
+    if code > 0 {
         std::io::Error::from_raw_os_error(code).to_string()
     } else {
-        "probe failed".into()
+        "the probe itself failed".into()
     }
 }
 
-fn layer(name: &str, code: i32, required: bool, ok_detail: &str, missing_hint: &str) -> Layer {
-    Layer {
-        name: name.to_string(),
-        state: if code == 0 {
-            LayerState::Active
-        } else {
-            LayerState::Missing
+/// A sysctl's value, trimmed; `None` when this kernel has no such file.
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|v| v.trim().to_string())
+}
+
+const USERNS: &str = "the user namespace is";
+
+/// Why `unshare(CLONE_NEWUSER)` failed with `code`, and what to do about it.
+fn userns_cause(code: i32, root: bool) -> (String, String) {
+    let generic_remedy = "run aisbx where user namespaces are allowed: a container needs a seccomp profile and security options that permit unshare(CLONE_NEWUSER), or run aisbx outside it";
+    match code {
+        libc::ENOSPC => match sysctl("/proc/sys/user/max_user_namespaces").as_deref() {
+            Some("0") => (
+                "user.max_user_namespaces is 0: this host, or the container aisbx runs in, forbids new user namespaces".into(),
+                "allow them with `sysctl -w user.max_user_namespaces=15000` (on the host, or in the container if it may), or start the container with user namespaces allowed".into(),
+            ),
+            limit => (
+                format!(
+                    "the limit on user namespaces is reached (user.max_user_namespaces is {} here, an enclosing container's may be lower, and at most 32 may nest)",
+                    limit.unwrap_or("unknown")
+                ),
+                "raise user.max_user_namespaces where it is lower (`sysctl -w user.max_user_namespaces=15000`), or run aisbx less deeply nested".into(),
+            ),
         },
-        required,
-        detail: if code == 0 {
-            ok_detail.to_string()
-        } else {
-            format!("{}; {missing_hint}", explain(code))
-        },
+        libc::EPERM
+            if !root && sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") =>
+        {
+            (
+                "kernel.unprivileged_userns_clone is 0: this kernel lets only root create user namespaces".into(),
+                "allow them with `sysctl -w kernel.unprivileged_userns_clone=1`, or run aisbx as root".into(),
+            )
+        }
+        libc::EPERM
+            if !root
+                && sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref()
+                    == Some("1") =>
+        {
+            (
+                "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns is 1)".into(),
+                "give aisbx an AppArmor profile that allows `userns`, or `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`".into(),
+            )
+        }
+        libc::EPERM => (
+            "the kernel refused to create one (Operation not permitted): a seccomp filter or a security module of the container aisbx runs in forbids it, or aisbx runs in a chroot".into(),
+            generic_remedy.into(),
+        ),
+        libc::EUSERS => (
+            "too many user namespaces are nested here".into(),
+            "run aisbx less deeply nested".into(),
+        ),
+        libc::EINVAL => (
+            "this kernel is built without user namespaces (CONFIG_USER_NS)".into(),
+            "use a kernel with CONFIG_USER_NS".into(),
+        ),
+        other => (
+            format!("creating one failed: {}", explain(other)),
+            generic_remedy.into(),
+        ),
     }
 }
 
-/// Probe every layer.
-pub fn probe() -> Report {
-    // SAFETY: getter.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut layers = Vec::new();
-    let userns = in_child(|| {
+/// Whether an id map (`/proc/self/uid_map`'s lines: inside, outside, count)
+/// gives `id` a name inside, that is, whether the namespace that reads it sees `id`.
+fn map_includes(map: &str, id: u32) -> bool {
+    map.lines().any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        f.len() == 3 && f[0] <= u64::from(id) && u64::from(id) < f[0] + f[2]
+    })
+}
+
+/// Whether this process's user namespace maps the id `id` (`which`: uid or gid).
+fn maps(which: &str, id: u32) -> bool {
+    let map = std::fs::read_to_string(format!("/proc/self/{which}_map")).unwrap_or_default();
+    map_includes(&map, id)
+}
+
+/// The user namespace: can one be made (the second value), and (as root) can the
+/// sandbox's user map to `host_ids`, an unprivileged id of the namespace aisbx
+/// runs in?
+fn userns_layer(root: bool, (host_uid, host_gid): (u32, u32)) -> (Layer, bool) {
+    let code = in_child(|| {
         // SAFETY: unshare in a throwaway child.
         if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 {
             0
@@ -112,38 +225,86 @@ pub fn probe() -> Report {
             errno()
         }
     });
-    layers.push(layer(
-        "user namespace",
-        userns,
-        true,
-        "sandboxed code runs as an unprivileged id",
-        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces>0, or the AppArmor restriction)",
-    ));
-    for (name, flag) in [
-        ("mount namespace", libc::CLONE_NEWNS),
-        ("pid namespace", libc::CLONE_NEWPID),
-        ("net namespace", libc::CLONE_NEWNET),
-        ("ipc namespace", libc::CLONE_NEWIPC),
-        ("uts namespace", libc::CLONE_NEWUTS),
-        ("cgroup namespace", libc::CLONE_NEWCGROUP),
-    ] {
-        let code = in_child(|| {
-            // SAFETY: unshare in a throwaway child.
-            if unsafe { libc::unshare(libc::CLONE_NEWUSER | flag) } == 0 {
-                0
-            } else {
-                errno()
-            }
-        });
-        layers.push(layer(
-            name,
-            code,
-            true,
-            "isolated",
-            "the kernel lacks it or forbids it for this user",
-        ));
+    let name = "user namespace";
+    if code != 0 {
+        let (reason, remedy) = userns_cause(code, root);
+        return (Layer::missing(name, USERNS, true, reason, remedy), false);
     }
-    let nnp = in_child(|| {
+    if root {
+        for (which, id) in [("uid", host_uid), ("gid", host_gid)] {
+            if !maps(which, id) {
+                let layer = Layer::missing(
+                    name,
+                    USERNS,
+                    true,
+                    format!(
+                        "aisbx runs as root of a user namespace whose {which} map lacks {id}, the unprivileged id the sandbox runs as"
+                    ),
+                    "give this namespace (the container aisbx runs in) an id range that includes it, or run aisbx as a non-root user here",
+                );
+                return (layer, true);
+            }
+        }
+    }
+    (
+        Layer::active(name, true, "sandboxed code runs as an unprivileged id"),
+        true,
+    )
+}
+
+/// The other namespaces, each made inside a new user namespace, as a run does.
+const NAMESPACES: [(&str, &str, libc::c_int); 6] = [
+    (
+        "mount namespace",
+        "the mount namespace is",
+        libc::CLONE_NEWNS,
+    ),
+    ("pid namespace", "the pid namespace is", libc::CLONE_NEWPID),
+    ("net namespace", "the net namespace is", libc::CLONE_NEWNET),
+    ("ipc namespace", "the ipc namespace is", libc::CLONE_NEWIPC),
+    ("uts namespace", "the uts namespace is", libc::CLONE_NEWUTS),
+    (
+        "cgroup namespace",
+        "the cgroup namespace is",
+        libc::CLONE_NEWCGROUP,
+    ),
+];
+
+/// One of [`NAMESPACES`]; `userns` is the user namespace's layer when none can
+/// be made.
+fn namespace_layer(name: &str, subject: &str, flag: libc::c_int, userns: Option<&Layer>) -> Layer {
+    if let Some(userns) = userns {
+        return Layer::missing(
+            name,
+            subject,
+            true,
+            "it is made inside a user namespace, which is missing here",
+            userns.remedy.clone(),
+        );
+    }
+    let code = in_child(|| {
+        // SAFETY: unshare in a throwaway child.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER | flag) } == 0 {
+            0
+        } else {
+            errno()
+        }
+    });
+    if code == 0 {
+        Layer::active(name, true, "isolated")
+    } else {
+        Layer::missing(
+            name,
+            subject,
+            true,
+            format!("creating one failed: {}", explain(code)),
+            "use a kernel that has it, and run aisbx where a container's seccomp profile or security module does not forbid it",
+        )
+    }
+}
+
+fn nnp_layer() -> Layer {
+    let code = in_child(|| {
         // SAFETY: prctl in a throwaway child.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0 {
             0
@@ -151,14 +312,25 @@ pub fn probe() -> Report {
             errno()
         }
     });
-    layers.push(layer(
-        "no_new_privs",
-        nnp,
-        true,
-        "set-uid and file capabilities cannot raise privileges",
-        "kernel too old",
-    ));
-    let seccomp = in_child(|| {
+    if code == 0 {
+        Layer::active(
+            "no_new_privs",
+            true,
+            "set-uid and file capabilities cannot raise privileges",
+        )
+    } else {
+        Layer::missing(
+            "no_new_privs",
+            "no_new_privs is",
+            true,
+            explain(code),
+            "use a kernel with no_new_privs (Linux 3.5 or later)",
+        )
+    }
+}
+
+fn seccomp_layer() -> Layer {
+    let code = in_child(|| {
         let Ok(f) = crate::seccomp::compile(crate::SeccompLevel::Default) else {
             return 2;
         };
@@ -182,74 +354,180 @@ pub fn probe() -> Report {
             3
         }
     });
-    layers.push(layer(
-        "seccomp",
-        seccomp,
-        true,
-        "deny-list filter and x32/32-bit ABI guard installed",
-        "the kernel lacks seccomp-bpf",
-    ));
-    let abi = kernel_abi();
-    layers.push(Layer {
-        name: "landlock".into(),
-        state: if abi > 0 { LayerState::Active } else { LayerState::Missing },
-        required: false,
-        detail: if abi > 0 {
-            format!("ABI {abi}: writes confined to /workspace, /tmp and a few devices")
-        } else {
-            "the kernel lacks Landlock (5.13+ with lsm=landlock); mount, seccomp and uid isolation still apply".into()
-        },
-    });
-    let (version, controllers, cg_detail, cg_ok) = match detect() {
-        Some(Hierarchy::V1(m)) => {
-            let names: Vec<String> = m.iter().map(|(c, _)| c.clone()).collect();
-            let writable = m.iter().all(|(_, p)| writable_dir(p));
-            let detail = if writable {
-                format!(
-                    "v1 controllers {}: memory, pids and CPU are limited per run",
-                    names.join(", ")
-                )
-            } else {
-                "v1 controllers are not writable by this user (v1 cannot be delegated): limits fall back to rlimits only".into()
-            };
-            ("v1".to_string(), names, detail, writable)
-        }
-        Some(Hierarchy::V2(root, c)) => {
-            let writable = writable_dir(&root) || writable_dir(&root.join("aisbx"));
-            let detail = if writable {
-                format!(
-                    "v2 at {}: memory, pids and CPU are limited per run",
-                    root.display()
-                )
-            } else {
-                "v2 is not delegated to this user: limits fall back to rlimits only".into()
-            };
-            ("v2".to_string(), c, detail, writable)
-        }
-        None => (
-            "none".to_string(),
-            Vec::new(),
-            "no memory/pids controller mounted: limits fall back to rlimits only".to_string(),
-            false,
+    match code {
+        0 => Layer::active(
+            "seccomp",
+            true,
+            "deny-list filter and x32/32-bit ABI guard installed",
         ),
-    };
-    layers.push(Layer {
-        name: "cgroups".into(),
-        state: if cg_ok {
-            LayerState::Active
+        3 => Layer::missing(
+            "seccomp",
+            "seccomp is",
+            true,
+            "the installed filter did not refuse mount(2)",
+            "use a kernel with seccomp-bpf (CONFIG_SECCOMP_FILTER)",
+        ),
+        _ => Layer::missing(
+            "seccomp",
+            "seccomp is",
+            true,
+            format!("installing the filter failed: {}", explain(code)),
+            "use a kernel with seccomp-bpf (CONFIG_SECCOMP_FILTER)",
+        ),
+    }
+}
+
+/// The layers a run cannot do without, in the order a run needs them, handed to
+/// `each` until it returns `false`. As root, dropping the supplementary groups is
+/// one of them (a run refuses to keep root's groups).
+fn required_layers(root: bool, host_ids: (u32, u32), each: &mut dyn FnMut(Layer) -> bool) {
+    let (userns, made) = userns_layer(root, host_ids);
+    if !each(userns.clone()) {
+        return;
+    }
+    for (name, subject, flag) in NAMESPACES {
+        if !each(namespace_layer(
+            name,
+            subject,
+            flag,
+            (!made).then_some(&userns),
+        )) {
+            return;
+        }
+    }
+    if !each(nnp_layer()) || !each(seccomp_layer()) {
+        return;
+    }
+    if root {
+        each(groups_layer(true));
+    }
+}
+
+/// The first required layer that is missing here, for a run that mapped the
+/// sandbox to `host_ids` and failed to set up: it probes only as far as that
+/// layer. Called on that failure path only; a run that works never probes.
+pub(crate) fn first_missing_required(host_ids: (u32, u32)) -> Option<Layer> {
+    let mut found = None;
+    required_layers(is_root(), host_ids, &mut |l| {
+        if l.required && l.state == LayerState::Missing {
+            found = Some(l);
+            false
         } else {
-            LayerState::Missing
-        },
-        required: false,
-        detail: cg_detail,
+            true
+        }
     });
-    layers.push(groups_layer(root));
+    found
+}
+
+/// The cgroup layer, for a run that requires it and found none.
+pub(crate) fn cgroup_layer() -> Layer {
+    cgroups(&detect()).0
+}
+
+fn is_root() -> bool {
+    // SAFETY: getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Probe every layer.
+pub fn probe() -> Report {
+    let root = is_root();
+    let mut layers = Vec::new();
+    required_layers(root, (DEFAULT_HOST_ID, DEFAULT_HOST_ID), &mut |l| {
+        layers.push(l);
+        true
+    });
+    let abi = kernel_abi();
+    layers.push(if abi > 0 {
+        Layer::active(
+            "landlock",
+            false,
+            format!("ABI {abi}: writes confined to /workspace, /tmp and a few devices"),
+        )
+    } else {
+        Layer::missing(
+            "landlock",
+            "Landlock is",
+            false,
+            "the kernel lacks Landlock (5.13+ with lsm=landlock)",
+            "mount, seccomp and uid isolation still apply; a profile with `landlock = \"required\"` is refused",
+        )
+    });
+    let hierarchy = detect();
+    let (cg_layer, version, controllers) = cgroups(&hierarchy);
+    layers.push(cg_layer);
+    if !root {
+        layers.push(groups_layer(false));
+    }
     Report {
         layers,
         cgroup_version: version,
         cgroup_controllers: controllers,
         landlock_abi: abi,
         running_as_root: root,
+    }
+}
+
+/// The cgroup layer, the hierarchy's version and its controllers.
+fn cgroups(hierarchy: &Option<Hierarchy>) -> (Layer, String, Vec<String>) {
+    const NAME: &str = "cgroups";
+    const SUBJECT: &str = "cgroup limits are";
+    const FALLBACK: &str = "limits fall back to rlimits only (for cgroup limits, run aisbx as root, or on cgroup v2 in a cgroup delegated to this user)";
+    match hierarchy {
+        Some(Hierarchy::V1(m)) => {
+            let names: Vec<String> = m.iter().map(|(c, _)| c.clone()).collect();
+            let layer = if m.iter().all(|(_, p)| writable_dir(p)) {
+                Layer::active(
+                    NAME,
+                    false,
+                    format!(
+                        "v1 controllers {}: memory, pids and CPU are limited per run",
+                        names.join(", ")
+                    ),
+                )
+            } else {
+                Layer::missing(
+                    NAME,
+                    SUBJECT,
+                    false,
+                    "v1 controllers are not writable by this user (v1 cannot be delegated)",
+                    FALLBACK,
+                )
+            };
+            (layer, "v1".into(), names)
+        }
+        Some(Hierarchy::V2(root, c)) => {
+            let layer = if writable_dir(root) || writable_dir(&root.join("aisbx")) {
+                Layer::active(
+                    NAME,
+                    false,
+                    format!(
+                        "v2 at {}: memory, pids and CPU are limited per run",
+                        root.display()
+                    ),
+                )
+            } else {
+                Layer::missing(
+                    NAME,
+                    SUBJECT,
+                    false,
+                    "cgroup v2 is not delegated to this user",
+                    FALLBACK,
+                )
+            };
+            (layer, "v2".into(), c.clone())
+        }
+        None => (
+            Layer::missing(
+                NAME,
+                SUBJECT,
+                false,
+                "no memory/pids controller is mounted",
+                FALLBACK,
+            ),
+            "none".into(),
+            Vec::new(),
+        ),
     }
 }
 
@@ -261,43 +539,111 @@ fn writable_dir(p: &std::path::Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// Whether the caller's supplementary groups reach the sandbox.
+fn list(ids: &[u32]) -> String {
+    ids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether the caller's supplementary groups reach the sandbox. As root they are
+/// dropped in each run, and a run refuses when they cannot be.
 fn groups_layer(root: bool) -> Layer {
-    let extra = crate::groups::extra_groups();
-    let (ok, detail) = if root {
-        (
-            true,
-            "dropped before each run (aisbx runs as root)".to_string(),
-        )
-    } else if extra.is_empty() {
-        (true, "this user has none to drop".to_string())
-    } else {
-        match crate::groups::gid_mapper() {
-            Ok(_) => (
-                true,
-                "dropped in each run: newgidmap maps a subordinate gid from /etc/subgid, so the sandbox may call setgroups".to_string(),
-            ),
-            Err(why) => (
-                false,
-                format!(
-                    "kept: the sandbox keeps this user's supplementary groups ({}) for access to host files, because {why}",
-                    extra
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
+    const NAME: &str = "supplementary groups";
+    if root {
+        let groups: Vec<u32> = nix::unistd::getgroups()
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default();
+        if groups.is_empty() {
+            return Layer::active(NAME, true, "aisbx runs as root with none to drop");
         }
-    };
-    Layer {
-        name: "supplementary groups".into(),
-        state: if ok {
-            LayerState::Active
-        } else {
-            LayerState::Missing
+        if sysctl("/proc/self/setgroups").as_deref() == Some("deny") {
+            return Layer::missing(
+                NAME,
+                "dropping the supplementary groups is",
+                true,
+                format!(
+                    "aisbx runs as root of a user namespace that forbids setgroups (/proc/self/setgroups is deny), so the sandbox would keep the groups {}",
+                    list(&groups)
+                ),
+                "start aisbx without supplementary groups, or in a user namespace that allows setgroups",
+            );
+        }
+        return Layer::active(NAME, true, "dropped in each run (aisbx runs as root)");
+    }
+    let extra = crate::groups::extra_groups();
+    if extra.is_empty() {
+        return Layer::active(NAME, false, "this user has none to drop");
+    }
+    match crate::groups::gid_mapper() {
+        Ok(_) => Layer::active(
+            NAME,
+            false,
+            "dropped in each run: newgidmap maps a subordinate gid from /etc/subgid, so the sandbox may call setgroups",
+        ),
+        Err(why) => Layer {
+            name: NAME.into(),
+            state: LayerState::Missing,
+            required: false,
+            detail: format!(
+                "kept: the sandbox keeps this user's supplementary groups ({}) for access to host files, because {why}",
+                list(&extra)
+            ),
+            subject: "dropping the supplementary groups is".into(),
+            reason: why,
+            remedy: "install newgidmap (Debian package uidmap) and give this user subordinate gids in /etc/subgid".into(),
         },
-        required: false,
-        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_are_read_as_ranges() {
+        let host = "         0          0 4294967295\n";
+        assert!(map_includes(host, 0));
+        assert!(map_includes(host, DEFAULT_HOST_ID));
+        let root_only = "         0          0          1\n";
+        assert!(map_includes(root_only, 0));
+        assert!(!map_includes(root_only, DEFAULT_HOST_ID));
+        let rootless = "0 1000 1\n1 100000 65536\n";
+        assert!(map_includes(rootless, 65536));
+        assert!(!map_includes(rootless, 65537));
+        assert!(!map_includes("", 0));
+        assert!(!map_includes("garbage\n1 2\n", 1));
+    }
+
+    #[test]
+    fn a_refusal_names_the_layer_its_reason_and_remedy_in_doctors_words() {
+        let l = Layer::missing("user namespace", USERNS, true, "why it is", "what to do");
+        assert_eq!(l.state, LayerState::Missing);
+        assert_eq!(l.detail, "why it is; what to do");
+        assert_eq!(
+            l.refusal(),
+            "the user namespace is not available here (why it is): what to do"
+        );
+    }
+
+    #[test]
+    fn userns_errors_are_explained_with_a_remedy() {
+        for code in [
+            libc::ENOSPC,
+            libc::EPERM,
+            libc::EUSERS,
+            libc::EINVAL,
+            libc::ENOMEM,
+        ] {
+            for root in [false, true] {
+                let (reason, remedy) = userns_cause(code, root);
+                assert!(!reason.is_empty() && !remedy.is_empty(), "{code}");
+            }
+        }
+        let (reason, _) = userns_cause(libc::EINVAL, true);
+        assert!(reason.contains("CONFIG_USER_NS"));
+        let (reason, remedy) = userns_cause(libc::ENOSPC, true);
+        assert!(reason.contains("max_user_namespaces"), "{reason}");
+        assert!(remedy.contains("max_user_namespaces"), "{remedy}");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A process keeps its supplementary groups when it enters a new user namespace,
 //! and the kernel checks them against host files (a `root:adm 0640` log in a
-//! bound directory, say). Root drops them with `setgroups` before the clone. An
+//! bound directory, say). As root, the supervisor writes the sandbox's gid map
+//! itself, which leaves `setgroups` allowed, and the sandbox's init drops them
+//! before it changes ids. An
 //! unprivileged caller cannot: the kernel lets a user namespace call `setgroups`
 //! only when its gid map was written by someone privileged over the parent
 //! namespace. `newgidmap` (shadow's setuid helper, Debian package `uidmap`) is

@@ -189,8 +189,10 @@ pub trait Sink {
 pub enum JailError {
     #[error("aisbx must set up the sandbox from a single-threaded process")]
     NotSingleThreaded,
-    #[error("{what} is not available on this host: {why}")]
-    LayerMissing { what: &'static str, why: String },
+    /// A layer the run needs is missing here: `message` is doctor's sentence for
+    /// it (which layer, why, what to do), with the step that failed, if any.
+    #[error("{message}")]
+    LayerMissing { layer: String, message: String },
     #[error("setting up the sandbox failed: {0}")]
     Setup(String),
     #[error("invalid sandbox specification: {0}")]

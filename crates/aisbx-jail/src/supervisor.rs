@@ -393,33 +393,60 @@ fn block_signals() -> Result<(OwnedFd, libc::sigset_t), JailError> {
 /// Run one program in a fresh sandbox. Blocks until it has ended and everything it
 /// left behind is gone. Called from a multi-threaded process it returns
 /// [`JailError::NotSingleThreaded`] before doing anything.
+///
+/// When setting up fails, a missing isolation layer is the likelier cause than
+/// whichever system call noticed it first: the failure then names the first
+/// required layer that doctor finds missing, with its remedy, and the failed
+/// step as a detail. Only a failed set-up probes; a run that works never does.
 pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     validate(spec)?;
     if thread_count() != 1 {
         return Err(JailError::NotSingleThreaded);
     }
+    let mut ids = (DEFAULT_HOST_ID, DEFAULT_HOST_ID);
+    match run_checked(spec, sink, &mut ids) {
+        Err(e @ (JailError::Io { .. } | JailError::Setup(_))) => Err(missing_layer_or(e, ids)),
+        other => other,
+    }
+}
+
+/// `e`, or the first missing required layer if there is one.
+fn missing_layer_or(e: JailError, host_ids: (u32, u32)) -> JailError {
+    let Some(layer) = crate::doctor::first_missing_required(host_ids) else {
+        return e;
+    };
+    let step = match e {
+        JailError::Setup(m) => m,
+        other => other.to_string(),
+    };
+    JailError::LayerMissing {
+        message: format!("{} (the set-up failed at: {step})", layer.refusal()),
+        layer: layer.name,
+    }
+}
+
+fn run_checked(
+    spec: &Spec,
+    sink: &mut dyn Sink,
+    ids: &mut (u32, u32),
+) -> Result<Outcome, JailError> {
     let filters = seccomp::compile(spec.seccomp).map_err(JailError::Setup)?;
     // SAFETY: getter without preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        // Supplementary groups (root's group among them) would follow the init into
-        // the sandbox; drop them here, in the supervisor that is about to be one.
-        // SAFETY: setgroups with an empty list.
-        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-            return Err(JailError::io(
-                "dropping supplementary groups",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    // A non-root caller's supplementary groups are dropped inside the sandbox when
-    // newgidmap can write its gid map (see `groups`); else they stay.
+    // Supplementary groups (root's group among them) would follow the init into
+    // the sandbox. The init drops them once its gid map is written: as root, the
+    // supervisor writes that map itself; a non-root caller needs newgidmap (see
+    // `groups`), else they stay. They are dropped after the clone, in the
+    // sandbox's own user namespace, so that where user namespaces are missing
+    // (root in a container that forbids them, whose setgroups is also denied)
+    // that is what a failed run reports.
     let gid_mapper = if root || crate::groups::extra_groups().is_empty() {
         None
     } else {
         crate::groups::gid_mapper().ok()
     };
     let (host_uid, host_gid) = host_ids(spec)?;
+    *ids = (host_uid, host_gid);
     let mut prepared = Prepared::default();
     if let Workspace::Bind { host } = &spec.workspace {
         if !host.is_dir() {
@@ -502,12 +529,10 @@ fn run_in(
         Err(e) => {
             // SAFETY: restoring the mask we saved.
             unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
-            return Err(JailError::LayerMissing {
-                what: "namespaces (user, mount, pid, net, ipc, uts)",
-                why: format!(
-                    "clone failed: {e}; check that unprivileged user namespaces are enabled (`aisbx doctor`)"
-                ),
-            });
+            return Err(JailError::io(
+                "creating the sandbox's user, mount and pid namespaces",
+                e,
+            ));
         }
     };
     if pid == 0 {
@@ -557,6 +582,20 @@ fn run_in(
     outcome
 }
 
+/// The error the init reported ("E ..."), from what it wrote to the status pipe
+/// before it exited; read without waiting.
+fn init_report(status_r: &OwnedFd) -> Option<String> {
+    // SAFETY: making our own fd non-blocking.
+    unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: reading into our buffer.
+    let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(usize::try_from(n).ok()?);
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .find_map(|l| l.strip_prefix("E ").map(str::to_string))
+}
+
 fn kill_tree(pid: i32, cgroup: Option<&RunCgroup>) {
     // Killing the init of a pid namespace kills every process in it.
     // SAFETY: signalling our own child.
@@ -588,11 +627,19 @@ fn supervise(
                 .map_err(|e| JailError::io(format!("writing {file} of the sandbox"), e))
         };
         w("uid_map", format!("{SANDBOX_ID} {host_uid} 1\n"))?;
-        // With newgidmap, setgroups stays allowed and the init drops the groups
-        // ("G"); if it fails, the groups stay, as without it ("g").
-        let drop_groups = gid_mapper
-            .as_ref()
-            .is_some_and(|m| m.map(pid, SANDBOX_ID, host_gid).is_ok());
+        // As root (privileged over the parent namespace) or with newgidmap,
+        // setgroups stays allowed and the init drops the groups ("G"); if
+        // newgidmap fails, the groups stay, as without it ("g").
+        // SAFETY: getter.
+        let root = unsafe { libc::geteuid() } == 0;
+        let drop_groups = if root {
+            w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
+            true
+        } else {
+            gid_mapper
+                .as_ref()
+                .is_some_and(|m| m.map(pid, SANDBOX_ID, host_gid).is_ok())
+        };
         if !drop_groups {
             w("setgroups", "deny\n".into())?;
             w("gid_map", format!("{SANDBOX_ID} {host_gid} 1\n"))?;
@@ -606,9 +653,14 @@ fn supervise(
         // The sandbox now builds its root; make its cgroups meanwhile.
         *cgroup_slot = RunCgroup::create(&spec.limits).map_err(JailError::Setup)?;
         if cgroup_slot.is_none() && spec.require_cgroups {
+            let layer = crate::doctor::cgroup_layer();
             return Err(JailError::LayerMissing {
-                what: "cgroups",
-                why: "no memory/pids cgroup this user may create (cgroup v1 cannot be delegated; on v2 run aisbx in a delegated cgroup)".into(),
+                message: if layer.state == crate::LayerState::Missing {
+                    layer.refusal()
+                } else {
+                    "cgroup limits are not available here (no memory/pids cgroup could be made for this run): run aisbx as root, or on cgroup v2 in a cgroup delegated to this user".into()
+                },
+                layer: layer.name,
             });
         }
         // With a cgroup the memory limit is enforced there and RLIMIT_DATA is only a
@@ -641,7 +693,9 @@ fn supervise(
         kill_tree(pid, cgroup);
         // SAFETY: reaping our child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(e);
+        // The init may have failed first and said why (then the step here
+        // failed only because it was gone): its reason is the better one.
+        return Err(init_report(&status_r).map_or(e, JailError::Setup));
     }
 
     let cap = spec.limits.output_bytes;

@@ -1,6 +1,7 @@
 mod attacks;
 mod cleanup;
 mod common;
+mod contained;
 mod disk;
 mod imports;
 mod limits;
