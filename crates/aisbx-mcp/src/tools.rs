@@ -122,7 +122,7 @@ pub struct RunArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildArgs {
-    /// Sandbox profile (see `profile_list`; default: `default`).
+    /// Sandbox profile (see `profile_list`; default: `base`).
     #[serde(default)]
     pub profile: Option<String>,
     /// The new sandbox's id; one is generated when absent.

@@ -16,7 +16,7 @@ pub enum ServiceError {
     NotFound(String),
     /// No such persistent sandbox.
     #[error(
-        "no sandbox named '{0}': list them with `aisbx ls` or create one with the MCP `build` tool"
+        "no sandbox named '{0}': list them with `aisbx ls` or create one with `aisbx create NAME`"
     )]
     NoSuchSandbox(String),
     /// aisbx itself failed (I/O, kernel refused a layer, ...).
