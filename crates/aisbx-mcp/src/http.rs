@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Token, TokenOrigin};
+use crate::oauth::{METADATA_PATH, OAuthConfig, Verifier};
 use crate::server::{AisbxServer, DisconnectToken, FrontEnd, Shared};
 
 /// Largest POST body accepted (the tools cap their own arguments below this).
@@ -64,6 +65,8 @@ pub struct HttpOptions {
     pub allow_origins: Vec<String>,
     /// Extra allowed `Host` names (`mcp.example.com`, `mcp.example.com:8443`).
     pub allow_hosts: Vec<String>,
+    /// Also accept JWT access tokens from this issuer (TCP only).
+    pub oauth: Option<OAuthConfig>,
 }
 
 impl HttpOptions {
@@ -74,6 +77,7 @@ impl HttpOptions {
             token,
             allow_origins: Vec::new(),
             allow_hosts: Vec::new(),
+            oauth: None,
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum HttpError {
     UnixBind { path: PathBuf, source: io::Error },
     #[error("the HTTP server failed: {0}")]
     Serve(io::Error),
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
 }
 
 /// Resolves `addr` and decides whether it may be served with the given token.
@@ -158,11 +164,13 @@ fn allowed_origins(opts: &HttpOptions) -> Vec<String> {
 }
 
 /// The router serving `/mcp` for `shared`, with the checks configured; `hosts` are
-/// the accepted Host names (`None`: not checked).
+/// the accepted Host names (`None`: not checked); `oauth`: JWT access tokens are
+/// accepted too, and the protected resource metadata is published.
 pub fn router(
     shared: Arc<Shared>,
     hosts: Option<Vec<String>>,
     opts: &HttpOptions,
+    oauth: Option<Arc<Verifier>>,
     shutdown: CancellationToken,
 ) -> Router {
     let mut config = StreamableHttpServerConfig::default()
@@ -186,11 +194,49 @@ pub fn router(
         .layer(middleware::from_fn(check_message))
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
-    if let Some(token) = &opts.token {
-        let expected = Arc::new(token_digest(token.value.as_bytes()));
-        router = router.layer(middleware::from_fn_with_state(expected, require_bearer));
+    if opts.token.is_some() || oauth.is_some() {
+        let state = Arc::new(Gate {
+            server_token: opts
+                .token
+                .as_ref()
+                .map(|t| token_digest(t.value.as_bytes())),
+            metadata_url: oauth.as_ref().map(|v| metadata_url(v.resource())),
+            oauth: oauth.clone(),
+        });
+        router = router.layer(middleware::from_fn_with_state(state, require_bearer));
+    }
+    // Added after the bearer check: the metadata is public (clients read it to learn
+    // where to get a token).
+    if let Some(v) = oauth {
+        let doc = Arc::new(v.metadata());
+        let d2 = doc.clone();
+        router = router
+            .route(
+                METADATA_PATH,
+                axum::routing::get(move || async move { axum::Json((*doc).clone()) }),
+            )
+            .route(
+                &format!("{METADATA_PATH}/{{*resource}}"),
+                axum::routing::get(move || async move { axum::Json((*d2).clone()) }),
+            );
     }
     router
+}
+
+/// Where a resource's metadata is published (RFC 9728 section 3.1: the well-known
+/// path goes between the host and the resource's path).
+pub fn metadata_url(resource: &str) -> String {
+    let after_scheme = resource.find("://").map_or(0, |i| i + 3);
+    let (origin, path) = match resource[after_scheme..].find('/') {
+        Some(i) => resource.split_at(after_scheme + i),
+        None => (resource, ""),
+    };
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("{origin}{METADATA_PATH}{path}")
 }
 
 /// Serves until `shutdown` is cancelled. Prints where, and how to authenticate, to
@@ -223,13 +269,18 @@ async fn serve_tcp(
     let bound = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
+    let url = format!("http://{bound}/mcp");
+    let oauth = match &opts.oauth {
+        Some(c) => Some(Arc::new(Verifier::new(c, &url)?)),
+        None => None,
+    };
     let app = router(
         shared,
         allowed_hosts(bound, &opts),
         &opts,
+        oauth.clone(),
         shutdown.child_token(),
     );
-    let url = format!("http://{bound}/mcp");
     match opts.token.as_ref().map(|t| &t.origin) {
         None => eprintln!(
             "aisbx-mcp: serving MCP (Streamable HTTP) at {url} without authentication (--no-auth): any local user can connect and run code as this user (uid {})",
@@ -251,6 +302,14 @@ async fn serve_tcp(
                 "aisbx-mcp: serving MCP (Streamable HTTP) at {url}; clients must send `Authorization: Bearer <token>`, <token> being {from}"
             );
         }
+    }
+    if let Some(v) = &oauth {
+        eprintln!(
+            "aisbx-mcp: also accepting OAuth access tokens (JWT) issued by {} for the audience {}; resource metadata at {}",
+            v.issuer(),
+            v.audience(),
+            metadata_url(v.resource())
+        );
     }
     // Responses are small SSE events written one after another: without TCP_NODELAY,
     // Nagle's algorithm and the client's delayed ACK add ~40 ms to every call.
@@ -370,7 +429,7 @@ async fn serve_unix(
     let own_uid = uid();
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
     hosts.extend(opts.allow_hosts.iter().cloned());
-    let app = router(shared, Some(hosts), &opts, shutdown.child_token());
+    let app = router(shared, Some(hosts), &opts, None, shutdown.child_token());
     let who = if own_uid == 0 {
         "root".to_string()
     } else {
@@ -419,23 +478,86 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     (!t.is_empty()).then_some(t)
 }
 
-async fn require_bearer(
-    State(expected): State<Arc<[u8; 32]>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let ok = bearer(&req).is_some_and(|t| constant_time_eq(&token_digest(t), &expected));
-    if ok {
+/// What the bearer check accepts.
+struct Gate {
+    /// SHA-256 of the server's own token.
+    server_token: Option<[u8; 32]>,
+    oauth: Option<Arc<Verifier>>,
+    metadata_url: Option<String>,
+}
+
+/// Who an HTTP request authenticated as; set on the request by the bearer check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    /// The server's own token (the user running the server).
+    ServerToken,
+    /// A JWT access token naming this tenant.
+    Tenant(String),
+}
+
+async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let presented = bearer(&req);
+    let own = presented.is_some_and(|t| {
+        gate.server_token
+            .as_ref()
+            .is_some_and(|d| constant_time_eq(&token_digest(t), d))
+    });
+    let mut refusal = None;
+    let who = if own {
+        Some(Authenticated::ServerToken)
+    } else if let (Some(t), Some(v)) = (presented, &gate.oauth) {
+        match std::str::from_utf8(t).map_err(|_| crate::oauth::Refusal::Malformed) {
+            Ok(t) => match v.verify(t) {
+                Ok(tenant) => Some(Authenticated::Tenant(tenant)),
+                Err(r) => {
+                    tracing::info!(reason = %r, "refused an access token");
+                    refusal = Some(r);
+                    None
+                }
+            },
+            Err(r) => {
+                refusal = Some(r);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(who) = who {
+        req.extensions_mut().insert(who);
         return next.run(req).await;
     }
+    let (message, challenge) = match (&gate.oauth, &gate.metadata_url) {
+        (Some(v), Some(url)) => {
+            let message = format!(
+                "send an access token issued by {} for {} (or the aisbx-mcp bearer token) as `Authorization: Bearer <token>`{}",
+                v.issuer(),
+                v.audience(),
+                refusal.map_or(String::new(), |r| format!("; {r}"))
+            );
+            // RFC 6750 section 3: no error code when no token was sent.
+            let challenge = match refusal {
+                Some(r) => format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{url}\"",
+                    r.description()
+                ),
+                None => format!("Bearer resource_metadata=\"{url}\""),
+            };
+            (message, HeaderValue::from_str(&challenge).ok())
+        }
+        _ => (
+            "send the aisbx-mcp bearer token as `Authorization: Bearer <token>`; the server's user finds it in mcp-token in its aisbx state directory".to_string(),
+            None,
+        ),
+    };
     let body = serde_json::json!({
-        "error": "unauthorized",
-        "message": "send the aisbx-mcp bearer token as `Authorization: Bearer <token>`; the server's user finds it in mcp-token in its aisbx state directory",
+        "error": if refusal.is_some() { "invalid_token" } else { "unauthorized" },
+        "message": message,
     });
     let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"aisbx-mcp\""),
+        challenge.unwrap_or_else(|| HeaderValue::from_static("Bearer realm=\"aisbx-mcp\"")),
     );
     resp
 }

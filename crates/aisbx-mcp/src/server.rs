@@ -246,6 +246,18 @@ fn request_field(tool: &str, field: &str, message: &str, arguments: Option<&Json
     }
 }
 
+/// The audit line's `client`: the client's self-reported name, preceded by the tenant
+/// its access token named, when it sent one (`tenant=acme; client=claude-code`). A
+/// tenant name has no spaces, so the first word is the tenant's, whatever the client
+/// calls itself.
+pub fn client_field(tenant: Option<&str>, name: Option<String>) -> Option<String> {
+    match (tenant, name) {
+        (Some(t), Some(n)) => Some(format!("tenant={t}; client={n}")),
+        (Some(t), None) => Some(format!("tenant={t}")),
+        (None, n) => n,
+    }
+}
+
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
@@ -455,9 +467,18 @@ impl AisbxServer {
     }
 
     fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
+        let name = ctx.peer.peer_info().map(|i| i.client_info.name.clone());
+        let tenant = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
+            .and_then(|a| match a {
+                crate::http::Authenticated::Tenant(t) => Some(t.as_str()),
+                crate::http::Authenticated::ServerToken => None,
+            });
         RequestMeta {
             front_end: self.front_end.name().to_string(),
-            client: ctx.peer.peer_info().map(|i| i.client_info.name.clone()),
+            client: client_field(tenant, name),
             tool: tool.to_string(),
         }
     }
