@@ -189,6 +189,7 @@ pub fn router(
         sessions.clone(),
         config,
     );
+    let gate_sessions = sessions.clone();
     let mut router = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(check_message))
@@ -202,6 +203,8 @@ pub fn router(
                 .map(|t| token_digest(t.value.as_bytes())),
             metadata_url: oauth.as_ref().map(|v| metadata_url(v.resource())),
             oauth: oauth.clone(),
+            sessions: gate_sessions,
+            owners: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         router = router.layer(middleware::from_fn_with_state(state, require_bearer));
     }
@@ -484,6 +487,30 @@ struct Gate {
     server_token: Option<[u8; 32]>,
     oauth: Option<Arc<Verifier>>,
     metadata_url: Option<String>,
+    sessions: Arc<LocalSessionManager>,
+    /// Who opened each session: only the same credential may use it.
+    owners: std::sync::Mutex<std::collections::HashMap<String, Authenticated>>,
+}
+
+impl Gate {
+    fn owner(&self, session: &str) -> Option<Authenticated> {
+        let owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        owners.get(session).cloned()
+    }
+
+    /// Records who opened `session`, forgetting the sessions that ended.
+    async fn opened(&self, session: String, who: Authenticated) {
+        let live = self.sessions.sessions.read().await;
+        let mut owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        owners.retain(|id, _| live.contains_key(id.as_str()));
+        owners.insert(session, who);
+    }
 }
 
 /// Who an HTTP request authenticated as; set on the request by the bearer check.
@@ -524,8 +551,29 @@ async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: N
         None
     };
     if let Some(who) = who {
-        req.extensions_mut().insert(who);
-        return next.run(req).await;
+        let session = req
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(id) = &session
+            && gate.owner(id).is_some_and(|owner| owner != who)
+        {
+            // Another credential's session answers as one that does not exist.
+            tracing::info!("refused a session opened with another credential");
+            return (StatusCode::NOT_FOUND, "Not Found: no such session\n").into_response();
+        }
+        req.extensions_mut().insert(who.clone());
+        let resp = next.run(req).await;
+        if session.is_none()
+            && let Some(id) = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        {
+            gate.opened(id.to_string(), who).await;
+        }
+        return resp;
     }
     let (message, challenge) = match (&gate.oauth, &gate.metadata_url) {
         (Some(v), Some(url)) => {
@@ -726,6 +774,22 @@ mod tests {
         assert!(resolve("0.0.0.0:0", Some(&token())).await.is_ok());
         assert!(resolve("127.0.0.1:0", None).await.is_ok());
         assert!(resolve("[::1]:0", None).await.is_ok());
+    }
+
+    #[test]
+    fn metadata_urls_put_the_well_known_path_before_the_resource_path() {
+        assert_eq!(
+            metadata_url("http://127.0.0.1:8765/mcp"),
+            "http://127.0.0.1:8765/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://mcp.example.com/tools/mcp/?x=1"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/tools/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://mcp.example.com"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource"
+        );
     }
 
     #[test]

@@ -179,38 +179,59 @@ fn a_valid_token_works_and_names_the_tenant_in_the_audit_log() {
     let r = own.call(3, "run", json!({"command": ["echo", "from-owner"]}));
     assert_eq!(structured(&r.rpc())["stdout"], "from-owner\n");
 
-    // A session is not a credential: another tenant's token on acme's session is
-    // audited as that other tenant, and no token at all is refused.
+    // A session belongs to the credential that opened it: another tenant's token, or
+    // the server's own, on acme's session finds no such session; no token is a 401.
     let other = key.sign(&claims("globex"));
-    let hijack = Session {
-        addr: s.addr,
-        id: s.id.clone(),
-        auth: Some(format!("Bearer {other}")),
-    };
-    let r = hijack.call(4, "run", json!({"command": ["echo", "as-globex"]}));
-    assert_eq!(structured(&r.rpc())["stdout"], "as-globex\n");
+    for auth in [
+        Some(format!("Bearer {other}")),
+        srv.token.as_ref().map(|t| format!("Bearer {t}")),
+    ] {
+        let hijack = Session {
+            addr: s.addr,
+            id: s.id.clone(),
+            auth,
+        };
+        let r = hijack.call(4, "run", json!({"command": ["echo", "hijacked"]}));
+        assert_eq!(r.status, 404, "{:?}", String::from_utf8_lossy(&r.body));
+    }
     let bare = Session {
         addr: s.addr,
         id: s.id.clone(),
         auth: None,
     };
     assert_eq!(bare.call(5, "profile_list", json!({})).status, 401);
+    // A fresh token of the same tenant keeps using it (tokens are refreshed).
+    let mut later = claims("acme");
+    later["exp"] = json!(now() + 900);
+    let same = Session {
+        addr: s.addr,
+        id: s.id.clone(),
+        auth: Some(format!("Bearer {}", key.sign(&later))),
+    };
+    let r = same.call(6, "run", json!({"command": ["echo", "acme-again"]}));
+    assert_eq!(structured(&r.rpc())["stdout"], "acme-again\n");
+    // globex gets a session of its own.
+    let g = Session::open(srv.addr, Some(&other));
+    let r = g.call(7, "run", json!({"command": ["echo", "as-globex"]}));
+    assert_eq!(structured(&r.rpc())["stdout"], "as-globex\n");
 
     drop(srv);
     let log = home.path().join("audit.jsonl");
     let report = aisbx_service::audit::verify(&log).expect("verify");
     assert!(report.is_ok(), "{report:?}");
     let lines = aisbx_service::audit::tail(&log, 100).expect("tail");
-    // In order: acme, the owner, globex.
+    // In order: acme, the owner, acme, globex.
     let runs: Vec<&Value> = lines.iter().filter(|l| l["tool"] == "run").collect();
-    assert_eq!(runs.len(), 3, "{lines:?}");
+    assert_eq!(runs.len(), 4, "{lines:?}");
+    let clients: Vec<&Value> = runs.iter().map(|l| &l["client"]).collect();
     assert_eq!(
-        runs[0]["client"], "tenant=acme; client=aisbx-it",
-        "{runs:?}"
-    );
-    assert_eq!(runs[1]["client"], "aisbx-it", "{runs:?}");
-    assert_eq!(
-        runs[2]["client"], "tenant=globex; client=aisbx-it",
+        clients,
+        [
+            "tenant=acme; client=aisbx-it",
+            "aisbx-it",
+            "tenant=acme; client=aisbx-it",
+            "tenant=globex; client=aisbx-it"
+        ],
         "{runs:?}"
     );
 }
