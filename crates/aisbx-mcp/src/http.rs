@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Token, TokenOrigin};
 use crate::oauth::{METADATA_PATH, OAuthConfig, Verifier};
 use crate::server::{AisbxServer, DisconnectToken, FrontEnd, Shared};
+use aisbx_service::tenants;
 
 /// Largest POST body accepted (the tools cap their own arguments below this).
 pub const MAX_BODY_BYTES: usize = crate::protocol::MAX_MESSAGE_BYTES;
@@ -108,6 +109,8 @@ pub enum HttpError {
     Serve(io::Error),
     #[error(transparent)]
     OAuth(#[from] crate::oauth::OAuthError),
+    #[error(transparent)]
+    Tenants(#[from] tenants::TenantError),
 }
 
 /// Resolves `addr` and decides whether it may be served with the given token.
@@ -172,7 +175,7 @@ pub fn router(
     opts: &HttpOptions,
     oauth: Option<Arc<Verifier>>,
     shutdown: CancellationToken,
-) -> Router {
+) -> Result<Router, HttpError> {
     let mut config = StreamableHttpServerConfig::default()
         .with_allowed_origins(allowed_origins(opts))
         .enforce_origin_validation()
@@ -196,7 +199,16 @@ pub fn router(
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
     if opts.token.is_some() || oauth.is_some() {
+        let tenants = TenantTokens::open(shared.service.home())?;
+        let count = tenants.current().tenants.len();
+        if count > 0 {
+            eprintln!(
+                "aisbx-mcp: also accepting the tokens of {} (`aisbx tenant list`)",
+                crate::plural(count, "tenant", "tenants")
+            );
+        }
         let state = Arc::new(Gate {
+            tenants,
             server_token: opts
                 .token
                 .as_ref()
@@ -223,7 +235,7 @@ pub fn router(
                 axum::routing::get(move || async move { axum::Json((*d2).clone()) }),
             );
     }
-    router
+    Ok(router)
 }
 
 /// Where a resource's metadata is published (RFC 9728 section 3.1: the well-known
@@ -283,7 +295,7 @@ async fn serve_tcp(
         &opts,
         oauth.clone(),
         shutdown.child_token(),
-    );
+    )?;
     match opts.token.as_ref().map(|t| &t.origin) {
         None => eprintln!(
             "aisbx-mcp: serving MCP (Streamable HTTP) at {url} without authentication (--no-auth): any local user can connect and run code as this user (uid {})",
@@ -432,7 +444,7 @@ async fn serve_unix(
     let own_uid = uid();
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
     hosts.extend(opts.allow_hosts.iter().cloned());
-    let app = router(shared, Some(hosts), &opts, None, shutdown.child_token());
+    let app = router(shared, Some(hosts), &opts, None, shutdown.child_token())?;
     let who = if own_uid == 0 {
         "root".to_string()
     } else {
@@ -488,12 +500,57 @@ struct Gate {
     oauth: Option<Arc<Verifier>>,
     metadata_url: Option<String>,
     sessions: Arc<LocalSessionManager>,
-    /// Who opened each session: only the same credential may use it.
-    owners: std::sync::Mutex<std::collections::HashMap<String, Authenticated>>,
+    /// Who opened each session: only the same principal may use it.
+    owners: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+    /// The state directory's tenants file, re-read when it changes.
+    tenants: TenantTokens,
 }
 
+/// The tenants' tokens (`tenants.toml`), as last read.
+struct TenantTokens {
+    home: PathBuf,
+    cached: std::sync::Mutex<(Option<tenants::Stamp>, Arc<tenants::Tenants>)>,
+}
+
+impl TenantTokens {
+    /// Reads the file now (start-up: a file that cannot be used stops the server).
+    fn open(home: &Path) -> Result<TenantTokens, tenants::TenantError> {
+        let stamp = tenants::stamp(home);
+        let t = tenants::load(home)?;
+        Ok(TenantTokens {
+            home: home.to_path_buf(),
+            cached: std::sync::Mutex::new((stamp, Arc::new(t))),
+        })
+    }
+
+    /// The current tenants: the file is looked at on every use, so a removed tenant
+    /// or revoked token stops working at once. A file that became unusable accepts
+    /// no tenant token until it is fixed (logged).
+    fn current(&self) -> Arc<tenants::Tenants> {
+        let stamp = tenants::stamp(&self.home);
+        let mut cached = match self.cached.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if cached.0 != stamp {
+            let t = match tenants::load(&self.home) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%e, "accepting no tenant token until the tenants file is fixed");
+                    tenants::Tenants::default()
+                }
+            };
+            *cached = (stamp, Arc::new(t));
+        }
+        cached.1.clone()
+    }
+}
+
+/// Whom a session belongs to: a tenant, or (`None`) the server's own user.
+type Principal = Option<String>;
+
 impl Gate {
-    fn owner(&self, session: &str) -> Option<Authenticated> {
+    fn owner(&self, session: &str) -> Option<Principal> {
         let owners = match self.owners.lock() {
             Ok(o) => o,
             Err(poisoned) => poisoned.into_inner(),
@@ -502,7 +559,7 @@ impl Gate {
     }
 
     /// Records who opened `session`, forgetting the sessions that ended.
-    async fn opened(&self, session: String, who: Authenticated) {
+    async fn opened(&self, session: String, who: Principal) {
         let live = self.sessions.sessions.read().await;
         let mut owners = match self.owners.lock() {
             Ok(o) => o,
@@ -518,8 +575,21 @@ impl Gate {
 pub enum Authenticated {
     /// The server's own token (the user running the server).
     ServerToken,
-    /// A JWT access token naming this tenant.
-    Tenant(String),
+    /// A tenant: by one of its tokens of `tenants.toml` (`token_id`), or by a JWT
+    /// access token whose claim names it (`token_id` = `None`).
+    Tenant {
+        name: String,
+        token_id: Option<String>,
+    },
+}
+
+impl Authenticated {
+    fn principal(&self) -> Principal {
+        match self {
+            Authenticated::ServerToken => None,
+            Authenticated::Tenant { name, .. } => Some(name.clone()),
+        }
+    }
 }
 
 async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
@@ -530,12 +600,23 @@ async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: N
             .is_some_and(|d| constant_time_eq(&token_digest(t), d))
     });
     let mut refusal = None;
+    let tenant_token = presented
+        .filter(|t| !own && t.starts_with(tenants::TOKEN_PREFIX.as_bytes()))
+        .and_then(|t| gate.tenants.current().authenticate(t));
     let who = if own {
         Some(Authenticated::ServerToken)
+    } else if let Some(owner) = tenant_token {
+        Some(Authenticated::Tenant {
+            name: owner.tenant,
+            token_id: Some(owner.token_id),
+        })
     } else if let (Some(t), Some(v)) = (presented, &gate.oauth) {
         match std::str::from_utf8(t).map_err(|_| crate::oauth::Refusal::Malformed) {
             Ok(t) => match v.verify(t) {
-                Ok(tenant) => Some(Authenticated::Tenant(tenant)),
+                Ok(tenant) => Some(Authenticated::Tenant {
+                    name: tenant,
+                    token_id: None,
+                }),
                 Err(r) => {
                     tracing::info!(reason = %r, "refused an access token");
                     refusal = Some(r);
@@ -557,13 +638,14 @@ async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: N
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if let Some(id) = &session
-            && gate.owner(id).is_some_and(|owner| owner != who)
+            && gate.owner(id).is_some_and(|owner| owner != who.principal())
         {
             // Another credential's session answers as one that does not exist.
             tracing::info!("refused a session opened with another credential");
             return (StatusCode::NOT_FOUND, "Not Found: no such session\n").into_response();
         }
-        req.extensions_mut().insert(who.clone());
+        let principal = who.principal();
+        req.extensions_mut().insert(who);
         let resp = next.run(req).await;
         if session.is_none()
             && let Some(id) = resp
@@ -571,7 +653,7 @@ async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: N
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
         {
-            gate.opened(id.to_string(), who).await;
+            gate.opened(id.to_string(), principal).await;
         }
         return resp;
     }

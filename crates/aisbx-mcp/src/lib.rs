@@ -149,6 +149,11 @@ pub fn load_token(args: &McpArgs, home: &Path) -> Result<Option<auth::Token>, Mc
     }
 }
 
+/// `1 tenant`, `2 tenants`.
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Logs go to stderr only: stdout carries the protocol in stdio mode.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AISBX_LOG")

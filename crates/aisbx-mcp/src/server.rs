@@ -247,15 +247,22 @@ fn request_field(tool: &str, field: &str, message: &str, arguments: Option<&Json
 }
 
 /// The audit line's `client`: the client's self-reported name, preceded by the tenant
-/// its access token named, when it sent one (`tenant=acme; client=claude-code`). A
-/// tenant name has no spaces, so the first word is the tenant's, whatever the client
-/// calls itself.
-pub fn client_field(tenant: Option<&str>, name: Option<String>) -> Option<String> {
-    match (tenant, name) {
-        (Some(t), Some(n)) => Some(format!("tenant={t}; client={n}")),
-        (Some(t), None) => Some(format!("tenant={t}")),
-        (None, n) => n,
+/// the request authenticated as and, for a token of the tenants file, that token's id
+/// (`tenant=acme; token=3f9a1c0d2b7e; client=claude-code`). Tenant names and token
+/// ids have no spaces, so these come first and unambiguous whatever the client calls
+/// itself.
+pub fn client_field(tenant: Option<(&str, Option<&str>)>, name: Option<String>) -> Option<String> {
+    let Some((t, id)) = tenant else {
+        return name;
+    };
+    let mut s = format!("tenant={t}");
+    if let Some(id) = id {
+        s.push_str(&format!("; token={id}"));
     }
+    if let Some(n) = name {
+        s.push_str(&format!("; client={n}"));
+    }
+    Some(s)
 }
 
 fn tool_error(text: String) -> CallToolResponse {
@@ -473,7 +480,9 @@ impl AisbxServer {
             .get::<axum::http::request::Parts>()
             .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
             .and_then(|a| match a {
-                crate::http::Authenticated::Tenant(t) => Some(t.as_str()),
+                crate::http::Authenticated::Tenant { name, token_id } => {
+                    Some((name.as_str(), token_id.as_deref()))
+                }
                 crate::http::Authenticated::ServerToken => None,
             });
         RequestMeta {
