@@ -496,3 +496,59 @@ fn bad_configurations_are_refused_with_a_sentence() {
     );
     assert!(e.contains("--no-auth"), "{e}");
 }
+
+/// An RSA key made now: its JWK (without `alg`, as many issuers publish them) and
+/// its PKCS#1 DER for signing.
+fn rsa_key(kid: &str) -> (Value, Vec<u8>) {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let started = std::time::Instant::now();
+    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).expect("rsa key");
+    eprintln!("made a 2048-bit RSA key in {:?}", started.elapsed());
+    let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig",
+        "n": B64.encode(key.n().to_be_bytes_trimmed_vartime()),
+        "e": B64.encode(key.e().to_be_bytes_trimmed_vartime())});
+    let der = key.to_pkcs1_der().expect("pkcs1").as_bytes().to_vec();
+    (jwk, der)
+}
+
+fn rs(alg: Algorithm, kid: &str, der: &[u8], claims: &Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_rsa_der(der)).expect("sign")
+}
+
+#[test]
+fn rsa_keys_verify_rs256_only() {
+    let home = home();
+    let (jwk, der) = rsa_key("r1");
+    let jwks = home.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).expect("write jwks");
+    let srv = start(home.path(), &jwks, &[]);
+    let good = claims("acme");
+    assert_eq!(
+        initialize_with(srv.addr, &rs(Algorithm::RS256, "r1", &der, &good)).status,
+        200
+    );
+    // The same key with another RSA algorithm is not accepted: the key is pinned.
+    for alg in [Algorithm::RS512, Algorithm::PS256] {
+        let r = initialize_with(srv.addr, &rs(alg, "r1", &der, &good));
+        assert_eq!(r.status, 401, "{alg:?}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.contains("algorithm"))
+        );
+    }
+    // HS256 keyed with the modulus, or with the JWK's text.
+    let n = jwk["n"].as_str().expect("n").to_string();
+    for secret in [n.as_bytes(), jwk.to_string().as_bytes(), &der[..]] {
+        let r = initialize_with(srv.addr, &hs256(secret, "r1", &good));
+        assert_eq!(r.status, 401);
+    }
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 120);
+    assert_eq!(
+        initialize_with(srv.addr, &rs(Algorithm::RS256, "r1", &der, &expired)).status,
+        401
+    );
+}
