@@ -527,6 +527,14 @@ mod tests {
         assert!(matches!(load(home), Err(TenantError::Parse { .. })));
         std::fs::write(&p, "not toml [").expect("write");
         assert!(matches!(load(home), Err(TenantError::Parse { .. })));
+        // A file another user owns (and so could rewrite) is refused, even private.
+        if nix::unistd::geteuid().is_root() {
+            std::fs::remove_file(&p).expect("rm");
+            add(home, "acme").expect("add");
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).expect("chown");
+            let e = load(home).expect_err("owned by nobody");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]
