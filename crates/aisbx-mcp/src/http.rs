@@ -107,6 +107,10 @@ pub enum HttpError {
     UnixBind { path: PathBuf, source: io::Error },
     #[error("the HTTP server failed: {0}")]
     Serve(io::Error),
+    #[error(
+        "give --oauth-resource URL (the URL clients reach /mcp at, e.g. https://mcp.example.com/mcp): listening on {0}, every interface, the server cannot tell it, and access tokens are issued for it"
+    )]
+    NoResource(String),
     #[error(transparent)]
     OAuth(#[from] crate::oauth::OAuthError),
     #[error(transparent)]
@@ -286,6 +290,9 @@ async fn serve_tcp(
         .map_err(|source| HttpError::Bind { addr, source })?;
     let url = format!("http://{bound}/mcp");
     let oauth = match &opts.oauth {
+        Some(c) if c.resource.is_none() && bound.ip().is_unspecified() => {
+            return Err(HttpError::NoResource(bound.to_string()));
+        }
         Some(c) => Some(Arc::new(Verifier::new(c, &url)?)),
         None => None,
     };

@@ -495,6 +495,23 @@ fn bad_configurations_are_refused_with_a_sentence() {
         &["--oauth-issuer", ISSUER, "--oauth-jwks", &j, "--no-auth"],
     );
     assert!(e.contains("--no-auth"), "{e}");
+    let out = Command::new(BIN)
+        .env("AISBX_HOME", home.path())
+        .env_remove("AISBX_MCP_TOKEN")
+        .args([
+            "--http",
+            "0.0.0.0:0",
+            "--oauth-issuer",
+            ISSUER,
+            "--oauth-jwks",
+            &j,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("give --oauth-resource"), "{e}");
 }
 
 /// An RSA key made now: its JWK (without `alg`, as many issuers publish them) and
