@@ -292,7 +292,9 @@ impl Verifier {
                 continue;
             }
             result = self.verify_with(token, k);
-            if result.is_ok() || header.kid.is_some() {
+            // The signature is checked before the claims: any other outcome means
+            // this key signed it, and its answer (e.g. expired) is the one to give.
+            if header.kid.is_some() || !matches!(result, Err(Refusal::Signature)) {
                 break;
             }
         }

@@ -241,8 +241,10 @@ fn bad_tokens_are_refused_with_the_challenge() {
     let home = home();
     let key = Key::new("k1");
     let stranger = Key::new("k1");
+    // Another key of the issuer: a token without `kid` is tried against both.
+    let decoy = Key::new("k2");
     let jwks = home.path().join("jwks.json");
-    write_jwks(&jwks, &[&key]);
+    write_jwks(&jwks, &[&key, &decoy]);
     let srv = start(home.path(), &jwks, &[]);
     let metadata = format!(
         "http://{}/.well-known/oauth-protected-resource/mcp",
@@ -304,6 +306,11 @@ fn bad_tokens_are_refused_with_the_challenge() {
             "signed by another key, no kid",
             stranger.sign_as(None, &good),
             "signature",
+        ),
+        (
+            "expired, no kid",
+            key.sign_as(None, &with("exp", json!(now() - 3600))),
+            "expired",
         ),
         (
             "an unknown kid",
