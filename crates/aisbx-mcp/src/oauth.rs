@@ -78,6 +78,10 @@ pub enum OAuthError {
     Issuer(String),
     #[error("--oauth-tenant-claim must name a claim, not an empty string")]
     EmptyClaim,
+    #[error(
+        "--oauth-resource must be an http:// or https:// URL of visible ASCII characters without quotes or backslashes (e.g. https://mcp.example.com/mcp), not '{0}'"
+    )]
+    Resource(String),
 }
 
 /// Why a token was refused; each says it in a fixed sentence (sent to the client in
@@ -179,6 +183,17 @@ fn acceptable_issuer(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `url` can be the resource identifier: it is quoted in a header and JSON.
+fn acceptable_resource(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
 impl Verifier {
     /// Loads the JWKS; `default_resource` is this server's MCP URL, used when the
     /// configuration names none.
@@ -198,6 +213,9 @@ impl Verifier {
             .resource
             .clone()
             .unwrap_or_else(|| default_resource.to_string());
+        if !acceptable_resource(&resource) {
+            return Err(OAuthError::Resource(resource));
+        }
         Ok(Verifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone().unwrap_or_else(|| resource.clone()),
@@ -498,6 +516,19 @@ mod tests {
         assert!(!acceptable_issuer("http://localhost.example.com"));
         assert!(!acceptable_issuer("https://"));
         assert!(!acceptable_issuer("auth.example.com"));
+    }
+
+    #[test]
+    fn resources_are_urls_that_can_be_quoted() {
+        assert!(acceptable_resource("https://mcp.example.com/mcp"));
+        assert!(acceptable_resource("http://127.0.0.1:8765/mcp"));
+        assert!(!acceptable_resource("mcp.example.com/mcp"));
+        assert!(!acceptable_resource("https://"));
+        assert!(!acceptable_resource("https:///mcp"));
+        assert!(!acceptable_resource("https://a/\"x"));
+        assert!(!acceptable_resource("https://a/\\x"));
+        assert!(!acceptable_resource("https://a/ x"));
+        assert!(!acceptable_resource("https://a/é"));
     }
 
     #[test]
