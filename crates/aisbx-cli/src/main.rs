@@ -26,6 +26,7 @@ mod run_fast;
 mod sandbox_cmd;
 mod size;
 mod snap_cmd;
+mod tenant_cmd;
 mod trust_cmd;
 
 use std::io::{IsTerminal, Write};
@@ -115,6 +116,10 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     /// Approve a project's own profiles (.aisbx/profiles) after reviewing them;
     /// any later change to them withdraws the approval.
     Trust(trust_cmd::TrustArgs),
+    /// Tenants of the HTTP MCP server and their bearer tokens: add, list, rm,
+    /// rotate, revoke.
+    #[command(subcommand)]
+    Tenant(tenant_cmd::TenantCmd),
 }
 
 #[derive(Subcommand)]
@@ -244,6 +249,7 @@ fn main() -> ExitCode {
         } => sandbox_cmd::cp(src, dst, keep_links),
         Cmd::Snap(c) => snap_cmd::run(c),
         Cmd::Trust(a) => trust_cmd::run(a),
+        Cmd::Tenant(c) => tenant_cmd::run(c),
     })
 }
 

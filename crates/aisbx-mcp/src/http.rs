@@ -28,7 +28,9 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Token, TokenOrigin};
+use crate::oauth::{METADATA_PATH, OAuthConfig, Verifier};
 use crate::server::{AisbxServer, DisconnectToken, FrontEnd, Shared};
+use aisbx_service::tenants;
 
 /// Largest POST body accepted (the tools cap their own arguments below this).
 pub const MAX_BODY_BYTES: usize = crate::protocol::MAX_MESSAGE_BYTES;
@@ -64,6 +66,8 @@ pub struct HttpOptions {
     pub allow_origins: Vec<String>,
     /// Extra allowed `Host` names (`mcp.example.com`, `mcp.example.com:8443`).
     pub allow_hosts: Vec<String>,
+    /// Also accept JWT access tokens from this issuer (TCP only).
+    pub oauth: Option<OAuthConfig>,
 }
 
 impl HttpOptions {
@@ -74,6 +78,7 @@ impl HttpOptions {
             token,
             allow_origins: Vec::new(),
             allow_hosts: Vec::new(),
+            oauth: None,
         }
     }
 }
@@ -102,6 +107,14 @@ pub enum HttpError {
     UnixBind { path: PathBuf, source: io::Error },
     #[error("the HTTP server failed: {0}")]
     Serve(io::Error),
+    #[error(
+        "give --oauth-resource URL (the URL clients reach /mcp at, e.g. https://mcp.example.com/mcp): listening on {0}, every interface, the server cannot tell it, and access tokens are issued for it"
+    )]
+    NoResource(String),
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
+    #[error(transparent)]
+    Tenants(#[from] tenants::TenantError),
 }
 
 /// Resolves `addr` and decides whether it may be served with the given token.
@@ -158,13 +171,15 @@ fn allowed_origins(opts: &HttpOptions) -> Vec<String> {
 }
 
 /// The router serving `/mcp` for `shared`, with the checks configured; `hosts` are
-/// the accepted Host names (`None`: not checked).
+/// the accepted Host names (`None`: not checked); `oauth`: JWT access tokens are
+/// accepted too, and the protected resource metadata is published.
 pub fn router(
     shared: Arc<Shared>,
     hosts: Option<Vec<String>>,
     opts: &HttpOptions,
+    oauth: Option<Arc<Verifier>>,
     shutdown: CancellationToken,
-) -> Router {
+) -> Result<Router, HttpError> {
     let mut config = StreamableHttpServerConfig::default()
         .with_allowed_origins(allowed_origins(opts))
         .enforce_origin_validation()
@@ -181,16 +196,66 @@ pub fn router(
         sessions.clone(),
         config,
     );
+    let gate_sessions = sessions.clone();
     let mut router = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(check_message))
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
-    if let Some(token) = &opts.token {
-        let expected = Arc::new(token_digest(token.value.as_bytes()));
-        router = router.layer(middleware::from_fn_with_state(expected, require_bearer));
+    if opts.token.is_some() || oauth.is_some() {
+        let tenants = TenantTokens::open(shared.service.home())?;
+        let count = tenants.current().tenants.len();
+        if count > 0 {
+            eprintln!(
+                "aisbx-mcp: also accepting the tokens of {} (`aisbx tenant list`)",
+                crate::plural(count, "tenant", "tenants")
+            );
+        }
+        let state = Arc::new(Gate {
+            tenants,
+            server_token: opts
+                .token
+                .as_ref()
+                .map(|t| token_digest(t.value.as_bytes())),
+            metadata_url: oauth.as_ref().map(|v| metadata_url(v.resource())),
+            oauth: oauth.clone(),
+            sessions: gate_sessions,
+            owners: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        router = router.layer(middleware::from_fn_with_state(state, require_bearer));
     }
-    router
+    // Added after the bearer check: the metadata is public (clients read it to learn
+    // where to get a token).
+    if let Some(v) = oauth {
+        let doc = Arc::new(v.metadata());
+        let d2 = doc.clone();
+        router = router
+            .route(
+                METADATA_PATH,
+                axum::routing::get(move || async move { axum::Json((*doc).clone()) }),
+            )
+            .route(
+                &format!("{METADATA_PATH}/{{*resource}}"),
+                axum::routing::get(move || async move { axum::Json((*d2).clone()) }),
+            );
+    }
+    Ok(router)
+}
+
+/// Where a resource's metadata is published (RFC 9728 section 3.1: the well-known
+/// path goes between the host and the resource's path).
+pub fn metadata_url(resource: &str) -> String {
+    let after_scheme = resource.find("://").map_or(0, |i| i + 3);
+    let (origin, path) = match resource[after_scheme..].find('/') {
+        Some(i) => resource.split_at(after_scheme + i),
+        None => (resource, ""),
+    };
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("{origin}{METADATA_PATH}{path}")
 }
 
 /// Serves until `shutdown` is cancelled. Prints where, and how to authenticate, to
@@ -223,13 +288,21 @@ async fn serve_tcp(
     let bound = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
+    let url = format!("http://{bound}/mcp");
+    let oauth = match &opts.oauth {
+        Some(c) if c.resource.is_none() && bound.ip().is_unspecified() => {
+            return Err(HttpError::NoResource(bound.to_string()));
+        }
+        Some(c) => Some(Arc::new(Verifier::new(c, &url)?)),
+        None => None,
+    };
     let app = router(
         shared,
         allowed_hosts(bound, &opts),
         &opts,
+        oauth.clone(),
         shutdown.child_token(),
-    );
-    let url = format!("http://{bound}/mcp");
+    )?;
     match opts.token.as_ref().map(|t| &t.origin) {
         None => eprintln!(
             "aisbx-mcp: serving MCP (Streamable HTTP) at {url} without authentication (--no-auth): any local user can connect and run code as this user (uid {})",
@@ -251,6 +324,14 @@ async fn serve_tcp(
                 "aisbx-mcp: serving MCP (Streamable HTTP) at {url}; clients must send `Authorization: Bearer <token>`, <token> being {from}"
             );
         }
+    }
+    if let Some(v) = &oauth {
+        eprintln!(
+            "aisbx-mcp: also accepting OAuth access tokens (JWT) issued by {} for the audience {}; resource metadata at {}",
+            v.issuer(),
+            v.audience(),
+            metadata_url(v.resource())
+        );
     }
     // Responses are small SSE events written one after another: without TCP_NODELAY,
     // Nagle's algorithm and the client's delayed ACK add ~40 ms to every call.
@@ -370,7 +451,7 @@ async fn serve_unix(
     let own_uid = uid();
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
     hosts.extend(opts.allow_hosts.iter().cloned());
-    let app = router(shared, Some(hosts), &opts, shutdown.child_token());
+    let app = router(shared, Some(hosts), &opts, None, shutdown.child_token())?;
     let who = if own_uid == 0 {
         "root".to_string()
     } else {
@@ -419,23 +500,201 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     (!t.is_empty()).then_some(t)
 }
 
-async fn require_bearer(
-    State(expected): State<Arc<[u8; 32]>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let ok = bearer(&req).is_some_and(|t| constant_time_eq(&token_digest(t), &expected));
-    if ok {
-        return next.run(req).await;
+/// What the bearer check accepts.
+struct Gate {
+    /// SHA-256 of the server's own token.
+    server_token: Option<[u8; 32]>,
+    oauth: Option<Arc<Verifier>>,
+    metadata_url: Option<String>,
+    sessions: Arc<LocalSessionManager>,
+    /// Who opened each session: only the same principal may use it.
+    owners: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+    /// The state directory's tenants file, re-read when it changes.
+    tenants: TenantTokens,
+}
+
+/// The tenants' tokens (`tenants.toml`), as last read.
+struct TenantTokens {
+    home: PathBuf,
+    cached: std::sync::Mutex<(Option<tenants::Stamp>, Arc<tenants::Tenants>)>,
+}
+
+impl TenantTokens {
+    /// Reads the file now (start-up: a file that cannot be used stops the server).
+    fn open(home: &Path) -> Result<TenantTokens, tenants::TenantError> {
+        let stamp = tenants::stamp(home);
+        let t = tenants::load(home)?;
+        Ok(TenantTokens {
+            home: home.to_path_buf(),
+            cached: std::sync::Mutex::new((stamp, Arc::new(t))),
+        })
     }
+
+    /// The current tenants: the file is looked at on every use, so a removed tenant
+    /// or revoked token stops working at once. A file that became unusable accepts
+    /// no tenant token until it is fixed (logged).
+    fn current(&self) -> Arc<tenants::Tenants> {
+        let stamp = tenants::stamp(&self.home);
+        let mut cached = match self.cached.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if cached.0 != stamp {
+            let t = match tenants::load(&self.home) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%e, "accepting no tenant token until the tenants file is fixed");
+                    tenants::Tenants::default()
+                }
+            };
+            *cached = (stamp, Arc::new(t));
+        }
+        cached.1.clone()
+    }
+}
+
+/// Whom a session belongs to: a tenant, or (`None`) the server's own user.
+type Principal = Option<String>;
+
+impl Gate {
+    fn owner(&self, session: &str) -> Option<Principal> {
+        let owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        owners.get(session).cloned()
+    }
+
+    /// Records who opened `session`, forgetting the sessions that ended.
+    async fn opened(&self, session: String, who: Principal) {
+        let live = self.sessions.sessions.read().await;
+        let mut owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        owners.retain(|id, _| live.contains_key(id.as_str()));
+        owners.insert(session, who);
+    }
+}
+
+/// Who an HTTP request authenticated as; set on the request by the bearer check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticated {
+    /// The server's own token (the user running the server).
+    ServerToken,
+    /// A tenant: by one of its tokens of `tenants.toml` (`token_id`), or by a JWT
+    /// access token whose claim names it (`token_id` = `None`).
+    Tenant {
+        name: String,
+        token_id: Option<String>,
+    },
+}
+
+impl Authenticated {
+    fn principal(&self) -> Principal {
+        match self {
+            Authenticated::ServerToken => None,
+            Authenticated::Tenant { name, .. } => Some(name.clone()),
+        }
+    }
+}
+
+async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let presented = bearer(&req);
+    let own = presented.is_some_and(|t| {
+        gate.server_token
+            .as_ref()
+            .is_some_and(|d| constant_time_eq(&token_digest(t), d))
+    });
+    let mut refusal = None;
+    let tenant_token = presented
+        .filter(|t| !own && t.starts_with(tenants::TOKEN_PREFIX.as_bytes()))
+        .and_then(|t| gate.tenants.current().authenticate(t));
+    let who = if own {
+        Some(Authenticated::ServerToken)
+    } else if let Some(owner) = tenant_token {
+        Some(Authenticated::Tenant {
+            name: owner.tenant,
+            token_id: Some(owner.token_id),
+        })
+    } else if let (Some(t), Some(v)) = (presented, &gate.oauth) {
+        match std::str::from_utf8(t).map_err(|_| crate::oauth::Refusal::Malformed) {
+            Ok(t) => match v.verify(t) {
+                Ok(tenant) => Some(Authenticated::Tenant {
+                    name: tenant,
+                    token_id: None,
+                }),
+                Err(r) => {
+                    tracing::info!(reason = %r, "refused an access token");
+                    refusal = Some(r);
+                    None
+                }
+            },
+            Err(r) => {
+                refusal = Some(r);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(who) = who {
+        let session = req
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(id) = &session
+            && gate.owner(id).is_some_and(|owner| owner != who.principal())
+        {
+            // Another credential's session answers as one that does not exist.
+            tracing::info!("refused a session opened with another credential");
+            return (StatusCode::NOT_FOUND, "Not Found: no such session\n").into_response();
+        }
+        let principal = who.principal();
+        req.extensions_mut().insert(who);
+        let resp = next.run(req).await;
+        if session.is_none()
+            && let Some(id) = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        {
+            gate.opened(id.to_string(), principal).await;
+        }
+        return resp;
+    }
+    let (message, challenge) = match (&gate.oauth, &gate.metadata_url) {
+        (Some(v), Some(url)) => {
+            let message = format!(
+                "send an access token issued by {} for {} (or the aisbx-mcp bearer token) as `Authorization: Bearer <token>`{}",
+                v.issuer(),
+                v.audience(),
+                refusal.map_or(String::new(), |r| format!("; {r}"))
+            );
+            // RFC 6750 section 3: no error code when no token was sent.
+            let challenge = match refusal {
+                Some(r) => format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{url}\"",
+                    r.description()
+                ),
+                None => format!("Bearer resource_metadata=\"{url}\""),
+            };
+            (message, HeaderValue::from_str(&challenge).ok())
+        }
+        _ => (
+            "send the aisbx-mcp bearer token as `Authorization: Bearer <token>`; the server's user finds it in mcp-token in its aisbx state directory".to_string(),
+            None,
+        ),
+    };
     let body = serde_json::json!({
-        "error": "unauthorized",
-        "message": "send the aisbx-mcp bearer token as `Authorization: Bearer <token>`; the server's user finds it in mcp-token in its aisbx state directory",
+        "error": if refusal.is_some() { "invalid_token" } else { "unauthorized" },
+        "message": message,
     });
     let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"aisbx-mcp\""),
+        challenge.unwrap_or_else(|| HeaderValue::from_static("Bearer realm=\"aisbx-mcp\"")),
     );
     resp
 }
@@ -604,6 +863,22 @@ mod tests {
         assert!(resolve("0.0.0.0:0", Some(&token())).await.is_ok());
         assert!(resolve("127.0.0.1:0", None).await.is_ok());
         assert!(resolve("[::1]:0", None).await.is_ok());
+    }
+
+    #[test]
+    fn metadata_urls_put_the_well_known_path_before_the_resource_path() {
+        assert_eq!(
+            metadata_url("http://127.0.0.1:8765/mcp"),
+            "http://127.0.0.1:8765/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://mcp.example.com/tools/mcp/?x=1"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/tools/mcp"
+        );
+        assert_eq!(
+            metadata_url("https://mcp.example.com"),
+            "https://mcp.example.com/.well-known/oauth-protected-resource"
+        );
     }
 
     #[test]

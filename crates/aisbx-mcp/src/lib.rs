@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod auth;
 pub mod http;
+pub mod oauth;
 pub mod protocol;
 pub mod redact;
 pub mod server;
@@ -58,6 +59,35 @@ pub struct McpArgs {
     /// run code as you.
     #[arg(long, requires = "http")]
     pub no_auth: bool,
+    /// Also accept OAuth 2.1 access tokens (JWTs) issued by this authorization server
+    /// (its issuer identifier, the tokens' `iss`), checked with --oauth-jwks. The
+    /// server's own token stays valid.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires_all = ["http", "oauth_jwks"],
+        conflicts_with = "no_auth"
+    )]
+    pub oauth_issuer: Option<String>,
+    /// The issuer's signing keys: a file holding its JSON Web Key Set (what its
+    /// jwks_uri serves). Re-read when a token names a key it lacks.
+    #[arg(long, value_name = "FILE", requires = "oauth_issuer")]
+    pub oauth_jwks: Option<PathBuf>,
+    /// The audience (`aud`) access tokens must be issued for (default: the resource URL).
+    #[arg(long, value_name = "AUD", requires = "oauth_issuer")]
+    pub oauth_audience: Option<String>,
+    /// This server's resource identifier, the URL clients reach its MCP endpoint at
+    /// (default: http://ADDR/mcp); published in the protected resource metadata.
+    #[arg(long, value_name = "URL", requires = "oauth_issuer")]
+    pub oauth_resource: Option<String>,
+    /// The access token claim that names the tenant.
+    #[arg(
+        long,
+        value_name = "CLAIM",
+        default_value = "sub",
+        requires = "oauth_issuer"
+    )]
+    pub oauth_tenant_claim: String,
     /// Also accept browser requests from this Origin (repeatable), e.g.
     /// https://app.example.com:443 or http://devbox:*. Loopback origins are always allowed.
     #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "listener")]
@@ -119,6 +149,11 @@ pub fn load_token(args: &McpArgs, home: &Path) -> Result<Option<auth::Token>, Mc
     }
 }
 
+/// `1 tenant`, `2 tenants`.
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Logs go to stderr only: stdout carries the protocol in stdio mode.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AISBX_LOG")
@@ -166,6 +201,13 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
         Some(Listen::Tcp(_)) => load_token(&args, shared.service.home())?,
         _ => None,
     };
+    let oauth = args.oauth_issuer.as_ref().map(|issuer| oauth::OAuthConfig {
+        issuer: issuer.clone(),
+        audience: args.oauth_audience.clone(),
+        jwks: args.oauth_jwks.clone().unwrap_or_default(),
+        tenant_claim: args.oauth_tenant_claim.clone(),
+        resource: args.oauth_resource.clone(),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("aisbx-mcp")
@@ -180,6 +222,7 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
                     token,
                     allow_origins: args.allow_origins,
                     allow_hosts: args.allow_hosts,
+                    oauth,
                 };
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -246,6 +246,25 @@ fn request_field(tool: &str, field: &str, message: &str, arguments: Option<&Json
     }
 }
 
+/// The audit line's `client`: the client's self-reported name, preceded by the tenant
+/// the request authenticated as and, for a token of the tenants file, that token's id
+/// (`tenant=acme; token=3f9a1c0d2b7e; client=claude-code`). Tenant names and token
+/// ids have no spaces, so these come first and unambiguous whatever the client calls
+/// itself.
+pub fn client_field(tenant: Option<(&str, Option<&str>)>, name: Option<String>) -> Option<String> {
+    let Some((t, id)) = tenant else {
+        return name;
+    };
+    let mut s = format!("tenant={t}");
+    if let Some(id) = id {
+        s.push_str(&format!("; token={id}"));
+    }
+    if let Some(n) = name {
+        s.push_str(&format!("; client={n}"));
+    }
+    Some(s)
+}
+
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
@@ -455,9 +474,20 @@ impl AisbxServer {
     }
 
     fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
+        let name = ctx.peer.peer_info().map(|i| i.client_info.name.clone());
+        let tenant = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
+            .and_then(|a| match a {
+                crate::http::Authenticated::Tenant { name, token_id } => {
+                    Some((name.as_str(), token_id.as_deref()))
+                }
+                crate::http::Authenticated::ServerToken => None,
+            });
         RequestMeta {
             front_end: self.front_end.name().to_string(),
-            client: ctx.peer.peer_info().map(|i| i.client_info.name.clone()),
+            client: client_field(tenant, name),
             tool: tool.to_string(),
         }
     }

@@ -16,6 +16,7 @@ mod service;
 pub mod snapshot;
 mod snapshot_api;
 pub mod snapshot_fs;
+pub mod tenants;
 
 pub use api::*;
 pub use error::ServiceError;

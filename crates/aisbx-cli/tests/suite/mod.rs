@@ -14,4 +14,5 @@ mod run_cli;
 mod sandboxes;
 mod snapshots;
 mod snapshots_damage;
+mod tenants;
 mod unprivileged;

@@ -1,0 +1,152 @@
+//! `aisbx tenant add|list|rm|rotate|revoke`: the tenants of the HTTP MCP server and
+//! their bearer tokens (`tenants.toml` in the state directory holds their hashes).
+//!
+//! A new token is printed alone on stdout, once; everything else goes to stderr.
+//! Exit status: 0, or 125 with one sentence on stderr.
+
+use std::io::Write;
+
+use aisbx_service::tenants;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Make a tenant and print its new bearer token, alone on stdout (shown only now).
+    Add {
+        /// Lowercase letters, digits, '-', '_' and '.' (up to 64).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the tenants and their token ids (never tokens).
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a tenant; its tokens stop working at once.
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Give a tenant a new token, printed alone on stdout; its other tokens stop
+    /// working, unless --keep (then revoke them once clients moved over).
+    Rotate {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Keep the tenant's current tokens valid.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Revoke one token of a tenant, by the id `tenant list` shows.
+    Revoke {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(value_name = "TOKEN-ID")]
+        id: String,
+    },
+}
+
+fn fail(e: &tenants::TenantError) -> u8 {
+    eprintln!("aisbx: {e}");
+    125
+}
+
+/// Prints a new token alone on stdout.
+fn print_token(name: &str, token: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{token}").and_then(|()| out.flush()).is_err() {
+        eprintln!(
+            "aisbx: the new token of '{name}' could not be printed (stdout is closed); run `aisbx tenant rotate {name}` to make another"
+        );
+        return 125;
+    }
+    0
+}
+
+pub fn run(cmd: TenantCmd) -> u8 {
+    let home = aisbx_service::default_home();
+    match cmd {
+        TenantCmd::Add { name } => match tenants::add(&home, &name) {
+            Ok(token) => {
+                let code = print_token(&name, &token);
+                if code == 0 {
+                    eprintln!(
+                        "aisbx: made the tenant '{name}'; its token (above) is shown only now: clients of `aisbx-mcp --http` send it as `Authorization: Bearer <token>`"
+                    );
+                }
+                code
+            }
+            Err(e) => fail(&e),
+        },
+        TenantCmd::Rotate { name, keep } => match tenants::rotate(&home, &name, keep) {
+            Ok(token) => {
+                let code = print_token(&name, &token);
+                if code == 0 {
+                    eprintln!(
+                        "aisbx: gave '{name}' a new token (above, shown only now){}",
+                        if keep {
+                            "; its other tokens still work until revoked"
+                        } else {
+                            "; its other tokens no longer work"
+                        }
+                    );
+                }
+                code
+            }
+            Err(e) => fail(&e),
+        },
+        TenantCmd::Revoke { name, id } => match tenants::revoke(&home, &name, &id) {
+            Ok(()) => {
+                eprintln!("aisbx: revoked the token {id} of '{name}'");
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        TenantCmd::Rm { name } => match tenants::remove(&home, &name) {
+            Ok(()) => {
+                eprintln!("aisbx: removed the tenant '{name}' and its tokens");
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        TenantCmd::List { json } => match tenants::load(&home) {
+            Ok(t) => {
+                if json {
+                    let v: Vec<serde_json::Value> = t
+                        .tenants
+                        .iter()
+                        .map(|x| {
+                            serde_json::json!({
+                                "name": x.name,
+                                "created": x.created,
+                                "tokens": x.tokens.iter().map(|k| serde_json::json!({
+                                    "id": k.id, "created": k.created,
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    crate::print_json(&v);
+                } else if t.tenants.is_empty() {
+                    eprintln!("aisbx: no tenants; `aisbx tenant add NAME` makes one");
+                } else {
+                    outln!("{:<24} {:<24} TOKENS", "NAME", "CREATED");
+                    for x in &t.tenants {
+                        let ids: Vec<&str> = x.tokens.iter().map(|k| k.id.as_str()).collect();
+                        outln!(
+                            "{:<24} {:<24} {}",
+                            x.name,
+                            x.created,
+                            if ids.is_empty() {
+                                "(none)".to_string()
+                            } else {
+                                ids.join(", ")
+                            }
+                        );
+                    }
+                }
+                0
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}

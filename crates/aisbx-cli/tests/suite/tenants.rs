@@ -1,0 +1,168 @@
+//! `aisbx tenant`: tokens printed once and alone, only their hashes kept, and the
+//! HTTP MCP server (`aisbx mcp --http`) accepting a tenant's token until it is removed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::common::*;
+
+fn is_token(s: &str) -> bool {
+    s.strip_prefix("aisbx_")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[test]
+fn tokens_are_printed_once_alone_and_stored_as_hashes() {
+    let h = home();
+    let out = cmd(h.path())
+        .args(["tenant", "add", "acme"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let token = stdout.strip_suffix('\n').expect("one line");
+    assert!(is_token(token) && !token.contains('\n'), "{stdout:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shown only now"), "{err}");
+    assert!(!err.contains(token));
+
+    let file = h.path().join("tenants.toml");
+    let meta = std::fs::symlink_metadata(&file).expect("tenants.toml");
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(!text.contains(&token["aisbx_".len()..]), "{text}");
+    assert!(text.contains("sha256 = "), "{text}");
+
+    // list: names and token ids, never tokens.
+    let list = ok(h.path(), &["tenant", "list"]);
+    assert!(list.contains("acme") && !list.contains(token), "{list}");
+    let v: Value =
+        serde_json::from_str(&ok(h.path(), &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v[0]["name"], "acme");
+    let id = v[0]["tokens"][0]["id"].as_str().expect("id").to_string();
+    assert!(list.contains(&id), "{list}");
+    assert!(!v.to_string().contains(&token["aisbx_".len()..]));
+
+    // Refusals: one sentence, status 125, nothing on stdout.
+    for (args, said) in [
+        (&["tenant", "add", "acme"][..], "already exists"),
+        (&["tenant", "add", "../etc"][..], "not a tenant name"),
+        (&["tenant", "add", "Acme"][..], "not a tenant name"),
+        (&["tenant", "rm", "nobody"][..], "no tenant 'nobody'"),
+        (&["tenant", "rotate", "nobody"][..], "no tenant 'nobody'"),
+        (
+            &["tenant", "revoke", "acme", "000000000000"][..],
+            "has no token",
+        ),
+    ] {
+        let out = cmd(h.path()).args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
+
+    // rotate prints a new token alone; --keep keeps the old id, revoke removes it.
+    let t2 = ok(h.path(), &["tenant", "rotate", "acme", "--keep"]);
+    assert!(is_token(t2.trim_end()) && t2.trim_end() != token, "{t2}");
+    let v: Value =
+        serde_json::from_str(&ok(h.path(), &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v[0]["tokens"].as_array().map(Vec::len), Some(2));
+    ok(h.path(), &["tenant", "revoke", "acme", &id]);
+    let v: Value =
+        serde_json::from_str(&ok(h.path(), &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v[0]["tokens"].as_array().map(Vec::len), Some(1));
+    assert_ne!(v[0]["tokens"][0]["id"], id.as_str());
+    ok(h.path(), &["tenant", "rm", "acme"]);
+    let v: Value =
+        serde_json::from_str(&ok(h.path(), &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v, serde_json::json!([]));
+}
+
+struct Server(Child, SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(home: &std::path::Path) -> Server {
+    let mut child = cmd(home)
+        .env_remove("AISBX_MCP_TOKEN")
+        .args(["mcp", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aisbx mcp");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it serves")
+            .expect("line");
+        if let Some(rest) = line.split("http://").nth(1)
+            && line.contains("serving MCP")
+        {
+            break rest
+                .split("/mcp")
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server(child, addr)
+}
+
+/// POSTs an MCP `initialize` with this bearer token; returns the HTTP status.
+fn initialize(addr: SocketAddr, token: &str) -> u16 {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status")
+}
+
+#[test]
+fn the_http_server_accepts_a_tenant_token_until_it_is_removed() {
+    let h = home();
+    let token = ok(h.path(), &["tenant", "add", "acme"])
+        .trim_end()
+        .to_string();
+    let srv = serve(h.path());
+    assert_eq!(initialize(srv.1, &token), 200);
+    assert_eq!(initialize(srv.1, "aisbx_0000"), 401);
+    let other = ok(h.path(), &["tenant", "add", "globex"])
+        .trim_end()
+        .to_string();
+    assert_eq!(
+        initialize(srv.1, &other),
+        200,
+        "a tenant added while serving"
+    );
+    ok(h.path(), &["tenant", "rm", "acme"]);
+    assert_eq!(initialize(srv.1, &token), 401, "removed while serving");
+    let new = ok(h.path(), &["tenant", "rotate", "globex"])
+        .trim_end()
+        .to_string();
+    assert_eq!(initialize(srv.1, &other), 401, "rotated while serving");
+    assert_eq!(initialize(srv.1, &new), 200);
+}
