@@ -78,8 +78,8 @@ class Stdio:
 
 
 class Http:
-    def __init__(self, path: str, env: dict[str, str]):
-        self.p = subprocess.Popen([path, "--http", "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+    def __init__(self, path: str, env: dict[str, str], extra: tuple[str, ...] = ()):
+        self.p = subprocess.Popen([path, "--http", "127.0.0.1:0", *extra], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
         self.url = ""
         ready = threading.Event()
