@@ -181,8 +181,10 @@ impl Service {
         let policy = sources
             .and_then(|s| policy::Bundle::parse(&s, false))
             .map_err(|e| {
+                // The first line: a parser's excerpt of the source follows it.
+                let first = e.0.lines().next().unwrap_or_default();
                 PolicyError(format!(
-                    "the policy cannot be loaded, so requests are refused: {e}; check it with `aisbx policy check`"
+                    "the policy cannot be loaded, so requests are refused: {first}; check it with `aisbx policy check`"
                 ))
             });
         if let Some(h) = &policy_hash {

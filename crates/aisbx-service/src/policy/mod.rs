@@ -254,7 +254,7 @@ impl Sources {
                 FileKind::Rego => regorus::Engine::new()
                     .add_policy(f.name.clone(), f.text.clone())
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| located(&e.to_string())),
                 FileKind::Data => data_value(f).map(|_| ()).map_err(|e| e.0),
             };
             if let Err(e) = r {
@@ -267,6 +267,34 @@ impl Sources {
             problems.push(e.0);
         }
         problems
+    }
+}
+
+/// A parser message as `file:line:col: message`, then the parser's excerpt:
+/// regorus puts the place on a `--> file:line:col` line and the message on an
+/// `error:` line.
+pub fn located(msg: &str) -> String {
+    let place = msg
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("--> "))
+        .map(str::trim);
+    let what = msg
+        .lines()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix("error: "))
+        .map(str::trim);
+    match (place, what) {
+        (Some(p), Some(w)) => {
+            let excerpt: Vec<&str> = msg
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !t.is_empty() && !t.starts_with("--> ") && !t.starts_with("error: ")
+                })
+                .collect();
+            format!("{p}: {w}\n{}", excerpt.join("\n"))
+        }
+        _ => msg.to_string(),
     }
 }
 
@@ -486,7 +514,7 @@ impl Bundle {
                 FileKind::Rego if with_tests || !f.is_test() => {
                     let pkg = e
                         .add_policy(f.name.clone(), f.text.clone())
-                        .map_err(|e| PolicyError(e.to_string()))?;
+                        .map_err(|e| PolicyError(located(&e.to_string())))?;
                     has_aisbx |= pkg == "data.aisbx";
                 }
                 FileKind::Rego => {}
