@@ -23,6 +23,13 @@ fn main() {
                     "source": "builtin",
                     "limits": {"timeout_secs": 30.0, "memory_bytes": 536870912u64, "pids": 256, "cpus": 1.0}},
     });
+    // The first load and decision of a fresh process: what `aisbx run` pays.
+    let t = Instant::now();
+    let cold = Bundle::parse(&Sources::default_bundle(), false).expect("default policy");
+    let cold_load = t.elapsed();
+    let t = Instant::now();
+    assert!(cold.decide(&input).allowed);
+    let cold_decision = t.elapsed();
     let loads: Vec<Duration> = (0..200)
         .map(|_| {
             let t = Instant::now();
@@ -41,6 +48,9 @@ fn main() {
             t.elapsed()
         })
         .collect();
+    println!(
+        "default policy, fresh process: first load {cold_load:?}, first decision {cold_decision:?}"
+    );
     println!(
         "default policy: load (once per process) median {:?}; decision (per request) median {:?}",
         median(loads),

@@ -370,3 +370,68 @@ fn policy_status_shows_the_git_commit_and_changes() {
     write(&pol, "p.rego", "package aisbx\n\ndefault allow := true\n");
     assert!(status().contains("with uncommitted changes"));
 }
+
+/// The worked examples of docs/POLICY.md: each directory's tests pass, copied
+/// elsewhere as a user would.
+#[test]
+fn the_documented_examples_pass_their_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy-examples");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("docs/policy-examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 5, "{dirs:?}");
+    let h = home();
+    for d in dirs {
+        let name = d.file_name().expect("name").to_owned();
+        let copy = h.path().join(&name);
+        std::fs::create_dir_all(&copy).expect("mkdir");
+        for f in std::fs::read_dir(&d).expect("list") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, copy.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let o = cmd(h.path())
+            .arg("policy")
+            .arg("test")
+            .arg(&copy)
+            .output()
+            .expect("test");
+        let out = text(&o.stdout);
+        assert_eq!(code(&o), 0, "{}: {out}{}", d.display(), text(&o.stderr));
+        assert!(out.contains(" passed, 0 failed"), "{out}");
+        assert!(
+            !out.contains("\n0 passed"),
+            "{}: no test ran: {out}",
+            d.display()
+        );
+    }
+}
+
+#[test]
+fn the_code_size_example_refuses_large_code_through_the_binary() {
+    let h = home();
+    let pol = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy-examples/code-size");
+    let big = format!("x = 1\n{}", "#".repeat(70_000));
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["run", "--lang", "python", "--code", &big])
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("the code is 70006 bytes, more than the 65536 allowed"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["run", "--lang", "python", "--code", "print(6 * 7)"])
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "42\n");
+}
