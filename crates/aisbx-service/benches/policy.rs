@@ -30,6 +30,11 @@ fn main() {
     let t = Instant::now();
     assert!(cold.decide(&input).allowed);
     let cold_decision = t.elapsed();
+    if std::env::var_os("POLICY_BENCH_COLD_ONLY").is_some() {
+        // For profiling the start of a process: run this binary many times.
+        println!("first load {cold_load:?}, first decision {cold_decision:?}");
+        return;
+    }
     let loads: Vec<Duration> = (0..200)
         .map(|_| {
             let t = Instant::now();

@@ -337,7 +337,12 @@ fn walk(
         if name.starts_with('.') {
             continue;
         }
-        entries.push((name, ent.path()));
+        // A link to a directory is not followed (it could lead anywhere, or
+        // round in a circle); a link to a file is read.
+        let linked_dir = ent.file_type().is_ok_and(|t| t.is_symlink()) && ent.path().is_dir();
+        if !linked_dir {
+            entries.push((name, ent.path()));
+        }
     }
     entries.sort();
     for (name, path) in entries {

@@ -200,6 +200,17 @@ fn explicit_dir_must_hold_rego_and_hidden_entries_are_skipped() {
 }
 
 #[test]
+fn links_to_directories_are_not_followed() {
+    let d = dir_with(&[("p.rego", "package aisbx\ndefault allow := true\n")]);
+    let elsewhere = dir_with(&[("x.rego", "package aisbx\nallow := false\n")]);
+    std::os::unix::fs::symlink(elsewhere.path(), d.path().join("linked")).expect("symlink");
+    std::os::unix::fs::symlink(d.path(), d.path().join("loop")).expect("symlink");
+    let s = Sources::from_dir(d.path()).expect("sources");
+    let names: Vec<&str> = s.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, vec!["p.rego"]);
+}
+
+#[test]
 fn standard_dirs_combine_or_fall_back_to_the_default() {
     let home = tempfile::tempdir().expect("tempdir");
     let none = [home.path().join("a"), home.path().join("b")];
