@@ -205,16 +205,33 @@ struct RunArgs {
 fn parse_run_fast() -> Option<RunArgs> {
     use clap::FromArgMatches;
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != "run" {
+    let mut first = args.next()?;
+    // `aisbx --policy DIR run ...`: the global option before the subcommand.
+    let mut policy = None;
+    if first == "--policy" {
+        let dir = args.next()?;
+        if dir.to_str().is_none_or(|d| d.starts_with('-')) {
+            return None;
+        }
+        policy = Some(PathBuf::from(dir));
+        first = args.next()?;
+    } else if let Some(dir) = first.to_str().and_then(|a| a.strip_prefix("--policy=")) {
+        policy = Some(PathBuf::from(dir));
+        first = args.next()?;
+    }
+    if first != "run" {
         return None;
     }
     let rest: Vec<std::ffi::OsString> = args.collect();
-    if let Some(a) = run_fast::parse(&rest) {
-        return Some(a);
+    let parsed = run_fast::parse(&rest).or_else(|| {
+        let cmd = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
+        let m = cmd.try_get_matches_from(rest).ok()?;
+        RunArgs::from_arg_matches(&m).ok()
+    })?;
+    if let Some(p) = policy {
+        let _ = POLICY_DIR.set(p);
     }
-    let cmd = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
-    let m = cmd.try_get_matches_from(rest).ok()?;
-    RunArgs::from_arg_matches(&m).ok()
+    Some(parsed)
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

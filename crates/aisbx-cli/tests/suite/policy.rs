@@ -85,6 +85,23 @@ fn a_deny_rule_refuses_the_run_before_it_starts_and_is_audited() {
         .output()
         .expect("run");
     assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    // --policy after the subcommand, and as --policy=DIR, mean the same.
+    for args in [
+        vec![
+            "run".to_string(),
+            "--policy".into(),
+            pol.display().to_string(),
+        ],
+        vec![format!("--policy={}", pol.display()), "run".into()],
+    ] {
+        let o = cmd(h.path())
+            .args(&args)
+            .args(["--", "sh", "-c", "true"])
+            .output()
+            .expect("run");
+        assert_eq!(code(&o), 125, "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("no shells here"), "{args:?}");
+    }
     // The audit chain still verifies with the new field.
     let o = cmd(h.path())
         .args(["audit", "verify"])
