@@ -452,3 +452,52 @@ fn the_code_size_example_refuses_large_code_through_the_binary() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "42\n");
 }
+
+#[test]
+fn a_build_is_decided_too_and_a_refused_one_leaves_no_sandbox() {
+    let h = home();
+    let pol = h.path().join("pol");
+    write(
+        &pol,
+        "p.rego",
+        "package aisbx\n\ndefault allow := true\n\ndeny contains sprintf(\"no %s sandboxes\", [input.profile.name]) if {\n\tinput.tool == \"build\"\n\tinput.profile.name == \"python\"\n}\n",
+    );
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["create", "sb-py", "--profile", "python"])
+        .output()
+        .expect("create");
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("refused by policy: no python sandboxes"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["ls", "--json"])
+        .output()
+        .expect("ls");
+    assert!(!text(&o.stdout).contains("sb-py"), "{}", text(&o.stdout));
+    assert!(!h.path().join("sandboxes/sb-py").exists());
+    // Another profile is built; a run inside it is decided as a `run`.
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["create", "sb-base"])
+        .output()
+        .expect("create");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = cmd(h.path())
+        .arg("--policy")
+        .arg(&pol)
+        .args(["exec", "sb-base", "--", "echo", "in"])
+        .output()
+        .expect("exec");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "in\n");
+    let o = cmd(h.path()).args(["rm", "sb-base"]).output().expect("rm");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+}
