@@ -21,6 +21,7 @@ pub(crate) fn counted(n: impl Into<u64>, one: &str, many: &str) -> String {
 }
 
 mod audit_cmd;
+mod policy_cmd;
 mod profile_cmd;
 mod run_fast;
 mod sandbox_cmd;
@@ -55,9 +56,17 @@ aisbx run script.py\n  aisbx run --workdir ./project --timeout 60 -- make test\n
     after_help = "State lives in $AISBX_HOME (default ~/.local/share/aisbx, /var/lib/aisbx for root)."
 )]
 struct Cli {
+    /// Policy directory deciding every request (default: $AISBX_POLICY, else
+    /// /etc/aisbx/policy and $AISBX_HOME/policy, else the built-in policy that
+    /// allows everything; see docs/POLICY.md).
+    #[arg(long, global = true, value_name = "DIR")]
+    policy: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
+
+/// The `--policy` directory of this command line, for every service it opens.
+static POLICY_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -120,6 +129,10 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     /// rotate, revoke.
     #[command(subcommand)]
     Tenant(tenant_cmd::TenantCmd),
+    /// Write, check, test and inspect the Rego policy that decides every request
+    /// (see docs/POLICY.md).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
 }
 
 #[derive(Subcommand)]
@@ -170,6 +183,10 @@ struct RunArgs {
     /// Print one RunResult JSON object on stdout instead of streaming the output.
     #[arg(long)]
     json: bool,
+    /// Show what the run would do (the policy's decision, the resolved profile
+    /// and the limits) without running it; exit status 125 when it would be refused.
+    #[arg(long)]
+    dry_run: bool,
     /// Leave out the profiles of the project (.aisbx/profiles in the workdir or
     /// a parent), approved or not.
     #[arg(long)]
@@ -193,16 +210,33 @@ struct RunArgs {
 fn parse_run_fast() -> Option<RunArgs> {
     use clap::FromArgMatches;
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != "run" {
+    let mut first = args.next()?;
+    // `aisbx --policy DIR run ...`: the global option before the subcommand.
+    let mut policy = None;
+    if first == "--policy" {
+        let dir = args.next()?;
+        if dir.to_str().is_none_or(|d| d.starts_with('-')) {
+            return None;
+        }
+        policy = Some(PathBuf::from(dir));
+        first = args.next()?;
+    } else if let Some(dir) = first.to_str().and_then(|a| a.strip_prefix("--policy=")) {
+        policy = Some(PathBuf::from(dir));
+        first = args.next()?;
+    }
+    if first != "run" {
         return None;
     }
     let rest: Vec<std::ffi::OsString> = args.collect();
-    if let Some(a) = run_fast::parse(&rest) {
-        return Some(a);
+    let parsed = run_fast::parse(&rest).or_else(|| {
+        let cmd = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
+        let m = cmd.try_get_matches_from(rest).ok()?;
+        RunArgs::from_arg_matches(&m).ok()
+    })?;
+    if let Some(p) = policy {
+        let _ = POLICY_DIR.set(p);
     }
-    let cmd = RunArgs::augment_args(clap::Command::new("run").no_binary_name(true));
-    let m = cmd.try_get_matches_from(rest).ok()?;
-    RunArgs::from_arg_matches(&m).ok()
+    Some(parsed)
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -225,6 +259,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Some(p) = cli.policy {
+        let _ = POLICY_DIR.set(p);
+    }
     ExitCode::from(match cli.command {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Doctor { json } => cmd_doctor(json),
@@ -237,7 +274,12 @@ fn main() -> ExitCode {
             };
             code.clamp(0, 255) as u8
         }
-        Cmd::Mcp(args) => aisbx_mcp::main_with_args(args).clamp(0, 255) as u8,
+        Cmd::Mcp(mut args) => {
+            if args.policy.is_none() {
+                args.policy = POLICY_DIR.get().cloned();
+            }
+            aisbx_mcp::main_with_args(args).clamp(0, 255) as u8
+        }
         Cmd::Create(a) => sandbox_cmd::create(a),
         Cmd::Exec(a) => sandbox_cmd::exec(a),
         Cmd::Ls { json } => sandbox_cmd::ls(json),
@@ -250,6 +292,7 @@ fn main() -> ExitCode {
         Cmd::Snap(c) => snap_cmd::run(c),
         Cmd::Trust(a) => trust_cmd::run(a),
         Cmd::Tenant(c) => tenant_cmd::run(c),
+        Cmd::Policy(c) => policy_cmd::run(c, POLICY_DIR.get().cloned()),
     })
 }
 
@@ -262,7 +305,11 @@ fn fail(e: &ServiceError) -> u8 {
 }
 
 fn open_service() -> Result<Service, u8> {
-    Service::open(ServiceConfig::default()).map_err(|e| fail(&e))
+    Service::open(ServiceConfig {
+        policy: POLICY_DIR.get().cloned(),
+        ..ServiceConfig::default()
+    })
+    .map_err(|e| fail(&e))
 }
 
 fn cli_meta(tool: &str) -> RequestMeta {
@@ -347,7 +394,41 @@ fn cmd_run(a: RunArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
+    if a.dry_run {
+        return dry_run(&svc, req, a.json);
+    }
     run_and_report(&svc, "run", req, a.json)
+}
+
+/// `aisbx run --dry-run`: the plan, as JSON or in lines.
+fn dry_run(svc: &Service, req: RunRequest, json: bool) -> u8 {
+    let plan = match svc.plan(&cli_meta("run"), req) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        print_json(&plan);
+    } else {
+        match plan.decision.refusal() {
+            None => outln!("decision: allowed"),
+            Some(why) => outln!("decision: {why}"),
+        }
+        outln!("policy:   {} ({})", plan.policy, plan.decision.bundle);
+        outln!("profile:  {}", plan.profile);
+        let l = &plan.limits;
+        outln!(
+            "limits:   timeout {} s, memory {} bytes, pids {}, cpus {}",
+            l["timeout_secs"],
+            l["memory_bytes"],
+            l["pids"],
+            l["cpus"]
+        );
+        outln!("command:  {}", plan.argv.join(" "));
+        for n in &plan.notices {
+            outln!("note:     {n}");
+        }
+    }
+    if plan.allowed { 0 } else { EXIT_AISBX }
 }
 
 /// Run `req`, print the outcome (the live output already went out, or one RunResult

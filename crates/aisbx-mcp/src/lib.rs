@@ -107,6 +107,11 @@ pub struct McpArgs {
     /// State directory (default: $AISBX_HOME, else $XDG_DATA_HOME/aisbx or ~/.local/share/aisbx).
     #[arg(long, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Policy directory deciding every request (default: $AISBX_POLICY, else
+    /// /etc/aisbx/policy and $AISBX_HOME/policy, else the built-in policy; see
+    /// docs/POLICY.md).
+    #[arg(long, value_name = "DIR")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,10 +172,14 @@ fn init_tracing() {
 
 /// Opens the service and what every server instance shares.
 pub fn open_shared(
-    home: Option<PathBuf>,
+    config: ServiceConfig,
     admission: admission::Admission,
 ) -> Result<Arc<Shared>, McpError> {
-    let service = Service::open(ServiceConfig { home })?;
+    let service = Service::open(config)?;
+    if let Err(e) = service.policy() {
+        // Runs are refused with this reason; say it once where the operator looks.
+        tracing::error!("{e}");
+    }
     let tools = tools::shared_definitions().map_err(McpError::Tools)?;
     Ok(Arc::new(Shared {
         service,
@@ -189,7 +198,10 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
         .max_queued
         .map_or_else(|| admission::default_max_waiting(max_runs), |n| n as usize);
     let shared = open_shared(
-        args.home.clone(),
+        ServiceConfig {
+            home: args.home.clone(),
+            policy: args.policy.clone(),
+        },
         admission::Admission::new(max_runs, max_waiting),
     )?;
     let listen = match (&args.http, &args.listen) {

@@ -37,6 +37,7 @@ fn listings_and_errors_name_no_host_path() {
     {
         let svc = aisbx_service::Service::open(aisbx_service::ServiceConfig {
             home: Some(home.path().to_path_buf()),
+            ..Default::default()
         })
         .expect("service");
         let meta = aisbx_service::RequestMeta {

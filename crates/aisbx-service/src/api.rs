@@ -90,6 +90,10 @@ pub struct RunRequest {
     pub inherit_stdin: bool,
     #[serde(default)]
     pub project_profiles: ProjectProfiles,
+    /// Who asks, for the policy (`input.caller`); `None` takes it from the
+    /// request's [`RequestMeta`].
+    #[serde(default)]
+    pub caller: Option<Caller>,
 }
 
 impl RunRequest {
@@ -107,6 +111,52 @@ impl RunRequest {
             stdin: None,
             inherit_stdin: false,
             project_profiles: ProjectProfiles::TrustedOnly,
+            caller: None,
+        }
+    }
+}
+
+/// How a request reached aisbx (the policy's `input.caller.transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The `aisbx` command line.
+    #[default]
+    Cli,
+    /// MCP over stdio.
+    Stdio,
+    /// MCP over HTTP.
+    Http,
+    /// MCP over a Unix socket.
+    Unix,
+}
+
+/// Who asks: the policy's `input.caller`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// The tenant the request counts against (`default` until tenants are configured).
+    pub tenant: String,
+    pub transport: Transport,
+    /// The client's self-reported name (MCP clientInfo), or the user for the CLI.
+    pub client: Option<String>,
+}
+
+/// The tenant of every caller until tenants are configured.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl Caller {
+    /// The caller a front end's [`RequestMeta`] describes.
+    pub fn from_meta(meta: &RequestMeta) -> Caller {
+        let transport = match meta.front_end.as_str() {
+            "mcp-stdio" => Transport::Stdio,
+            "mcp-http" => Transport::Http,
+            "mcp-unix" => Transport::Unix,
+            _ => Transport::Cli,
+        };
+        Caller {
+            tenant: DEFAULT_TENANT.to_string(),
+            transport,
+            client: meta.client.clone(),
         }
     }
 }
@@ -149,6 +199,28 @@ impl RunResult {
             self.exit_code.unwrap_or(125)
         }
     }
+}
+
+/// What a run would do (`aisbx run --dry-run`): the policy's decision, the
+/// resolved profile and the limits the run would get.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunPlan {
+    /// Always true: nothing ran.
+    pub dry_run: bool,
+    /// Whether the policy lets the run go on.
+    pub allowed: bool,
+    pub decision: crate::policy::Decision,
+    /// The profile the run would use.
+    pub profile: String,
+    /// The limits it would get, after the policy's ceilings.
+    pub limits: serde_json::Value,
+    /// What would be executed in the sandbox.
+    pub argv: Vec<String>,
+    pub sandbox_id: Option<String>,
+    /// Where the policy came from.
+    pub policy: String,
+    /// What the run chose that the user did not say.
+    pub notices: Vec<String>,
 }
 
 /// Which front end a request came through, for the audit log.

@@ -60,6 +60,8 @@ pub struct AuditEntry {
 pub struct AuditLog {
     path: PathBuf,
     inner: Mutex<Files>,
+    /// The hash of the policy bundle that decides requests, written on every line.
+    policy: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -106,11 +108,18 @@ impl AuditLog {
         Ok(AuditLog {
             path,
             inner: Mutex::new(Files { log, head }),
+            policy: std::sync::OnceLock::new(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names the policy bundle (its hash) on every line appended from now on;
+    /// set once per process, when the service loads its policy.
+    pub fn set_policy(&self, bundle_hash: &str) {
+        let _ = self.policy.set(bundle_hash.to_string());
     }
 
     /// Appends one line, chained to the current last line.
@@ -138,6 +147,9 @@ impl AuditLog {
         obj.insert("decision".into(), Value::String(entry.decision));
         obj.insert("reason".into(), opt_str(entry.reason));
         obj.insert("result".into(), entry.result);
+        if let Some(p) = self.policy.get() {
+            obj.insert("policy".into(), Value::String(p.clone()));
+        }
         obj.insert("prev".into(), Value::String(prev.clone()));
         let hash = chain_hash(&prev, &obj);
         obj.insert("hash".into(), Value::String(hash.clone()));

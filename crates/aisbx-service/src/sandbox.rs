@@ -12,10 +12,11 @@ use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::rfc3339_now;
-use crate::service::{Service, new_id};
+use crate::service::{Gate, Service, new_id};
 use crate::snapshot_fs::{self, Layers};
 use crate::{
-    BuildRequest, BuildResult, CancelToken, NullSink, Program, RunRequest, ServiceError, profile,
+    BuildRequest, BuildResult, Caller, CancelToken, NullSink, Program, RunRequest, ServiceError,
+    profile,
 };
 
 /// What is recorded about a sandbox (`meta.json`).
@@ -342,6 +343,7 @@ pub(crate) fn create(
     name: Option<&str>,
     profile_name: Option<&str>,
     from: Option<&str>,
+    caller: &Caller,
 ) -> Result<SandboxInfo, ServiceError> {
     let Some(from) = from else {
         let req = BuildRequest {
@@ -349,7 +351,7 @@ pub(crate) fn create(
             name: name.map(str::to_string),
             ..BuildRequest::default()
         };
-        let b = build(svc, req, &CancelToken::default())?;
+        let b = build(svc, req, &CancelToken::default(), caller)?;
         return load(svc, &b.sandbox_id);
     };
     let id = match name {
@@ -436,6 +438,7 @@ pub(crate) fn build(
     svc: &Service,
     req: BuildRequest,
     cancel: &CancelToken,
+    caller: &Caller,
 ) -> Result<BuildResult, ServiceError> {
     let id = match &req.name {
         Some(n) => {
@@ -447,6 +450,7 @@ pub(crate) fn build(
     let profile = svc
         .profiles(None)
         .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
+    svc.enforce(&crate::policy::build_input(caller, &req, &profile))?;
     if req.setup.len() > 64 {
         return Err(ServiceError::invalid(
             "setup",
@@ -499,7 +503,7 @@ pub(crate) fn build(
         let mut r = RunRequest::new(Program::Command(vec!["true".into()]));
         r.sandbox_id = Some(info.id.clone());
         r.files = req.files.clone();
-        let p = svc.prepare(&r);
+        let p = svc.prepare(&r, Gate::Internal);
         let res = p.and_then(|p| svc.execute(p, &mut NullSink, cancel));
         if let Err(e) = res {
             let _ = remove_sandbox(svc, &info.id);
@@ -514,7 +518,7 @@ pub(crate) fn build(
         ]));
         r.sandbox_id = Some(info.id.clone());
         let res = svc
-            .prepare(&r)
+            .prepare(&r, Gate::Internal)
             .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
         let failed = res.exit_code != Some(0);
         setup.push(res);
@@ -772,7 +776,7 @@ pub(crate) fn file_write(
     r.sandbox_id = Some(sb.id.clone());
     r.files.insert(rel.clone(), content);
     let res = svc
-        .prepare(&r)
+        .prepare(&r, Gate::Internal)
         .map_err(|e| match e {
             ServiceError::InvalidArgument { message, .. } => ServiceError::invalid("path", message),
             other => other,
@@ -838,7 +842,7 @@ pub(crate) fn file_delete(
     ]));
     r.sandbox_id = Some(sb.id.clone());
     let res = svc
-        .prepare(&r)
+        .prepare(&r, Gate::Internal)
         .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
     if res.exit_code != Some(0) {
         return Err(ServiceError::Refused(format!(
@@ -1079,7 +1083,7 @@ pub(crate) fn copy_in(
     r.sandbox_id = Some(sb.id.clone());
     r.stdin = Some(archive);
     let out = svc
-        .prepare(&r)
+        .prepare(&r, Gate::Internal)
         .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
     if out.exit_code != Some(0) {
         return Err(ServiceError::Refused(format!(

@@ -9,12 +9,13 @@ use aisbx_jail::{CODE_DIR, Outcome, Spec, Stdin, Workspace};
 
 use crate::audit::{AuditEntry, AuditLog, digest_args};
 use crate::hostpath::{self, Perimeter, Use};
+use crate::policy::{self, Decision, PolicyError};
 use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
 use crate::sandbox;
 use crate::{
-    BuildRequest, BuildResult, CancelToken, OutputSink, ProfileList, Program, ProjectProfiles,
-    RequestMeta, RunRequest, RunResult, ServiceError,
+    BuildRequest, BuildResult, Caller, CancelToken, OutputSink, ProfileList, Program,
+    ProjectProfiles, RequestMeta, RunPlan, RunRequest, RunResult, ServiceError,
 };
 
 /// Largest script or code accepted (the sandbox gets it as a file).
@@ -81,6 +82,10 @@ pub struct ServiceConfig {
     /// State directory; `None` means `$AISBX_HOME`, else the XDG data dir
     /// (`/var/lib/aisbx` for root).
     pub home: Option<PathBuf>,
+    /// The policy directory (`--policy DIR`); `None` means `$AISBX_POLICY`, else
+    /// `/etc/aisbx/policy` and `$AISBX_HOME/policy` together, else the embedded
+    /// default policy (docs/POLICY.md).
+    pub policy: Option<PathBuf>,
 }
 
 /// The state directory per the SPEC.
@@ -107,6 +112,11 @@ struct Inner {
     audit: AuditLog,
     /// The caller's PATH, used to find host runtimes.
     host_path: String,
+    /// The policy bundle, read and parsed once; when it cannot be loaded, every
+    /// request it would decide is refused with the reason.
+    policy: Result<policy::Bundle, PolicyError>,
+    /// The bundle's hash (also of one that failed to parse), for the audit log.
+    policy_hash: Option<String>,
 }
 
 /// The aisbx service. Cheap to clone; safe to share between threads.
@@ -126,6 +136,19 @@ pub(crate) struct Prepared {
     /// Which profile was inferred and why, when aisbx chose it.
     /// What the run chose that the user did not say (shown on stderr by the CLI).
     pub notices: Vec<String>,
+    /// The policy's decision (`None` for the service's own runs).
+    pub decision: Option<Decision>,
+}
+
+/// Whether `prepare` asks the policy: not for the service's own runs (setup
+/// commands, file operations), which the request that caused them was decided for.
+#[derive(Clone, Copy)]
+pub(crate) enum Gate<'a> {
+    Internal,
+    /// Refuse when the policy does not allow.
+    Enforce(&'a Caller),
+    /// Record the decision only (a dry run).
+    Simulate(&'a Caller),
 }
 
 impl Service {
@@ -152,13 +175,57 @@ impl Service {
             ))
         })?;
         let host_path = std::env::var("PATH").unwrap_or_else(|_| SANDBOX_PATH.to_string());
+        let explicit = cfg.policy.or_else(policy::env_dir);
+        let sources = policy::Sources::locate(explicit.as_deref(), &home);
+        let policy_hash = sources.as_ref().ok().map(|s| s.hash.clone());
+        let policy = sources
+            .and_then(|s| policy::Bundle::parse(&s, false))
+            .map_err(|e| {
+                // The first line: a parser's excerpt of the source follows it.
+                let first = e.0.lines().next().unwrap_or_default();
+                PolicyError(format!(
+                    "the policy cannot be loaded, so requests are refused: {first}; check it with `aisbx policy check`"
+                ))
+            });
+        if let Some(h) = &policy_hash {
+            audit.set_policy(h);
+        }
         Ok(Service {
             inner: Arc::new(Inner {
                 home,
                 audit,
                 host_path,
+                policy,
+                policy_hash,
             }),
         })
+    }
+
+    /// The policy bundle requests are decided by, or why it could not be loaded.
+    pub fn policy(&self) -> Result<&policy::Bundle, &PolicyError> {
+        self.inner.policy.as_ref()
+    }
+
+    /// The hash of the policy bundle's files (`None` when they could not be read).
+    pub fn policy_hash(&self) -> Option<&str> {
+        self.inner.policy_hash.as_deref()
+    }
+
+    /// Decides `input` (the document of docs/POLICY.md) with the service's policy.
+    pub fn decide(&self, input: &serde_json::Value) -> Result<Decision, ServiceError> {
+        match &self.inner.policy {
+            Ok(b) => Ok(b.decide(input)),
+            Err(e) => Err(ServiceError::Refused(e.0.clone())),
+        }
+    }
+
+    /// Decides `input` and refuses unless the policy allows it.
+    pub(crate) fn enforce(&self, input: &serde_json::Value) -> Result<Decision, ServiceError> {
+        let d = self.decide(input)?;
+        match d.refusal() {
+            Some(why) => Err(ServiceError::Refused(why)),
+            None => Ok(d),
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -179,11 +246,52 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<RunResult, ServiceError> {
         let args = serde_json::to_value(&req).unwrap_or_default();
+        let caller = req
+            .caller
+            .clone()
+            .unwrap_or_else(|| Caller::from_meta(meta));
         let result = self
-            .prepare(&req)
+            .prepare(&req, Gate::Enforce(&caller))
             .and_then(|p| self.execute(p, sink, cancel));
         self.record(meta, &args, &result);
         result
+    }
+
+    /// What a run would do, without running it (`aisbx run --dry-run`, MCP
+    /// `run` with `dry_run`): the policy's decision, the resolved profile and
+    /// the limits. A refusal by the policy is part of the plan, not an error.
+    pub fn plan(&self, meta: &RequestMeta, req: RunRequest) -> Result<RunPlan, ServiceError> {
+        let args = serde_json::to_value(&req).unwrap_or_default();
+        let caller = req
+            .caller
+            .clone()
+            .unwrap_or_else(|| Caller::from_meta(meta));
+        let result = self.prepare(&req, Gate::Simulate(&caller)).and_then(|p| {
+            let decision = p.decision.ok_or_else(|| {
+                ServiceError::Internal("the run was not decided by the policy".into())
+            })?;
+            Ok(RunPlan {
+                dry_run: true,
+                allowed: decision.allowed,
+                decision,
+                profile: p.profile,
+                limits: policy::limits_value(&p.spec.limits),
+                argv: p.spec.argv,
+                sandbox_id: p.sandbox_id,
+                policy: self.policy_origin(),
+                notices: p.notices,
+            })
+        });
+        self.record(meta, &args, &result);
+        result
+    }
+
+    /// Where the policy came from, in words.
+    pub fn policy_origin(&self) -> String {
+        match &self.inner.policy {
+            Ok(b) => b.origin.to_string(),
+            Err(_) => "(not loaded)".to_string(),
+        }
     }
 
     /// Create a persistent sandbox, write its files and run its setup commands.
@@ -194,7 +302,7 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<BuildResult, ServiceError> {
         let args = serde_json::to_value(&req).unwrap_or_default();
-        let result = sandbox::build(self, req, cancel);
+        let result = sandbox::build(self, req, cancel, &Caller::from_meta(meta));
         self.record(meta, &args, &result);
         result
     }
@@ -285,7 +393,7 @@ impl Service {
     }
 
     /// Turn a request into a jail specification.
-    pub(crate) fn prepare(&self, req: &RunRequest) -> Result<Prepared, ServiceError> {
+    pub(crate) fn prepare(&self, req: &RunRequest, gate: Gate) -> Result<Prepared, ServiceError> {
         let sandbox = match &req.sandbox_id {
             Some(id) => Some(sandbox::load(self, id)?),
             None => None,
@@ -390,12 +498,34 @@ impl Service {
             }
             _ => None,
         };
-        let limits = profile::limits_for(
+        let mut limits = profile::limits_for(
             &profile.name,
             profile.limits.clone(),
             &req.limits,
             req.limit_policy,
         )?;
+        // The policy decides with the resolved profile, before anything of the
+        // run touches the host; its ceilings lower the limits.
+        let decision = match gate {
+            Gate::Internal => None,
+            Gate::Enforce(caller) | Gate::Simulate(caller) => {
+                let input = policy::run_input(
+                    caller,
+                    req,
+                    &profile,
+                    lang.as_ref().map(|l| l.name.as_str()),
+                );
+                let d = if matches!(gate, Gate::Enforce(_)) {
+                    self.enforce(&input)?
+                } else {
+                    self.decide(&input)?
+                };
+                for note in d.limits.apply(&mut limits) {
+                    notices.push(format!("policy: {note}"));
+                }
+                Some(d)
+            }
+        };
         // Made only when a path must be checked: most runs name none.
         let mut perimeter: Option<Perimeter> = None;
         let mut perimeter = || -> Perimeter {
@@ -544,6 +674,7 @@ impl Service {
             profile: profile.name.clone(),
             sandbox_id: sandbox.map(|s| s.id),
             notices,
+            decision,
         })
     }
 
@@ -988,11 +1119,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let svc = Service::open(ServiceConfig {
             home: Some(t.path().to_path_buf()),
+            ..ServiceConfig::default()
         })
         .unwrap();
         let mut req = RunRequest::new(Program::Command(vec!["echo".into()]));
         req.args = vec!["x".into()];
-        match svc.prepare(&req) {
+        match svc.prepare(&req, Gate::Internal) {
             Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "args"),
             other => panic!("{:?}", other.err()),
         }
@@ -1001,12 +1133,12 @@ mod tests {
             code: "echo".into(),
         });
         req.args = vec!["a".into(), "b\0".into()];
-        match svc.prepare(&req) {
+        match svc.prepare(&req, Gate::Internal) {
             Err(ServiceError::InvalidArgument { field, .. }) => assert_eq!(field, "args"),
             other => panic!("{:?}", other.err()),
         }
         req.args = vec!["a".into(), "b".into()];
-        let p = svc.prepare(&req).unwrap();
+        let p = svc.prepare(&req, Gate::Internal).unwrap();
         assert_eq!(p.spec.argv[p.spec.argv.len() - 2..], ["a", "b"]);
     }
 

@@ -11,7 +11,7 @@ use crate::snapshot::{
     self, Progress, RestoreResult, RestoreTarget, SnapSource, SnapshotDiff, SnapshotInfo,
     VerifyReport,
 };
-use crate::{CancelToken, RequestMeta, Service, ServiceError};
+use crate::{Caller, CancelToken, RequestMeta, Service, ServiceError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SandboxList {
@@ -61,7 +61,7 @@ impl Service {
         from_snapshot: Option<&str>,
     ) -> Result<SandboxInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "profile": profile, "from": from_snapshot});
-        let r = sandbox::create(self, name, profile, from_snapshot);
+        let r = sandbox::create(self, name, profile, from_snapshot, &Caller::from_meta(meta));
         self.record(meta, &args, &r);
         r
     }
@@ -253,7 +253,14 @@ impl Service {
                 .and_then(|d| snapshot::restore_to_dir(self, name, &d, progress)),
             RestoreTarget::Sandbox(id) => {
                 let start = std::time::Instant::now();
-                sandbox::create(self, Some(id), profile, Some(name)).and_then(|sb| {
+                sandbox::create(
+                    self,
+                    Some(id),
+                    profile,
+                    Some(name),
+                    &Caller::from_meta(meta),
+                )
+                .and_then(|sb| {
                     let info = snapshot::list(self, false)?
                         .into_iter()
                         .find(|s| s.name == name);

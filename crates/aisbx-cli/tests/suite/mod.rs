@@ -9,6 +9,7 @@ mod parity;
 mod perimeter;
 mod perimeter_fs;
 mod perimeter_paths;
+mod policy;
 mod profiles;
 mod run_cli;
 mod sandboxes;
