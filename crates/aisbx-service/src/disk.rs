@@ -37,6 +37,12 @@ pub fn support() -> Result<PathBuf, String> {
                 .into(),
         );
     }
+    if !in_initial_user_namespace() {
+        return Err(
+            "uncapped: aisbx runs in a user namespace (a container), where a disk cannot be mounted, so a persistent sandbox's files are limited only by the host disk"
+                .into(),
+        );
+    }
     let mkfs = mkfs_path().ok_or_else(|| {
         "mkfs.ext4 was not found (install e2fsprogs): persistent sandboxes are not capped"
             .to_string()
@@ -61,6 +67,57 @@ pub fn describe() -> (bool, String) {
     }
 }
 
+/// Whether this process is in the host's own user namespace, where root may mount a
+/// block device (root in a container's user namespace may not).
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
+/// Unmount the disks of sandboxes whose state was deleted without `aisbx rm` (their
+/// image file is gone, so nothing can use them again): a mount of a loop device at
+/// `.../sandboxes/ID/disk` whose backing file is deleted. Called when a sandbox is
+/// made, so that such leftovers do not pile up.
+pub fn reap_stale() {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(source)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            continue;
+        };
+        let Some(dev) = source.strip_prefix("/dev/") else {
+            continue;
+        };
+        // Paths with spaces are octal-escaped in mountinfo; ours never have any.
+        let mnt = Path::new(point);
+        let is_sandbox_disk = *fstype == "ext4"
+            && dev.starts_with("loop")
+            && mnt.file_name() == Some(std::ffi::OsStr::new(MOUNT))
+            && mnt
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                == Some(std::ffi::OsStr::new("sandboxes"));
+        if !is_sandbox_disk {
+            continue;
+        }
+        let backing = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file"))
+            .unwrap_or_default();
+        if backing.trim_end().ends_with(" (deleted)") {
+            use nix::mount::{MntFlags, umount2};
+            let _ = umount2(mnt, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        }
+    }
+}
+
 fn mkfs_path() -> Option<PathBuf> {
     ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
         .iter()
@@ -76,6 +133,7 @@ fn internal(what: String) -> impl FnOnce(io::Error) -> ServiceError {
 /// mounted at `dir/disk`. Returns the mount point.
 pub fn create(dir: &Path, bytes: u64) -> Result<PathBuf, ServiceError> {
     let mkfs = support().map_err(ServiceError::Internal)?;
+    reap_stale();
     let bytes = bytes.max(MIN_BYTES);
     let image = dir.join(IMAGE);
     let f = OpenOptions::new()

@@ -154,3 +154,30 @@ fn doctor_says_what_a_sandbox_disk_is() {
     let text = String::from_utf8_lossy(&aisbx(&["doctor"]).stdout).into_owned();
     assert!(text.contains("sandbox disks:"), "{text}");
 }
+
+#[test]
+fn a_disk_whose_state_was_deleted_is_unmounted_by_the_next_create() {
+    if !is_root() {
+        eprintln!("skipped: the disk cap needs root");
+        return;
+    }
+    let h = home();
+    ok(h.path(), &["create", "gone"]);
+    let mnt = h.path().join("sandboxes/gone/disk");
+    assert_eq!(mounts_under(h.path()), vec![mnt.display().to_string()]);
+    // The state is deleted by hand, not with `aisbx rm`: its image goes, the mount
+    // stays (and `rm -rf` fails on the mount point).
+    let _ = std::process::Command::new("rm")
+        .args(["-rf"])
+        .arg(h.path().join("sandboxes"))
+        .status();
+    assert_eq!(mounts_under(h.path()), vec![mnt.display().to_string()]);
+    let other = home();
+    ok(other.path(), &["create", "next"]);
+    assert!(
+        mounts_under(h.path()).is_empty(),
+        "left mounted: {:?}",
+        mounts_under(h.path())
+    );
+    ok(other.path(), &["rm", "next"]);
+}

@@ -21,6 +21,13 @@ struct Actor {
     nobody: bool,
 }
 
+impl Drop for Actor {
+    fn drop(&mut self) {
+        // As root, sandboxes a test left keep their disks mounted under its home.
+        unmount_under(&self.home);
+    }
+}
+
 impl Actor {
     fn root() -> Actor {
         let dir = tempfile::tempdir().expect("tempdir");
