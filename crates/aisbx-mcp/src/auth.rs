@@ -126,20 +126,7 @@ fn geteuid() -> u32 {
 }
 
 fn random_token() -> Result<String, TokenError> {
-    let mut b = [0u8; TOKEN_BYTES];
-    let mut filled = 0;
-    while filled < b.len() {
-        // SAFETY: getrandom writes at most the remaining length into our buffer.
-        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(TokenError::Random(e));
-        }
-        filled += n as usize;
-    }
+    let b = aisbx_service::tenants::random_bytes::<TOKEN_BYTES>().map_err(TokenError::Random)?;
     Ok(hex::encode(b))
 }
 

@@ -120,7 +120,13 @@ fn token_id(hash: &[u8; 32]) -> String {
 }
 
 fn random_token() -> Result<String, TenantError> {
-    let mut b = [0u8; 32];
+    let b = random_bytes::<32>().map_err(TenantError::Random)?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(b)))
+}
+
+/// `N` bytes from the kernel's random source (`getrandom`), for tokens.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
     let mut filled = 0;
     while filled < b.len() {
         // SAFETY: getrandom writes at most the remaining length into our buffer.
@@ -130,11 +136,11 @@ fn random_token() -> Result<String, TenantError> {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(TenantError::Random(e));
+            return Err(e);
         }
         filled += n as usize;
     }
-    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(b)))
+    Ok(b)
 }
 
 /// Compares two digests without an early exit.
