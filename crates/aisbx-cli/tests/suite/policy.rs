@@ -3,7 +3,7 @@
 //! policy commands report what `opa` users expect.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -12,6 +12,13 @@ use super::common::{cmd, home};
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::write(dir.join(name), text).expect("write");
+}
+
+/// `aisbx --policy POL ...` with state in `home`.
+fn with_policy(home: &Path, pol: &Path) -> Command {
+    let mut c = cmd(home);
+    c.arg("--policy").arg(pol);
+    c
 }
 
 fn text(b: &[u8]) -> String {
@@ -28,9 +35,7 @@ fn last_audit(home: &Path) -> Value {
 }
 
 fn bundle_hash(home: &Path, dir: &Path) -> String {
-    let o = cmd(home)
-        .arg("--policy")
-        .arg(dir)
+    let o = with_policy(home, dir)
         .args(["policy", "status", "--json"])
         .output()
         .expect("status");
@@ -52,9 +57,7 @@ fn a_deny_rule_refuses_the_run_before_it_starts_and_is_audited() {
     let pol = h.path().join("pol");
     write(&pol, "p.rego", NO_SHELLS);
     let work = tempfile::tempdir().expect("tempdir");
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .arg("run")
         .arg("--workdir")
         .arg(work.path())
@@ -120,9 +123,7 @@ fn a_limits_ceiling_cuts_a_run_short() {
         "package aisbx\n\ndefault allow := true\n\nlimits := {\"timeout_secs\": 1}\n",
     );
     let start = std::time::Instant::now();
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["run", "--json", "--timeout", "20", "--", "sleep", "10"])
         .output()
         .expect("run");
@@ -251,9 +252,7 @@ fn policy_check_reports_file_and_line_and_a_broken_policy_refuses_runs() {
     );
     assert!(text(&o.stderr).contains(&want), "{}", text(&o.stderr));
     // Fail closed: a policy that does not load refuses every run.
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["run", "--", "/usr/bin/true"])
         .output()
         .expect("run");
@@ -289,9 +288,7 @@ fn dry_run_shows_the_decision_profile_and_limits_without_running() {
         "package aisbx\n\nlimits := {\"memory_bytes\": 134217728}\n",
     );
     let work = tempfile::tempdir().expect("tempdir");
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .arg("run")
         .arg("--dry-run")
         .arg("--json")
@@ -307,9 +304,7 @@ fn dry_run_shows_the_decision_profile_and_limits_without_running() {
     assert_eq!(plan["profile"], "base");
     assert_eq!(plan["limits"]["memory_bytes"], 134217728);
     assert!(!work.path().join("ran").exists());
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["run", "--dry-run", "--", "/usr/bin/true"])
         .output()
         .expect("run");
@@ -330,9 +325,7 @@ fn policy_eval_prints_the_decision_for_an_input() {
         r#"{"tool": "run", "caller": {"tenant": "t", "transport": "cli"}, "request": {"command": ["sh"]}}"#,
     )
     .expect("write");
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["policy", "eval", "--explain", "--input"])
         .arg(&input)
         .output()
@@ -373,9 +366,7 @@ fn policy_status_shows_the_git_commit_and_changes() {
     git(&["commit", "-q", "-m", "policy"]);
     let head = git(&["rev-parse", "HEAD"]);
     let status = || {
-        let o = cmd(h.path())
-            .arg("--policy")
-            .arg(&pol)
+        let o = with_policy(h.path(), &pol)
             .args(["policy", "status"])
             .output()
             .expect("status");
@@ -431,9 +422,7 @@ fn the_code_size_example_refuses_large_code_through_the_binary() {
     let h = home();
     let pol = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy-examples/code-size");
     let big = format!("x = 1\n{}", "#".repeat(70_000));
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["run", "--lang", "python", "--code", &big])
         .output()
         .expect("run");
@@ -443,9 +432,7 @@ fn the_code_size_example_refuses_large_code_through_the_binary() {
         "{}",
         text(&o.stderr)
     );
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["run", "--lang", "python", "--code", "print(6 * 7)"])
         .output()
         .expect("run");
@@ -462,9 +449,7 @@ fn a_build_is_decided_too_and_a_refused_one_leaves_no_sandbox() {
         "p.rego",
         "package aisbx\n\ndefault allow := true\n\ndeny contains sprintf(\"no %s sandboxes\", [input.profile.name]) if {\n\tinput.tool == \"build\"\n\tinput.profile.name == \"python\"\n}\n",
     );
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["create", "sb-py", "--profile", "python"])
         .output()
         .expect("create");
@@ -474,25 +459,19 @@ fn a_build_is_decided_too_and_a_refused_one_leaves_no_sandbox() {
         "{}",
         text(&o.stderr)
     );
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["ls", "--json"])
         .output()
         .expect("ls");
     assert!(!text(&o.stdout).contains("sb-py"), "{}", text(&o.stdout));
     assert!(!h.path().join("sandboxes/sb-py").exists());
     // Another profile is built; a run inside it is decided as a `run`.
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["create", "sb-base"])
         .output()
         .expect("create");
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
-    let o = cmd(h.path())
-        .arg("--policy")
-        .arg(&pol)
+    let o = with_policy(h.path(), &pol)
         .args(["exec", "sb-base", "--", "echo", "in"])
         .output()
         .expect("exec");
