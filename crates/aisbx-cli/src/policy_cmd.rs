@@ -81,7 +81,7 @@ pub fn run(c: PolicyCmd, global: Option<PathBuf>) -> u8 {
             Err(c) => c,
         },
         PolicyCmd::Status { json } => match locate(None) {
-            Ok(s) => status(&s, json),
+            Ok(s) => status(&home, &s, json),
             Err(c) => c,
         },
     }
@@ -261,13 +261,16 @@ fn git_state(dir: &Path) -> Option<serde_json::Value> {
     Some(serde_json::json!({"commit": commit, "dirty": dirty}))
 }
 
-fn status(s: &Sources, json: bool) -> u8 {
+fn status(home: &Path, s: &Sources, json: bool) -> u8 {
     let dirs: Vec<PathBuf> = match &s.origin {
         Origin::Default => Vec::new(),
         Origin::Explicit { dir } => vec![dir.clone()],
         Origin::Standard { dirs } => dirs.clone(),
     };
     let loaded = Bundle::parse(s, false).map(|_| ()).map_err(|e| e.0);
+    // What a running server did when the files last changed (it may be deciding
+    // with an older bundle than the files on disk, when the new one was refused).
+    let last = policy::last_reload(home);
     let git: Vec<serde_json::Value> = dirs
         .iter()
         .map(|d| serde_json::json!({"dir": d, "git": git_state(d)}))
@@ -280,6 +283,7 @@ fn status(s: &Sources, json: bool) -> u8 {
             "loaded": loaded.is_ok(),
             "error": loaded.as_ref().err(),
             "dirs": git,
+            "last_reload": last,
         }));
     } else {
         outln!("policy:  {}", s.origin);
@@ -309,6 +313,30 @@ fn status(s: &Sources, json: bool) -> u8 {
                     }
                 ),
                 None => outln!("git:     {} is not in a git work tree", d.display()),
+            }
+        }
+        if let Some(r) = &last {
+            let by = format!("{} by aisbx-mcp (pid {})", r.time, r.pid);
+            match &r.reload {
+                policy::Reload::Loaded { bundle } => {
+                    outln!("server:  reloaded at {by}: bundle {bundle}")
+                }
+                policy::Reload::Rejected {
+                    bundle,
+                    error,
+                    active,
+                } => outln!(
+                    "server:  at {by}, the changed policy{} was NOT loaded: {error}; the server still decides with {}",
+                    bundle
+                        .as_deref()
+                        .map(|b| format!(" (bundle {b})"))
+                        .unwrap_or_default(),
+                    active
+                        .as_deref()
+                        .map(|a| format!("bundle {a}"))
+                        .unwrap_or_else(|| "no policy (requests are refused)".into())
+                ),
+                policy::Reload::Unchanged => {}
             }
         }
     }

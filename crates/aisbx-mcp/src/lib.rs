@@ -16,7 +16,7 @@ pub mod tools;
 
 /// The service this front end calls (the same one as the CLI).
 pub(crate) mod backend {
-    pub use aisbx_service::{Service, ServiceConfig, maybe_run_helper};
+    pub use aisbx_service::{Service, ServiceConfig, maybe_run_helper, policy};
 }
 
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backend::maybe_run_helper;
-use crate::backend::{Service, ServiceConfig};
+use crate::backend::{Service, ServiceConfig, policy};
 use crate::http::{HttpOptions, Listen};
 use crate::server::{AisbxServer, FrontEnd, Shared};
 
@@ -176,7 +176,7 @@ pub fn open_shared(
     admission: admission::Admission,
 ) -> Result<Arc<Shared>, McpError> {
     let service = Service::open(config)?;
-    if let Err(e) = service.policy() {
+    if let Err(e) = &service.policy().bundle {
         // Runs are refused with this reason; say it once where the operator looks.
         tracing::error!("{e}");
     }
@@ -226,6 +226,7 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
         .build()
         .map_err(McpError::Runtime)?;
     let result = runtime.block_on(async move {
+        tokio::spawn(watch_policy(shared.service.clone()));
         match listen {
             None => serve_stdio(shared).await,
             Some(listen) => {
@@ -256,6 +257,47 @@ async fn serve_stdio(shared: Arc<Shared>) -> Result<(), McpError> {
     protocol::serve_framed(server, stdin, stdout)
         .await
         .map_err(McpError::Stdio)
+}
+
+/// How often the server looks at its policy's files for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the policy when its files change (looked at every [`POLICY_POLL`]) or
+/// on SIGHUP. A bundle that fails to parse or whose tests fail is not loaded: the
+/// active policy stays, and the error is logged and recorded for
+/// `aisbx policy status`.
+async fn watch_policy(service: Service) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(%e, "cannot watch SIGHUP; the policy is still reloaded when its files change"))
+        .ok();
+    let mut tick = tokio::time::interval(POLICY_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hup_recv => {}
+        }
+        let svc = service.clone();
+        let Ok(outcome) = tokio::task::spawn_blocking(move || svc.reload_policy()).await else {
+            continue;
+        };
+        match outcome {
+            policy::Reload::Unchanged => {}
+            policy::Reload::Loaded { bundle } => {
+                tracing::warn!("policy reloaded: bundle {bundle} decides requests from now on");
+            }
+            policy::Reload::Rejected { error, active, .. } => tracing::error!(
+                "the changed policy was not loaded ({error}); the active policy ({}) stays",
+                active.as_deref().unwrap_or("none: requests are refused")
+            ),
+        }
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -61,7 +61,7 @@ pub struct AuditLog {
     path: PathBuf,
     inner: Mutex<Files>,
     /// The hash of the policy bundle that decides requests, written on every line.
-    policy: std::sync::OnceLock<String>,
+    policy: std::sync::RwLock<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -108,7 +108,7 @@ impl AuditLog {
         Ok(AuditLog {
             path,
             inner: Mutex::new(Files { log, head }),
-            policy: std::sync::OnceLock::new(),
+            policy: std::sync::RwLock::new(None),
         })
     }
 
@@ -116,10 +116,11 @@ impl AuditLog {
         &self.path
     }
 
-    /// Names the policy bundle (its hash) on every line appended from now on;
-    /// set once per process, when the service loads its policy.
+    /// Names the policy bundle (its hash) on every line appended from now on: set
+    /// when the service loads its policy, and again when a server reloads it.
     pub fn set_policy(&self, bundle_hash: &str) {
-        let _ = self.policy.set(bundle_hash.to_string());
+        let mut p = self.policy.write().unwrap_or_else(|e| e.into_inner());
+        *p = Some(bundle_hash.to_string());
     }
 
     /// Appends one line, chained to the current last line.
@@ -147,8 +148,13 @@ impl AuditLog {
         obj.insert("decision".into(), Value::String(entry.decision));
         obj.insert("reason".into(), opt_str(entry.reason));
         obj.insert("result".into(), entry.result);
-        if let Some(p) = self.policy.get() {
-            obj.insert("policy".into(), Value::String(p.clone()));
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(p) = policy {
+            obj.insert("policy".into(), Value::String(p));
         }
         obj.insert("prev".into(), Value::String(prev.clone()));
         let hash = chain_hash(&prev, &obj);

@@ -112,11 +112,22 @@ struct Inner {
     audit: AuditLog,
     /// The caller's PATH, used to find host runtimes.
     host_path: String,
-    /// The policy bundle, read and parsed once; when it cannot be loaded, every
-    /// request it would decide is refused with the reason.
-    policy: Result<policy::Bundle, PolicyError>,
+    /// Where the policy comes from: `--policy DIR` / `AISBX_POLICY`, else the
+    /// standard directories, else the embedded default.
+    policy_dir: Option<PathBuf>,
+    /// The active policy: read and parsed by `open`, replaced as a whole by a
+    /// successful `reload_policy`.
+    policy: std::sync::RwLock<Arc<ActivePolicy>>,
+}
+
+/// The policy that decides requests now.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    /// The bundle; when it cannot be loaded, every request it would decide is
+    /// refused with the reason.
+    pub bundle: Result<policy::Bundle, PolicyError>,
     /// The bundle's hash (also of one that failed to parse), for the audit log.
-    policy_hash: Option<String>,
+    pub hash: Option<String>,
 }
 
 /// The aisbx service. Cheap to clone; safe to share between threads.
@@ -175,10 +186,10 @@ impl Service {
             ))
         })?;
         let host_path = std::env::var("PATH").unwrap_or_else(|_| SANDBOX_PATH.to_string());
-        let explicit = cfg.policy.or_else(policy::env_dir);
-        let sources = policy::Sources::locate(explicit.as_deref(), &home);
-        let policy_hash = sources.as_ref().ok().map(|s| s.hash.clone());
-        let policy = sources
+        let policy_dir = cfg.policy.or_else(policy::env_dir);
+        let sources = policy::Sources::locate(policy_dir.as_deref(), &home);
+        let hash = sources.as_ref().ok().map(|s| s.hash.clone());
+        let bundle = sources
             .and_then(|s| policy::Bundle::parse(&s, false))
             .map_err(|e| {
                 // The first line: a parser's excerpt of the source follows it.
@@ -187,7 +198,7 @@ impl Service {
                     "the policy cannot be loaded, so requests are refused: {first}; check it with `aisbx policy check`"
                 ))
             });
-        if let Some(h) = &policy_hash {
+        if let Some(h) = &hash {
             audit.set_policy(h);
         }
         Ok(Service {
@@ -195,25 +206,62 @@ impl Service {
                 home,
                 audit,
                 host_path,
-                policy,
-                policy_hash,
+                policy_dir,
+                policy: std::sync::RwLock::new(Arc::new(ActivePolicy { bundle, hash })),
             }),
         })
     }
 
-    /// The policy bundle requests are decided by, or why it could not be loaded.
-    pub fn policy(&self) -> Result<&policy::Bundle, &PolicyError> {
-        self.inner.policy.as_ref()
+    /// The policy requests are decided by now (a reload may replace it later).
+    pub fn policy(&self) -> Arc<ActivePolicy> {
+        let p = self.inner.policy.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&p)
     }
 
-    /// The hash of the policy bundle's files (`None` when they could not be read).
-    pub fn policy_hash(&self) -> Option<&str> {
-        self.inner.policy_hash.as_deref()
+    /// Reads the policy's files again and, when they changed, replaces the active
+    /// policy as a whole — only when the new bundle parses and every one of its
+    /// `test_*` rules passes. Otherwise the active policy stays, and the outcome
+    /// says why; either way it is written to `policy-reload.json` in the state
+    /// directory for `aisbx policy status`.
+    pub fn reload_policy(&self) -> policy::Reload {
+        let active = self.policy();
+        let outcome = match policy::Sources::locate(self.inner.policy_dir.as_deref(), self.home()) {
+            Err(e) => policy::Reload::Rejected {
+                bundle: None,
+                error: e.0,
+                active: active.hash.clone(),
+            },
+            Ok(src) if active.hash.as_deref() == Some(src.hash.as_str()) => {
+                return policy::Reload::Unchanged;
+            }
+            Ok(src) => match policy::Bundle::parse(&src, false).and_then(|b| {
+                policy::tests_pass(&src)?;
+                Ok(b)
+            }) {
+                Ok(bundle) => {
+                    let hash = src.hash.clone();
+                    self.inner.audit.set_policy(&hash);
+                    let mut p = self.inner.policy.write().unwrap_or_else(|e| e.into_inner());
+                    *p = Arc::new(ActivePolicy {
+                        bundle: Ok(bundle),
+                        hash: Some(hash.clone()),
+                    });
+                    policy::Reload::Loaded { bundle: hash }
+                }
+                Err(e) => policy::Reload::Rejected {
+                    bundle: Some(src.hash.clone()),
+                    error: e.0,
+                    active: active.hash.clone(),
+                },
+            },
+        };
+        policy::record_reload(self.home(), &outcome);
+        outcome
     }
 
     /// Decides `input` (the document of docs/POLICY.md) with the service's policy.
     pub fn decide(&self, input: &serde_json::Value) -> Result<Decision, ServiceError> {
-        match &self.inner.policy {
+        match &self.policy().bundle {
             Ok(b) => Ok(b.decide(input)),
             Err(e) => Err(ServiceError::Refused(e.0.clone())),
         }
@@ -288,7 +336,7 @@ impl Service {
 
     /// Where the policy came from, in words.
     pub fn policy_origin(&self) -> String {
-        match &self.inner.policy {
+        match &self.policy().bundle {
             Ok(b) => b.origin.to_string(),
             Err(_) => "(not loaded)".to_string(),
         }

@@ -10,6 +10,7 @@ mod perimeter;
 mod perimeter_fs;
 mod perimeter_paths;
 mod policy;
+mod policy_reload;
 mod profiles;
 mod run_cli;
 mod sandboxes;

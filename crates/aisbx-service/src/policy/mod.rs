@@ -875,5 +875,8 @@ pub fn run_tests(src: &Sources) -> Result<Vec<TestOutcome>, PolicyError> {
     Ok(out)
 }
 
+mod reload;
+pub use reload::{Reload, ReloadRecord, last_reload, record_path, record_reload, tests_pass};
+
 #[cfg(test)]
 mod tests;
