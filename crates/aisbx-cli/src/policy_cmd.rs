@@ -44,8 +44,12 @@ pub enum PolicyCmd {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Which policy decides requests: its directory, its bundle hash, and the
-    /// git commit of the directory and whether it has changes.
+    /// Print the JSON Schema of the input document every decision gets (the
+    /// same as docs/policy-input.schema.json), for editors and policy tests.
+    Schema,
+    /// Which policy decides requests: its directory, its bundle hash, the git
+    /// commit of the directory and whether it has changes, and what a running
+    /// server did when the files last changed.
     Status {
         #[arg(long)]
         json: bool,
@@ -80,6 +84,10 @@ pub fn run(c: PolicyCmd, global: Option<PathBuf>) -> u8 {
             Ok(s) => eval(&s, &input, explain),
             Err(c) => c,
         },
+        PolicyCmd::Schema => {
+            outln!("{}", policy::input::schema_json().trim_end());
+            0
+        }
         PolicyCmd::Status { json } => match locate(None) {
             Ok(s) => status(&home, &s, json),
             Err(c) => c,

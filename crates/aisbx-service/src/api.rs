@@ -117,7 +117,9 @@ impl RunRequest {
 }
 
 /// How a request reached aisbx (the policy's `input.caller.transport`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// The `aisbx` command line.

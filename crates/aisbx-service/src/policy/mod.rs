@@ -700,65 +700,80 @@ fn ceilings(v: &regorus::Value) -> Result<Ceilings, String> {
     Ok(c)
 }
 
+fn to_value<T: Serialize>(doc: &T) -> serde_json::Value {
+    // Plain structs of strings and numbers: serializing them cannot fail.
+    serde_json::to_value(doc).unwrap_or_default()
+}
+
+fn caller_doc(c: &Caller) -> input::CallerDoc {
+    input::CallerDoc {
+        tenant: c.tenant.clone(),
+        transport: c.transport,
+        client: c.client.clone(),
+    }
+}
+
 /// The `caller` of the input document.
 pub fn caller_value(c: &Caller) -> serde_json::Value {
-    serde_json::json!({
-        "tenant": c.tenant,
-        "transport": c.transport,
-        "client": c.client,
-    })
+    to_value(&caller_doc(c))
 }
 
-fn asked_limits(l: &LimitOverrides) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    if let Some(v) = l.timeout_secs {
-        m.insert("timeout_secs".into(), v.into());
+fn asked_limits(l: &LimitOverrides) -> input::AskedLimits {
+    input::AskedLimits {
+        timeout_secs: l.timeout_secs,
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        cpus: l.cpus,
     }
-    if let Some(v) = l.memory_bytes {
-        m.insert("memory_bytes".into(), v.into());
-    }
-    if let Some(v) = l.pids {
-        m.insert("pids".into(), v.into());
-    }
-    if let Some(v) = l.cpus {
-        m.insert("cpus".into(), v.into());
-    }
-    serde_json::Value::Object(m)
 }
 
-/// The `profile` of the input document: the resolved profile.
-pub fn profile_value(p: &Profile) -> serde_json::Value {
+fn paths(p: &[PathBuf]) -> Vec<String> {
+    p.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+}
+
+fn profile_doc(p: &Profile) -> input::ProfileDoc {
     let network = match p.values.get("network.mode").map(|v| &v.val) {
         Some(Val::Text(t)) => t.clone(),
         _ => "none".to_string(),
     };
-    serde_json::json!({
-        "name": p.name,
-        "language": p.language.as_ref().map(|l| l.name.clone()),
-        "limits": limits_value(&p.limits),
-        "seccomp": match p.seccomp {
+    input::ProfileDoc {
+        name: p.name.clone(),
+        language: p.language.as_ref().map(|l| l.name.clone()),
+        limits: limits_doc(&p.limits),
+        seccomp: match p.seccomp {
             aisbx_jail::SeccompLevel::Default => "default",
             aisbx_jail::SeccompLevel::Dev => "dev",
-        },
-        "landlock": match p.landlock {
+        }
+        .to_string(),
+        landlock: match p.landlock {
             aisbx_jail::Enforcement::BestEffort => "best-effort",
             aisbx_jail::Enforcement::Required => "required",
-        },
-        "network": network,
-        "ro_binds": p.ro_binds,
-        "rw_binds": p.rw_binds,
-        "source": p.source.to_string(),
-    })
+        }
+        .to_string(),
+        network,
+        ro_binds: paths(&p.ro_binds),
+        rw_binds: paths(&p.rw_binds),
+        source: p.source.to_string(),
+    }
+}
+
+/// The `profile` of the input document: the resolved profile.
+pub fn profile_value(p: &Profile) -> serde_json::Value {
+    to_value(&profile_doc(p))
+}
+
+fn limits_doc(l: &aisbx_jail::Limits) -> input::LimitsDoc {
+    input::LimitsDoc {
+        timeout_secs: l.wall.as_secs_f64(),
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        cpus: l.cpus,
+    }
 }
 
 /// Limits in the input document's units.
 pub fn limits_value(l: &aisbx_jail::Limits) -> serde_json::Value {
-    serde_json::json!({
-        "timeout_secs": l.wall.as_secs_f64(),
-        "memory_bytes": l.memory_bytes,
-        "pids": l.pids,
-        "cpus": l.cpus,
-    })
+    to_value(&limits_doc(l))
 }
 
 /// The input document of a `run`: `language` is the one the run resolved to.
@@ -769,42 +784,42 @@ pub fn run_input(
     language: Option<&str>,
 ) -> serde_json::Value {
     let (code, command, file) = match &req.program {
-        Program::Code { code, .. } => (Some(code.as_str()), None, None),
+        Program::Code { code, .. } => (Some(code.clone()), None, None),
         Program::Command(argv) => (None, Some(argv.clone()), None),
         Program::File(p) => (None, None, Some(p.to_string_lossy().into_owned())),
     };
-    serde_json::json!({
-        "tool": "run",
-        "caller": caller_value(caller),
-        "request": {
-            "language": language,
-            "code": code,
-            "code_bytes": code.map(str::len).unwrap_or(0),
-            "command": command,
-            "file": file,
-            "args": req.args,
-            "files": req.files.keys().collect::<Vec<_>>(),
-            "env": req.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            "limits": asked_limits(&req.limits),
-            "sandbox_id": req.sandbox_id,
-            "workdir": req.workdir.is_some(),
-        },
-        "profile": profile_value(profile),
+    to_value(&input::Input {
+        tool: "run".into(),
+        caller: caller_doc(caller),
+        request: input::RequestDoc::Run(input::RunDoc {
+            language: language.map(str::to_string),
+            code_bytes: code.as_ref().map(String::len).unwrap_or(0),
+            code,
+            command,
+            file,
+            args: req.args.clone(),
+            files: req.files.keys().cloned().collect(),
+            env: req.env.iter().map(|(k, _)| k.clone()).collect(),
+            limits: asked_limits(&req.limits),
+            sandbox_id: req.sandbox_id.clone(),
+            workdir: req.workdir.is_some(),
+        }),
+        profile: profile_doc(profile),
     })
 }
 
 /// The input document of a `build` (a persistent sandbox with setup commands).
 pub fn build_input(caller: &Caller, req: &BuildRequest, profile: &Profile) -> serde_json::Value {
-    serde_json::json!({
-        "tool": "build",
-        "caller": caller_value(caller),
-        "request": {
-            "name": req.name,
-            "profile": req.profile,
-            "files": req.files.keys().collect::<Vec<_>>(),
-            "setup": req.setup,
-        },
-        "profile": profile_value(profile),
+    to_value(&input::Input {
+        tool: "build".into(),
+        caller: caller_doc(caller),
+        request: input::RequestDoc::Build(input::BuildDoc {
+            name: req.name.clone(),
+            profile: req.profile.clone(),
+            files: req.files.keys().cloned().collect(),
+            setup: req.setup.clone(),
+        }),
+        profile: profile_doc(profile),
     })
 }
 
@@ -875,6 +890,7 @@ pub fn run_tests(src: &Sources) -> Result<Vec<TestOutcome>, PolicyError> {
     Ok(out)
 }
 
+pub mod input;
 mod reload;
 pub use reload::{Reload, ReloadRecord, last_reload, record_path, record_reload, tests_pass};
 

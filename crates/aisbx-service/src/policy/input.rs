@@ -1,0 +1,264 @@
+//! The input document every decision gets, as Rust types: the documents are made
+//! by serializing these, and the JSON Schema that docs/POLICY.md publishes
+//! (`docs/policy-input.schema.json`, printed by `aisbx policy schema`) is
+//! generated from the same types, so the two cannot drift apart.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::api::Transport;
+
+/// The input document of one decision (`input` in Rego).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "aisbx policy input", deny_unknown_fields)]
+pub struct Input {
+    /// The MCP tool, or the CLI command mapped to the same name (`run`, `build`, ...).
+    pub tool: String,
+    pub caller: CallerDoc,
+    /// The normalized request; its shape depends on `tool`.
+    pub request: RequestDoc,
+    /// The profile the request resolved to.
+    pub profile: ProfileDoc,
+}
+
+/// Who asks.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CallerDoc {
+    /// The tenant the request counts against (`default` until tenants are configured).
+    pub tenant: String,
+    pub transport: Transport,
+    /// The MCP client's self-reported name, or the user for the CLI.
+    pub client: Option<String>,
+}
+
+/// The request, by tool.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RequestDoc {
+    /// `tool` = `run`.
+    Run(RunDoc),
+    /// `tool` = `build`.
+    Build(BuildDoc),
+}
+
+/// A `run` request.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RunDoc {
+    /// The language the run resolved to (`python`, `node`, ...), if any.
+    pub language: Option<String>,
+    /// The code given inline, if any.
+    pub code: Option<String>,
+    /// Its size in bytes (0 without code).
+    pub code_bytes: usize,
+    /// argv of a command run, if any.
+    pub command: Option<Vec<String>>,
+    /// The host path of a script run, if any.
+    pub file: Option<String>,
+    /// Arguments after the code or script.
+    pub args: Vec<String>,
+    /// Names of the files given to the run.
+    pub files: Vec<String>,
+    /// Names (not values) of the environment variables asked for.
+    pub env: Vec<String>,
+    /// The limits the request asked for (only those it named).
+    pub limits: AskedLimits,
+    /// The persistent sandbox it runs in, if any.
+    pub sandbox_id: Option<String>,
+    /// Whether a host directory is bound as the workspace.
+    pub workdir: bool,
+}
+
+/// A `build` request (a persistent sandbox with setup commands).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct BuildDoc {
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub files: Vec<String>,
+    pub setup: Vec<String>,
+}
+
+/// Limits a request asked for; absent ones were not asked.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AskedLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+/// Limits in the input document's units.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct LimitsDoc {
+    pub timeout_secs: f64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpus: f64,
+}
+
+/// The resolved profile.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProfileDoc {
+    pub name: String,
+    pub language: Option<String>,
+    pub limits: LimitsDoc,
+    /// `default` or `dev`.
+    pub seccomp: String,
+    /// `best-effort` or `required`.
+    pub landlock: String,
+    /// The network mode (`none`).
+    pub network: String,
+    pub ro_binds: Vec<String>,
+    pub rw_binds: Vec<String>,
+    /// Where the profile came from (`builtin`, `user`, `project`).
+    pub source: String,
+}
+
+/// The JSON Schema of [`Input`], pretty-printed with a final newline.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(Input);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::api::{BuildRequest, Caller, LimitOverrides, Program, RunRequest};
+
+    /// Checks `v` against `schema` for what these types use: `$ref`, `type`,
+    /// `properties`, `required`, `additionalProperties: false`, `anyOf`, `items`,
+    /// `enum`. Returns where it does not conform.
+    fn conforms(root: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/$defs/");
+            return conforms(root, &root["$defs"][name], v, at);
+        }
+        if let Some(any) = schema["anyOf"].as_array().or(schema["oneOf"].as_array()) {
+            return any
+                .iter()
+                .find(|s| conforms(root, s, v, at).is_ok())
+                .map(|_| ())
+                .ok_or(format!("{at}: matches no alternative"));
+        }
+        if let Some(e) = schema["enum"].as_array()
+            && !e.contains(v)
+        {
+            return Err(format!("{at}: {v} not in {e:?}"));
+        }
+        if let Some(c) = schema.get("const")
+            && c != v
+        {
+            return Err(format!("{at}: {v} is not {c}"));
+        }
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let kind = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_f64() => "number",
+            Value::Number(_) => "integer",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if !types.is_empty()
+            && !types.contains(&kind)
+            && !(kind == "integer" && types.contains(&"number"))
+        {
+            return Err(format!("{at}: {kind} where the schema says {types:?}"));
+        }
+        if let Value::Object(m) = v {
+            let props = schema["properties"].as_object();
+            for (k, x) in m {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(root, s, x, &format!("{at}.{k}"))?,
+                    None if schema["additionalProperties"] == Value::Bool(false) => {
+                        return Err(format!("{at}.{k}: not in the schema"));
+                    }
+                    None => {}
+                }
+            }
+            for r in schema["required"].as_array().into_iter().flatten() {
+                if !m.contains_key(r.as_str().unwrap_or_default()) {
+                    return Err(format!("{at}: {r} missing"));
+                }
+            }
+        }
+        if let (Value::Array(a), Some(items)) = (v, schema.get("items")) {
+            for (i, x) in a.iter().enumerate() {
+                conforms(root, items, x, &format!("{at}[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The documents decisions get conform to the published schema, and a document
+    /// with a field the schema lacks does not (the check can fail).
+    #[test]
+    fn real_documents_conform_to_the_schema() {
+        let schema: Value = serde_json::from_str(&super::schema_json()).unwrap();
+        let catalog = crate::profile::Catalog::builtin();
+        let python = catalog.resolve("python").unwrap();
+        let caller = Caller {
+            tenant: "default".into(),
+            transport: crate::api::Transport::Http,
+            client: Some("c".into()),
+        };
+        let mut run = RunRequest::new(Program::Code {
+            code: "print(1)".into(),
+            language: "python".into(),
+        });
+        run.limits = LimitOverrides {
+            memory_bytes: Some(1 << 28),
+            ..Default::default()
+        };
+        let cmd = RunRequest::new(Program::Command(vec![
+            "sh".into(),
+            "-c".into(),
+            "true".into(),
+        ]));
+        let build = BuildRequest {
+            name: Some("b".into()),
+            setup: vec!["true".into()],
+            ..Default::default()
+        };
+        let docs = [
+            super::super::run_input(&caller, &run, &python, Some("python")),
+            super::super::run_input(&caller, &cmd, &python, None),
+            super::super::build_input(&caller, &build, &python),
+        ];
+        for d in &docs {
+            conforms(&schema, &schema, d, "input").unwrap_or_else(|e| panic!("{e}\n{d:#}"));
+        }
+        let mut bad = docs[0].clone();
+        bad["request"]["surprise"] = Value::from(1);
+        assert!(conforms(&schema, &schema, &bad, "input").is_err());
+    }
+
+    /// The published schema is the generated one: regenerate it with
+    /// `aisbx policy schema > docs/policy-input.schema.json`.
+    #[test]
+    fn the_checked_in_schema_is_generated_from_these_types() {
+        let checked_in = include_str!("../../../../docs/policy-input.schema.json");
+        assert_eq!(
+            checked_in,
+            super::schema_json(),
+            "docs/policy-input.schema.json is stale: run `aisbx policy schema > docs/policy-input.schema.json`"
+        );
+    }
+}
