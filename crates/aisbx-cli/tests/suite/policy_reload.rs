@@ -143,9 +143,10 @@ fn last_reload(home: &Path) -> Option<Value> {
 fn next_reload(home: &Path, before: &Option<Value>) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = last_reload(home);
-        if now.is_some() && now != *before {
-            return now.expect("record");
+        if let Some(now) = last_reload(home)
+            && Some(&now) != before.as_ref()
+        {
+            return now;
         }
         assert!(Instant::now() < deadline, "the server did not reload");
         std::thread::sleep(Duration::from_millis(50));
