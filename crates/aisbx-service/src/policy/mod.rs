@@ -513,14 +513,17 @@ impl Bundle {
     /// and prepares it for evaluation.
     pub fn parse(src: &Sources, with_tests: bool) -> Result<Bundle, PolicyError> {
         let mut e = engine();
-        let mut has_aisbx = false;
+        // The files of package aisbx, by the name they were added under.
+        let mut aisbx_files = Vec::new();
         for f in &src.files {
             match f.kind {
                 FileKind::Rego if with_tests || !f.is_test() => {
                     let pkg = e
                         .add_policy(f.name.clone(), f.text.clone())
                         .map_err(|e| PolicyError(located(&e.to_string())))?;
-                    has_aisbx |= pkg == "data.aisbx";
+                    if pkg == "data.aisbx" {
+                        aisbx_files.push(f.name.as_str());
+                    }
                 }
                 FileKind::Rego => {}
                 FileKind::Data => {
@@ -530,28 +533,34 @@ impl Bundle {
                 }
             }
         }
-        if !has_aisbx {
+        if aisbx_files.is_empty() {
             return Err(PolicyError(format!(
                 "no file of the policy bundle ({}) declares `package aisbx`, so no request could be allowed; see docs/POLICY.md",
                 src.origin
             )));
         }
-        // A first evaluation analyses the modules once; clones keep that work.
-        // It also tells which rules are declared: regorus refuses to evaluate a
-        // rule no module declares, where Rego would call it undefined.
-        e.set_input(regorus::Value::new_object());
-        let declared = |e: &mut regorus::Engine, rule: &str| {
-            !matches!(e.eval_rule(format!("data.aisbx.{rule}")),
-                Err(err) if err.to_string().contains("not a valid rule path"))
+        // Which rules are declared, from the rule heads (regorus refuses to
+        // evaluate a rule no module declares, where Rego would call it undefined).
+        let declared = |rule: &str| -> Result<bool, PolicyError> {
+            let mut any = false;
+            for name in &aisbx_files {
+                any |= e
+                    .has_declared_rule_rooted_at(name, rule)
+                    .map_err(|err| PolicyError(format!("{name}: {err}")))?;
+            }
+            Ok(any)
         };
-        if !declared(&mut e, "allow") {
+        if !declared("allow")? {
             return Err(PolicyError(format!(
                 "the policy bundle ({}) declares no `allow` rule in package aisbx, so no request could be allowed; see docs/POLICY.md",
                 src.origin
             )));
         }
-        let has_deny = declared(&mut e, "deny");
-        let has_limits = declared(&mut e, "limits");
+        let has_deny = declared("deny")?;
+        let has_limits = declared("limits")?;
+        // A first evaluation analyses the modules once; clones keep that work.
+        e.set_input(regorus::Value::new_object());
+        let _ = e.eval_rule("data.aisbx.allow".to_string());
         Ok(Bundle {
             origin: src.origin.clone(),
             hash: src.hash.clone(),
@@ -604,7 +613,7 @@ impl Bundle {
             Err(err) => deny.push(failed("deny", &err)),
         }
         let limits_v = if self.has_limits {
-            e.eval_rule("data.aisbx.limits".to_string())
+            eval_tree(&mut e, "data.aisbx.limits")
         } else {
             Ok(regorus::Value::Undefined)
         };
@@ -662,6 +671,26 @@ impl Bundle {
 
 /// The ceilings of a `limits` value; an unknown key or a value that is not a
 /// positive number is an error, so that a typo never goes unnoticed.
+/// The value of `path`, also when the bundle declares only rules below it
+/// (`limits.memory_bytes := ...`), which `eval_rule` does not accept: then the
+/// value is the object a query for `path` builds from them.
+fn eval_tree(e: &mut regorus::Engine, path: &str) -> Result<regorus::Value, String> {
+    match e.eval_rule(path.to_string()) {
+        Err(err) if err.to_string().contains("not a valid rule path") => {
+            let r = e
+                .eval_query(path.to_string(), false)
+                .map_err(|e| e.to_string())?;
+            Ok(r.result
+                .into_iter()
+                .next()
+                .and_then(|r| r.expressions.into_iter().next())
+                .map(|x| x.value)
+                .unwrap_or(regorus::Value::Undefined))
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
 fn ceilings(v: &regorus::Value) -> Result<Ceilings, String> {
     let obj = v
         .as_object()

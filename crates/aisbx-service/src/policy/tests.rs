@@ -252,3 +252,31 @@ fn test_runner_reports_passes_and_failures() {
         ]
     );
 }
+
+/// Rules are found wherever the bundle declares them: in another file of the
+/// package, in a nested directory, or as a partial object of ceilings.
+#[test]
+fn rules_declared_in_any_file_of_the_package_are_honoured() {
+    let b = bundle_of(&[
+        ("a.rego", "package aisbx\ndefault allow := true\n"),
+        (
+            "sub/b.rego",
+            "package aisbx\ndeny contains \"from b\" if input.caller.tenant == \"acme\"\n",
+        ),
+        (
+            "c.rego",
+            "package aisbx\nlimits[\"memory_bytes\"] := 1048576 if input.caller.tenant == \"acme\"\n",
+        ),
+    ]);
+    let d = b.decide(&input("acme", "cli", "none"));
+    assert_eq!(d.deny, vec!["from b".to_string()]);
+    assert_eq!(d.limits.memory_bytes, Some(1048576), "{d:?}");
+    assert!(b.decide(&input("other", "cli", "none")).allowed);
+    // A bundle whose `allow` exists only in a package other than aisbx has none.
+    let d = dir_with(&[
+        ("a.rego", "package aisbx\nx := 1\n"),
+        ("b.rego", "package other\nallow := true\n"),
+    ]);
+    let e = Bundle::parse(&Sources::from_dir(d.path()).expect("sources"), false).unwrap_err();
+    assert!(e.0.contains("declares no `allow` rule"), "{e}");
+}
