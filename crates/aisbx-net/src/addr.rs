@@ -6,6 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// IPv4-compatible IPv6 addresses are always refused (a name has no business resolving
 /// to one); NAT64 (64:ff9b::/96) and 6to4 (2002::/16) forms are judged by the IPv4
 /// address they carry; local-use NAT64 (64:ff9b:1::/48) is refused.
+///
+/// The documentation (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32)
+/// and benchmarking (198.18.0.0/15) ranges are NOT refused: they reach nothing inside
+/// a network unless the network itself routes them, and networks whose resolvers
+/// answer with them on purpose (fake-IP DNS, egress gateways) must keep working.
 pub fn refused_class(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(a) => v4_class(a),
@@ -25,8 +30,6 @@ fn v4_class(a: Ipv4Addr) -> Option<&'static str> {
         [169, 254, ..] => "link-local (169.254.0.0/16)",
         [100, b, ..] if (64..128).contains(&b) => "shared/CGNAT (100.64.0.0/10)",
         [192, 0, 0, _] => "IETF protocol assignments (192.0.0.0/24)",
-        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
-        [198, b, ..] if b == 18 || b == 19 => "benchmarking (198.18.0.0/15)",
         [255, 255, 255, 255] => "broadcast",
         [a0, ..] if (224..240).contains(&a0) => "multicast",
         [a0, ..] if a0 >= 240 => "reserved (240.0.0.0/4)",
@@ -69,7 +72,6 @@ fn v6_class(a: Ipv6Addr) -> Option<&'static str> {
         x if x & 0xffc0 == 0xfe80 => "link-local (fe80::/10)",
         x if x & 0xffc0 == 0xfec0 => "site-local (fec0::/10)",
         x if x & 0xff00 == 0xff00 => "multicast",
-        0x2001 if s[1] == 0x0db8 => "documentation (2001:db8::/32)",
         0x0100 if s[1..4] == [0; 3] => "discard-only (100::/64)",
         _ => return None,
     };
@@ -101,11 +103,6 @@ mod tests {
             "100.100.100.200",
             "100.127.255.255",
             "192.0.0.170",
-            "192.0.2.1",
-            "198.51.100.1",
-            "203.0.113.1",
-            "198.18.0.1",
-            "198.19.255.255",
             "224.0.0.1",
             "239.255.255.250",
             "240.0.0.1",
@@ -127,7 +124,6 @@ mod tests {
             "febf::1",
             "fec0::1",
             "ff02::1",
-            "2001:db8::1",
             "100::1",
         ] {
             assert!(class(a).is_some(), "{a} must be refused");
@@ -159,6 +155,13 @@ mod tests {
             "64:ff9b::808:808",
             "2002:808:808::1",
             "2001:db9::1",
+            // Used by fake-IP resolvers and egress gateways.
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.80",
+            "198.18.0.1",
+            "198.19.255.255",
+            "2001:db8::1",
         ] {
             assert_eq!(class(a), None, "{a} is public");
         }

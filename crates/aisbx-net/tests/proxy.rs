@@ -601,3 +601,38 @@ fn a_report_serialises_for_the_audit_log() {
     assert_eq!(r["addr"], serde_json::Value::Null);
     assert_eq!(v["denied"][0], peer.target());
 }
+
+#[test]
+fn starts_and_finishes_from_inside_an_async_runtime() {
+    // The MCP server calls the service from tokio tasks: the proxy's own runtime must
+    // not clash with the caller's.
+    let peer = Peer::start(Mode::Echo);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = aisbx_net::Proxy::start(dir.path(), policy(&[peer.rule()]), SECRET).unwrap();
+        let sock = dir.path().join("proxy.sock");
+        let target = peer.target();
+        let status = tokio::task::spawn_blocking(move || {
+            let mut s = UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            write!(
+                s,
+                "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+                good_auth()
+            )
+            .unwrap();
+            read_head(&mut s).0
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        proxy.finish()
+    });
+    assert_eq!(report.connections.len(), 1);
+    assert!(report.connections[0].allowed);
+}
