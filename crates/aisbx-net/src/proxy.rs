@@ -85,9 +85,11 @@ pub struct ConnRecord {
 pub struct NetReport {
     /// Every connection, in the order they ended (at most 100 000 per run).
     pub connections: Vec<ConnRecord>,
-    /// Destinations refused by the allowlist or the address and SNI/Host checks, as
-    /// "host:port", deduplicated, in order of first refusal (at most 1000). Caps and
-    /// failed authentication are not listed: allowing them would change nothing.
+    /// Destinations refused by the allowlist or the address checks, as "host:port",
+    /// deduplicated, in order of first refusal (at most 1000). When the SNI or Host
+    /// header names another host than the one asked for, that other host is listed
+    /// (it is where the program meant to go). Caps, failed authentication and
+    /// malformed traffic are not listed: allowing something would change nothing.
     pub denied: Vec<String>,
     /// Records not kept because the run passed 100 000 connections.
     pub records_dropped: u64,
@@ -139,13 +141,13 @@ impl Shared {
         }
     }
 
-    fn push(&self, record: ConnRecord, listed: bool) {
+    fn push(&self, record: ConnRecord, listed: Option<String>) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        if listed && log.denied.len() < MAX_DENIED {
-            let key = format!("{}:{}", record.host, record.port);
-            if log.denied_seen.insert(key.clone()) {
-                log.denied.push(key);
-            }
+        if let Some(key) = listed
+            && log.denied.len() < MAX_DENIED
+            && log.denied_seen.insert(key.clone())
+        {
+            log.denied.push(key);
         }
         if log.records.len() < MAX_RECORDS {
             log.records.push(record);
@@ -175,7 +177,8 @@ impl Shared {
 struct Outcome {
     allowed: bool,
     reason: Option<String>,
-    listed: bool,
+    /// The "host:port" to list in the report's `denied`, if any.
+    listed: Option<String>,
     addr: Option<IpAddr>,
 }
 
@@ -204,7 +207,7 @@ impl Conn {
             outcome: Mutex::new(Outcome {
                 allowed: false,
                 reason: None,
-                listed: false,
+                listed: None,
                 addr: None,
             }),
             _permit: None,
@@ -215,8 +218,16 @@ impl Conn {
         self.outcome.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refused; `listed` puts "host:port" in the report's `denied`.
+    /// Refused; `listed` puts this connection's "host:port" in the report's `denied`.
     fn refuse(&self, reason: impl Into<String>, listed: bool) {
+        let key = listed.then(|| format!("{}:{}", self.host, self.port));
+        self.refuse_as(reason, key);
+    }
+
+    /// Refused; `listed` is what to put in the report's `denied`: the destination the
+    /// program really wanted when that differs from the one it asked the proxy for (the
+    /// SNI or Host header name), so that an agent can tell the user what to allow.
+    fn refuse_as(&self, reason: impl Into<String>, listed: Option<String>) {
         let mut o = self.outcome();
         o.allowed = false;
         o.reason = Some(reason.into());
@@ -251,7 +262,7 @@ impl Drop for Conn {
             bytes_down: self.down.load(Ordering::Relaxed),
             duration_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
-        let listed = o.listed;
+        let listed = o.listed.clone();
         drop(o);
         self.shared.push(record, listed);
     }
@@ -734,13 +745,13 @@ async fn first_bytes<R: AsyncRead + Unpin>(
     r: &mut R,
     host: &Host,
     port: u16,
-) -> Result<Vec<u8>, Option<String>> {
+) -> Result<Vec<u8>, Option<(String, Option<String>)>> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         match sni::peek(&buf) {
             Peek::NeedMore => {
                 if buf.len() > sni::MAX_HELLO + 16 * CHUNK {
-                    return Err(Some("a ClientHello that never ends".into()));
+                    return Err(Some(("a ClientHello that never ends".into(), None)));
                 }
                 let mut chunk = vec![0u8; CHUNK];
                 match r.read(&mut chunk).await {
@@ -749,29 +760,33 @@ async fn first_bytes<R: AsyncRead + Unpin>(
                 }
             }
             Peek::NotTls if port == 443 => {
-                return Err(Some("non-TLS bytes to port 443".into()));
+                return Err(Some(("non-TLS bytes to port 443".into(), None)));
             }
             Peek::NotTls => return Ok(buf),
             Peek::Hello { sni: None } if host.is_ip() => return Ok(buf),
             Peek::Hello { sni: None } => {
-                return Err(Some(
+                return Err(Some((
                     "SNI missing: a TLS ClientHello without a server name".into(),
-                ));
+                    None,
+                )));
             }
             Peek::Hello { sni: Some(name) } => {
-                let same = std::str::from_utf8(&name)
+                let named = std::str::from_utf8(&name)
                     .ok()
-                    .and_then(crate::rule::normalise_name)
-                    .is_some_and(|n| Host::Name(n) == *host);
-                if same {
+                    .and_then(crate::rule::normalise_name);
+                if named
+                    .as_ref()
+                    .is_some_and(|n| Host::Name(n.clone()) == *host)
+                {
                     return Ok(buf);
                 }
                 let shown: String = String::from_utf8_lossy(&name).chars().take(255).collect();
-                return Err(Some(format!(
-                    "SNI {shown:?} differs from the CONNECT host {host}"
+                return Err(Some((
+                    format!("SNI {shown:?} differs from the CONNECT host {host}"),
+                    named.map(|n| format!("{n}:{port}")),
                 )));
             }
-            Peek::Malformed(why) => return Err(Some(format!("malformed TLS: {why}"))),
+            Peek::Malformed(why) => return Err(Some((format!("malformed TLS: {why}"), None))),
         }
     }
 }
@@ -806,8 +821,8 @@ where
                     End::Stop
                 }
             }
-            Err(Some(reason)) => {
-                conn.refuse(reason, true);
+            Err(Some((reason, listed))) => {
+                conn.refuse_as(reason, listed);
                 End::Stop
             }
             Err(None) => {
@@ -897,14 +912,18 @@ async fn forward(req: Request<Incoming>, shared: Arc<Shared>) -> Response<ProxyB
     match host_header(req.headers()) {
         Some((h, p)) if h == host && p == port => {}
         other => {
-            let why = match other {
-                Some((h, p)) => {
-                    format!("Host header {h}:{p} differs from the URI host {host}:{port}")
-                }
-                None => "Host header missing or not one valid host".to_string(),
+            let (why, listed) = match other {
+                Some((h, p)) => (
+                    format!("Host header {h}:{p} differs from the URI host {host}:{port}"),
+                    Some(format!("{h}:{p}")),
+                ),
+                None => (
+                    "Host header missing or not one valid host".to_string(),
+                    None,
+                ),
             };
             let msg = format!("aisbx refused {host}:{port}: {why}");
-            conn.refuse(why, true);
+            conn.refuse_as(why, listed);
             return text(StatusCode::MISDIRECTED_REQUEST, msg);
         }
     }
