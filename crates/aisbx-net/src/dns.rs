@@ -12,6 +12,10 @@ pub const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 /// TTL of the A records we answer with, seconds.
 const TTL: u32 = 30;
+/// Largest answer: what a plain UDP client accepts.
+const MAX_UDP: usize = 512;
+/// Wire size of one A record with a compressed name.
+const A_RECORD: usize = 16;
 
 pub const NOERROR: u8 = 0;
 pub const FORMERR: u8 = 1;
@@ -124,9 +128,12 @@ impl Query<'_> {
         self.qclass == CLASS_IN
     }
 
-    /// The answer: the question echoed, `rcode`, and one A record per address.
+    /// The answer: the question echoed, `rcode`, and one A record per address, as many
+    /// as fit in 512 bytes (the forwarder may relay it over UDP, and the answer carries
+    /// no EDNS).
     pub fn answer(&self, rcode: u8, addrs: &[Ipv4Addr]) -> Vec<u8> {
-        let count = addrs.len().min(32);
+        let room = (MAX_UDP - 12 - self.question.len()) / A_RECORD;
+        let count = addrs.len().min(room);
         let mut out = Vec::with_capacity(12 + self.question.len() + 16 * count);
         out.extend_from_slice(&self.id.to_be_bytes());
         // QR=1, opcode 0, AA=0, TC=0, RD echoed, RA=1.
@@ -245,6 +252,20 @@ pub(crate) mod tests {
         assert_eq!(parse(&root).unwrap().name, None);
         let odd = query(1, "a b.org", TYPE_A);
         assert_eq!(parse(&odd).unwrap().name, None);
+    }
+
+    #[test]
+    fn answers_fit_a_udp_datagram() {
+        let long = format!("{}.org", vec!["a".repeat(63); 3].join("."));
+        let addrs: Vec<Ipv4Addr> = (0..100).map(|i| Ipv4Addr::new(8, 8, 8, i)).collect();
+        for name in ["a.org", long.as_str()] {
+            let msg = query(1, name, TYPE_A);
+            let a = parse(&msg).unwrap().answer(NOERROR, &addrs);
+            assert!(a.len() <= 512, "{name}: {}", a.len());
+            let n = u16::from_be_bytes([a[6], a[7]]) as usize;
+            assert!(n >= 14, "{name}: only {n} addresses");
+            assert_eq!(a.len(), 12 + (msg.len() - 12 - 11) + 16 * n);
+        }
     }
 
     #[test]

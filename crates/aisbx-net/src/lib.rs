@@ -50,6 +50,14 @@ mod sni;
 use std::path::PathBuf;
 
 pub use addr::refused_class;
+
+/// The HTTP proxy socket's name in the directory given to [`Proxy::start`].
+pub const PROXY_SOCK: &str = "proxy.sock";
+/// The DNS socket's name in the directory given to [`Proxy::start`].
+pub const DNS_SOCK: &str = "dns.sock";
+/// The user name in the proxy credentials: `Basic base64("aisbx:" + secret)`, i.e.
+/// `http://aisbx:SECRET@127.0.0.1:PORT` in a proxy URL.
+pub const PROXY_USER: &str = "aisbx";
 pub use proxy::{ConnRecord, NetReport, Proxy, ProxyOptions};
 pub use rule::{NetPolicy, Rule, Verdict};
 

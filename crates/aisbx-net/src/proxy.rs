@@ -321,8 +321,8 @@ impl Proxy {
         if secret.is_empty() {
             return Err(NetError::EmptySecret);
         }
-        let proxy_path = dir.join("proxy.sock");
-        let dns_path = dir.join("dns.sock");
+        let proxy_path = dir.join(crate::PROXY_SOCK);
+        let dns_path = dir.join(crate::DNS_SOCK);
         let proxy_l = listen(&proxy_path)?;
         let dns_l = match listen(&dns_path) {
             Ok(l) => l,
@@ -363,7 +363,7 @@ impl Proxy {
                 (policy.max_connections as usize).min(Semaphore::MAX_PERMITS),
             )),
             policy,
-            credentials: format!("aisbx:{secret}").into_bytes(),
+            credentials: format!("{}:{secret}", crate::PROXY_USER).into_bytes(),
             hosts,
             bytes_used: AtomicU64::new(0),
             log: Mutex::new(Log::default()),
@@ -1130,5 +1130,92 @@ async fn answer_dns(msg: &[u8], shared: &Shared) -> Option<Vec<u8>> {
                 .collect();
             Some(q.answer(dns::NOERROR, &v4))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth_header(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_str(v).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn credentials_must_match_exactly() {
+        let creds = b"aisbx:s3cret";
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(authorised(
+            &auth_header(&format!("Basic {}", b64("aisbx:s3cret"))),
+            creds
+        ));
+        assert!(authorised(
+            &auth_header(&format!("basic  {} ", b64("aisbx:s3cret"))),
+            creds
+        ));
+        for bad in [
+            format!("Basic {}", b64("aisbx:s3cre")),
+            format!("Basic {}", b64("aisbx:s3cret ")),
+            format!("Basic {}", b64("Aisbx:s3cret")),
+            format!("Bearer {}", b64("aisbx:s3cret")),
+            "Basic".to_string(),
+            "Basic ====".to_string(),
+            String::new(),
+        ] {
+            assert!(!authorised(&auth_header(&bad), creds), "{bad:?}");
+        }
+        assert!(!authorised(&HeaderMap::new(), creds));
+        let mut two = auth_header(&format!("Basic {}", b64("aisbx:s3cret")));
+        two.append(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {}", b64("aisbx:s3cret"))).unwrap(),
+        );
+        assert!(!authorised(&two, creds), "two credentials are one too many");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_host_stays() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("host", "example.org"),
+            ("connection", "keep-alive, x-secret, host"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("user-agent", "pip"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["host", "user-agent"]);
+    }
+
+    #[test]
+    fn the_byte_budget_is_shared_and_never_overdrawn() {
+        let shared = Shared {
+            policy: NetPolicy {
+                max_egress_bytes: 100,
+                ..NetPolicy::new(vec![], vec![])
+            },
+            credentials: Vec::new(),
+            hosts: HashMap::new(),
+            conns: Arc::new(Semaphore::new(1)),
+            bytes_used: AtomicU64::new(0),
+            log: Mutex::new(Log::default()),
+        };
+        assert_eq!(shared.take_bytes(60), 60);
+        assert_eq!(shared.take_bytes(60), 40);
+        assert_eq!(shared.take_bytes(1), 0);
+        assert_eq!(shared.bytes_used.load(Ordering::Relaxed), 100);
     }
 }
