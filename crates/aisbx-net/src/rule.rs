@@ -250,6 +250,21 @@ impl Rule {
     }
 }
 
+impl serde::Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A rule deserialises from its text form, so a profile's `allow = ["example.org"]`
+/// reads straight into `Vec<Rule>` and a bad entry is reported with the reason.
+impl<'de> serde::Deserialize<'de> for Rule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rule, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where a run may connect, and how much.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetPolicy {
@@ -274,6 +289,13 @@ pub enum Verdict {
     Deny {
         reason: String,
     },
+}
+
+/// No destination allowed, default caps.
+impl Default for NetPolicy {
+    fn default() -> NetPolicy {
+        NetPolicy::new(Vec::new(), Vec::new())
+    }
 }
 
 impl NetPolicy {
@@ -378,6 +400,25 @@ mod tests {
         assert_eq!(rule("[2001:db8::1]:443").port(), Some(443));
         assert_eq!(rule("10.0.0.5").ip(), Some("10.0.0.5".parse().unwrap()));
         assert_eq!(rule("example.org").ip(), None);
+    }
+
+    #[test]
+    fn rules_round_trip_through_serde_as_text() {
+        let rules: Vec<Rule> =
+            serde_json::from_str(r#"["*.example.org", "[2001:db8::1]:443", "Example.net:8443"]"#)
+                .unwrap();
+        assert_eq!(
+            serde_json::to_string(&rules).unwrap(),
+            r#"["*.example.org","[2001:db8::1]:443","example.net:8443"]"#
+        );
+        let err = serde_json::from_str::<Vec<Rule>>(r#"["exa mple.org"]"#).unwrap_err();
+        assert!(err.to_string().contains("is not valid"), "{err}");
+        assert_eq!(
+            NetPolicy::default().decide("example.org", 443),
+            Verdict::Deny {
+                reason: "not in the allowlist".into()
+            }
+        );
     }
 
     #[test]
