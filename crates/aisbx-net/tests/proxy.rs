@@ -640,3 +640,50 @@ fn starts_and_finishes_from_inside_an_async_runtime() {
     assert_eq!(report.connections.len(), 1);
     assert!(report.connections[0].allowed);
 }
+
+#[test]
+fn concurrent_tunnels_carry_their_bytes_intact() {
+    let peer = Peer::start(Mode::Echo);
+    let mut env = Env::start(policy(&[peer.rule()]));
+    let sock = env.proxy_sock();
+    let target = peer.target();
+    const TUNNELS: usize = 16;
+    const SIZE: usize = 256 * 1024;
+    let workers: Vec<_> = (0..TUNNELS)
+        .map(|i| {
+            let sock = sock.clone();
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(sock).unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                write!(
+                    s,
+                    "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+                    good_auth()
+                )
+                .unwrap();
+                assert_eq!(read_head(&mut s).0, 200);
+                // A pattern that differs per tunnel and per position.
+                let data: Vec<u8> = (0..SIZE).map(|j| (j * 31 + i * 7) as u8).collect();
+                let mut writer = s.try_clone().unwrap();
+                let sent = data.clone();
+                let w = std::thread::spawn(move || {
+                    writer.write_all(&sent).unwrap();
+                    writer.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                let back = read_to_end(&mut s);
+                w.join().unwrap();
+                assert!(back == data, "tunnel {i}: {} bytes came back", back.len());
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let report = env.finish();
+    assert_eq!(report.connections.len(), TUNNELS);
+    for r in &report.connections {
+        assert!(r.allowed && r.reason.is_none(), "{r:?}");
+        assert_eq!((r.bytes_up, r.bytes_down), (SIZE as u64, SIZE as u64));
+    }
+}
