@@ -687,3 +687,50 @@ fn concurrent_tunnels_carry_their_bytes_intact() {
         assert_eq!((r.bytes_up, r.bytes_down), (SIZE as u64, SIZE as u64));
     }
 }
+
+#[test]
+fn garbage_on_both_sockets_leaves_the_proxy_serving() {
+    let peer = Peer::start(Mode::Echo);
+    let mut env = Env::start(policy(&[peer.rule()]));
+    // A small deterministic generator: the same garbage on every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t = peer.target();
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"CONNECT ",
+        format!("GET http://{t}/ HTTP/1.1\r\n").leak().as_bytes(),
+        b"\x16\x03\x01",
+    ];
+    for i in 0..200 {
+        let len = (next() % 3000) as usize;
+        let mut junk = prefixes[i % prefixes.len()].to_vec();
+        junk.extend((0..len).map(|_| next() as u8));
+        for path in [env.proxy_sock(), env.dns_sock()] {
+            let mut s = UnixStream::connect(path).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let _ = s.write_all(&junk);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+    // Garbage after a valid CONNECT to an IP literal on a non-443 port is just bytes.
+    let (mut s, status) = env.connect(&t);
+    assert_eq!(status, 200);
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    drop(s);
+    let mut d = UnixStream::connect(env.dns_sock()).unwrap();
+    d.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(dns_ask(&mut d, &dns_query(9, "unlisted.test", 1)).rcode, 3);
+    env.finish();
+}
