@@ -363,3 +363,12 @@ mod file_map {
             .collect()
     }
 }
+
+/// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.
+pub fn new_id(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most `b.len()` bytes into our buffer. A few bytes
+    // never block once the kernel's pool is ready and are never cut short.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    format!("{prefix}-{}", hex::encode(b))
+}
