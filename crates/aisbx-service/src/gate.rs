@@ -127,8 +127,6 @@ pub enum Request {
         n: usize,
     },
     AuditVerify,
-    /// Where the policy came from and whether it loaded (`aisbx policy status`).
-    PolicyStatus,
 }
 
 /// The names every tool has in the policy's `input.tool` and the audit log,
@@ -157,7 +155,6 @@ pub const TOOLS: &[&str] = &[
     "doctor",
     "audit_tail",
     "audit_verify",
-    "policy_status",
 ];
 
 impl Request {
@@ -196,7 +193,6 @@ impl Request {
             Request::Doctor => "doctor",
             Request::AuditTail { .. } => "audit_tail",
             Request::AuditVerify => "audit_verify",
-            Request::PolicyStatus => "policy_status",
         }
     }
 
@@ -229,13 +225,20 @@ impl Request {
                 "files": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
                 "workdir": path(workdir),
             }),
+            // `create` is a build, or a restore into a new sandbox: the same
+            // request as those tools'.
             Request::SandboxCreate {
                 name,
                 profile,
-                from_snapshot,
-            } => json!({"name": name, "profile": profile, "from": from_snapshot}),
+                from_snapshot: None,
+            } => json!({"name": name, "profile": profile, "files": [], "setup": []}),
+            Request::SandboxCreate {
+                name,
+                profile,
+                from_snapshot: Some(from),
+            } => json!({"name": from, "target": {"Sandbox": name}, "profile": profile}),
             Request::SandboxList | Request::SnapshotVerify => json!({}),
-            Request::Doctor | Request::AuditVerify | Request::PolicyStatus => json!({}),
+            Request::Doctor | Request::AuditVerify => json!({}),
             Request::SandboxDestroy { id } => json!({"sandbox_id": id}),
             Request::FileRead { id, path } | Request::FileDelete { id, path } => {
                 json!({"sandbox_id": id, "path": path})
@@ -265,17 +268,6 @@ impl Request {
             Request::AuditTail { n } => json!({"n": n}),
         }
     }
-}
-
-/// The service's state after a `policy status`: what decides requests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PolicyState {
-    /// Where the policy came from, in words.
-    pub origin: String,
-    /// The hash of the bundle's files, written on every audit line.
-    pub hash: Option<String>,
-    /// Why it could not be loaded (every request is then refused).
-    pub error: Option<String>,
 }
 
 /// The sandboxing layers of this host (`aisbx doctor`).
@@ -324,7 +316,6 @@ pub enum Response {
     Doctor(DoctorReport),
     AuditTail(Vec<Value>),
     AuditVerify(audit::VerifyReport),
-    PolicyStatus(PolicyState),
 }
 
 impl Response {
@@ -366,7 +357,6 @@ impl Response {
             Response::Doctor(d) => json!({"ok": d.jail.ok()}),
             Response::AuditTail(lines) => json!({"lines": lines.len()}),
             Response::AuditVerify(r) => json!({"lines": r.lines, "ok": r.problem.is_none()}),
-            Response::PolicyStatus(p) => json!({"loaded": p.error.is_none()}),
         }
     }
 }
@@ -697,11 +687,6 @@ impl Service {
                         ))
                     })?)
                 }
-                Request::PolicyStatus => Response::PolicyStatus(PolicyState {
-                    origin: self.policy_origin(),
-                    hash: self.policy_hash().map(str::to_string),
-                    error: self.policy().err().map(|e| e.0.clone()),
-                }),
             },
         };
         Ok(r)
@@ -740,5 +725,243 @@ impl Service {
         if let Err(e) = self.audit_log().append(entry) {
             eprintln!("aisbx: warning: could not append to the audit log: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(front_end: &str) -> RequestMeta {
+        RequestMeta {
+            front_end: front_end.into(),
+            client: Some("tester".into()),
+            tool: "ignored: the gate names the tool".into(),
+        }
+    }
+
+    fn service(home: &std::path::Path, policy: Option<&std::path::Path>) -> Service {
+        Service::open(crate::ServiceConfig {
+            home: Some(home.to_path_buf()),
+            policy: policy.map(std::path::Path::to_path_buf),
+        })
+        .expect("service")
+    }
+
+    fn audit_lines(home: &std::path::Path) -> Vec<Value> {
+        audit::tail(&home.join("audit.jsonl"), 1000).expect("audit log")
+    }
+
+    /// One request of every kind, for the checks on names.
+    fn every_request() -> Vec<Request> {
+        let run = RunRequest::new(crate::Program::Command(vec!["true".into()]));
+        let sb = |id: &str| CopyEnd::Sandbox {
+            id: id.into(),
+            path: "f".into(),
+        };
+        vec![
+            Request::Run(run.clone()),
+            Request::Plan(run),
+            Request::Build(BuildRequest::default()),
+            Request::ProfileList { project: None },
+            Request::ProfileShow {
+                name: "base".into(),
+                project: None,
+            },
+            Request::ProfileDetect {
+                path: None,
+                code: Some("print(1)".into()),
+                lang: None,
+                profile: None,
+                workdir: None,
+            },
+            Request::ProfileValidate {
+                files: Vec::new(),
+                workdir: None,
+            },
+            Request::SandboxCreate {
+                name: None,
+                profile: None,
+                from_snapshot: None,
+            },
+            Request::SandboxCreate {
+                name: None,
+                profile: None,
+                from_snapshot: Some("s".into()),
+            },
+            Request::SandboxList,
+            Request::SandboxDestroy { id: "b".into() },
+            Request::FileRead {
+                id: "b".into(),
+                path: "f".into(),
+            },
+            Request::FileList {
+                id: "b".into(),
+                path: String::new(),
+                recursive: true,
+            },
+            Request::FileWrite {
+                id: "b".into(),
+                path: "f".into(),
+                content: b"x".to_vec(),
+            },
+            Request::FileDelete {
+                id: "b".into(),
+                path: "f".into(),
+            },
+            Request::Copy {
+                src: CopyEnd::Host("/h".into()),
+                dst: sb("b"),
+                keep_links: false,
+            },
+            Request::Copy {
+                src: sb("b"),
+                dst: CopyEnd::Host("/h".into()),
+                keep_links: false,
+            },
+            Request::SnapshotCreate {
+                name: "s".into(),
+                source: SnapSource::Sandbox("b".into()),
+            },
+            Request::SnapshotRestore {
+                name: "s".into(),
+                target: RestoreTarget::Sandbox("c".into()),
+                profile: None,
+            },
+            Request::SnapshotList {
+                with_sharing: false,
+            },
+            Request::SnapshotDiff {
+                from: "s".into(),
+                to: "t".into(),
+            },
+            Request::SnapshotDelete { name: "s".into() },
+            Request::SnapshotVerify,
+            Request::Doctor,
+            Request::AuditTail { n: 1 },
+            Request::AuditVerify,
+        ]
+    }
+
+    #[test]
+    fn every_tool_has_a_documented_name() {
+        let names: std::collections::BTreeSet<&str> =
+            every_request().iter().map(Request::tool).collect();
+        let listed: std::collections::BTreeSet<&str> = TOOLS.iter().copied().collect();
+        assert_eq!(names, listed, "Request::tool and TOOLS differ");
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/POLICY.md"),
+        )
+        .expect("docs/POLICY.md");
+        for t in TOOLS {
+            assert!(
+                doc.contains(&format!("| `{t}` |")),
+                "docs/POLICY.md lacks a row for {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_policy_lets_every_tool_through_and_each_call_is_one_audit_line() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let svc = service(t.path(), None);
+        let cancel = CancelToken::default();
+        let r = svc.call_quiet(&meta("cli"), Request::SandboxList, &cancel);
+        assert!(
+            matches!(r, Ok(Response::SandboxList(ref l)) if l.sandboxes.is_empty()),
+            "{r:?}"
+        );
+        let r = svc.call_quiet(&meta("cli"), Request::AuditVerify, &cancel);
+        assert!(
+            matches!(r, Ok(Response::AuditVerify(ref v)) if v.problem.is_none()),
+            "{r:?}"
+        );
+        // A request the policy allows and that then fails is audited as such.
+        let r = svc.call_quiet(
+            &meta("mcp-stdio"),
+            Request::SandboxDestroy { id: "nope".into() },
+            &cancel,
+        );
+        assert!(matches!(r, Err(ServiceError::NoSuchSandbox(_))), "{r:?}");
+        let lines = audit_lines(t.path());
+        let tools: Vec<&str> = lines.iter().filter_map(|l| l["tool"].as_str()).collect();
+        assert_eq!(
+            tools,
+            ["sandbox_list", "audit_verify", "sandbox_destroy"],
+            "{lines:?}"
+        );
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[0]["result"], json!({"sandboxes": 0}));
+        assert_eq!(lines[2]["decision"], "deny");
+        assert_eq!(lines[2]["front_end"], "mcp-stdio");
+    }
+
+    #[test]
+    fn a_deny_rule_refuses_any_tool_before_it_touches_anything_and_is_audited() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let pol = t.path().join("policy");
+        std::fs::create_dir_all(&pol).expect("mkdir");
+        std::fs::write(
+            pol.join("p.rego"),
+            "package aisbx\n\ndefault allow := true\n\nrefused := {\"sandbox_list\", \"file_write\", \"snapshot_restore\", \"doctor\"}\n\ndeny contains sprintf(\"%s is not for %s\", [input.tool, input.caller.transport]) if refused[input.tool]\n",
+        )
+        .expect("policy");
+        let svc = service(&home, Some(&pol));
+        let cancel = CancelToken::default();
+        let denied = [
+            (Request::SandboxList, "sandbox_list is not for stdio"),
+            (
+                // The sandbox does not exist: the policy answers first.
+                Request::FileWrite {
+                    id: "nope".into(),
+                    path: "f".into(),
+                    content: b"x".to_vec(),
+                },
+                "file_write is not for stdio",
+            ),
+            (
+                Request::SnapshotRestore {
+                    name: "s".into(),
+                    target: RestoreTarget::Sandbox("c".into()),
+                    profile: None,
+                },
+                "snapshot_restore is not for stdio",
+            ),
+            (
+                // `aisbx create --from` is a restore too.
+                Request::SandboxCreate {
+                    name: Some("c".into()),
+                    profile: None,
+                    from_snapshot: Some("s".into()),
+                },
+                "snapshot_restore is not for stdio",
+            ),
+            (Request::Doctor, "doctor is not for stdio"),
+        ];
+        for (req, why) in denied {
+            let tool = req.tool();
+            match svc.call_quiet(&meta("mcp-stdio"), req, &cancel) {
+                Err(ServiceError::Refused(m)) => assert!(m.contains(why), "{tool}: {m}"),
+                other => panic!("{tool}: {other:?}"),
+            }
+            let last = audit_lines(&home).pop().expect("a line");
+            assert_eq!(last["tool"], tool);
+            assert_eq!(last["decision"], "deny");
+            assert!(
+                last["reason"].as_str().unwrap_or_default().contains(why),
+                "{last}"
+            );
+        }
+        // Nothing was made, and what the policy does not name still works.
+        assert!(!home.join("sandboxes/c").exists());
+        let r = svc.call_quiet(
+            &meta("mcp-stdio"),
+            Request::SnapshotList {
+                with_sharing: false,
+            },
+            &cancel,
+        );
+        assert!(matches!(r, Ok(Response::SnapshotList(_))), "{r:?}");
     }
 }

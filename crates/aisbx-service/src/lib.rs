@@ -30,7 +30,7 @@ pub mod doctor {
 
 pub use api::*;
 pub use error::ServiceError;
-pub use gate::{CallIo, DoctorReport, PolicyState, Request, Response, SandboxDisk, TOOLS};
+pub use gate::{CallIo, DoctorReport, Request, Response, SandboxDisk, TOOLS};
 pub use helper::maybe_run_helper;
 pub use profile_api::{ProfileDetected, ProfileShown, ValidatedFile};
 pub use sandbox::{
