@@ -4,6 +4,7 @@ mod common;
 mod contained;
 mod disk;
 mod imports;
+mod layering;
 mod limits;
 mod parity;
 mod perimeter;
