@@ -3,6 +3,7 @@ mod cleanup;
 mod common;
 mod contained;
 mod disk;
+mod gate;
 mod imports;
 mod layering;
 mod limits;
