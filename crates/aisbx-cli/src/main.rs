@@ -451,10 +451,10 @@ fn dry_run(svc: &Service, req: RunRequest, json: bool) -> u8 {
         let l = &plan.limits;
         outln!(
             "limits:   timeout {} s, memory {} bytes, pids {}, cpus {}",
-            l["timeout_secs"],
-            l["memory_bytes"],
-            l["pids"],
-            l["cpus"]
+            l.timeout_secs,
+            l.memory_bytes,
+            l.pids,
+            l.cpus
         );
         outln!("command:  {}", plan.argv.join(" "));
         for n in &plan.notices {

@@ -549,13 +549,27 @@ impl AisbxServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let meta = self.meta("run", &ctx);
-        let req = match tools::parse_run(arguments) {
+        let (req, dry_run) = match tools::parse_run_call(arguments) {
             Ok(r) => r,
             Err(e) => {
                 self.audit_refusal(&meta, &tools::args_value(arguments), &e);
                 return Err(arg_error(e));
             }
         };
+        if dry_run {
+            // Nothing runs: no run slot is taken.
+            let service = self.shared.service.clone();
+            let home = self.home().to_path_buf();
+            let outcome = tokio::task::spawn_blocking(move || {
+                match service.call_quiet(&meta, Request::Plan(req), &CancelToken::default()) {
+                    Ok(Response::Plan(p)) => Ok(redact::run_plan(p, &home)),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+            return respond(outcome, self.home(), "run", arguments, tools::plan_summary);
+        }
         let _slot = match self.admit(&meta, arguments, &ctx).await {
             Ok(p) => p,
             Err(refusal) => return Ok(refusal),

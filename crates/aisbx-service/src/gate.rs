@@ -483,7 +483,7 @@ impl Service {
                     allowed: decision.allowed,
                     decision,
                     profile: p.profile,
-                    limits: policy::limits_value(&p.spec.limits),
+                    limits: (&p.spec.limits).into(),
                     argv: p.spec.argv,
                     sandbox_id: p.sandbox_id,
                     policy: self.policy_origin(),
