@@ -200,6 +200,17 @@ async def exercise(session: ClientSession, transport: str) -> None:
     r = await session.call_tool("run", {"command": ["sh", "-c", "exit 7"]})
     check(f"{t}: non-zero exit is a normal result", not r.is_error and structured(r).get("exit_code") == 7, repr(r))
 
+    # A dry run: the SDK validates the plan against run's output schema; nothing runs.
+    r = await session.call_tool("run", {"code": "print(1)", "language": "python", "dry_run": True,
+                                        "timeout_secs": 5})
+    sc = structured(r)
+    check(f"{t}: run dry_run returns the plan",
+          not r.is_error and sc.get("dry_run") is True and sc.get("allowed") is True
+          and sc.get("profile") == "python" and sc.get("limits", {}).get("timeout_secs") == 5
+          and "exit_code" not in sc and sc.get("decision", {}).get("allowed") is True, repr(r))
+    text = "".join(getattr(c, "text", "") for c in r.content)
+    check(f"{t}: run dry_run says nothing ran", text.startswith("dry run, nothing ran: allowed"), text)
+
     await session.set_logging_level("debug")
     check(f"{t}: logging/setLevel", True)
 

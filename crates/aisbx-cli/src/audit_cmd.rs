@@ -4,26 +4,32 @@
 //! chain is broken; 125 when the log cannot be read.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use aisbx_service::audit;
+use aisbx_service::{Request, Response, Service, audit};
 use serde_json::Value;
 
-/// The audit log of a state directory.
-pub fn log_path(home: &Path) -> PathBuf {
-    home.join("audit.jsonl")
+use crate::{call, fail, open_service, unexpected};
+
+/// The audit log of the service's state directory (named in messages).
+fn log_path(svc: &Service) -> PathBuf {
+    svc.home().join("audit.jsonl")
 }
 
 /// Prints the last `n` entries, oldest first: one JSON object per line with `json`,
 /// else one readable line each.
-pub fn tail(home: &Path, n: usize, json: bool) -> i32 {
-    let path = log_path(home);
-    let entries = match audit::tail(&path, n) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("aisbx: cannot read the audit log {}: {e}", path.display());
-            return 125;
-        }
+pub fn tail(n: usize, json: bool) -> i32 {
+    match open_service() {
+        Ok(svc) => tail_in(&svc, n, json),
+        Err(code) => code.into(),
+    }
+}
+
+fn tail_in(svc: &Service, n: usize, json: bool) -> i32 {
+    let entries = match call(svc, Request::AuditTail { n }) {
+        Ok(Response::AuditTail(e)) => e,
+        Ok(other) => return unexpected(other).into(),
+        Err(e) => return fail(&e).into(),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -38,10 +44,17 @@ pub fn tail(home: &Path, n: usize, json: bool) -> i32 {
 }
 
 /// Checks the hash chain; names the first bad line.
-pub fn verify(home: &Path) -> i32 {
-    let path = log_path(home);
-    match audit::verify(&path) {
-        Ok(r) => match &r.problem {
+pub fn verify() -> i32 {
+    match open_service() {
+        Ok(svc) => verify_in(&svc),
+        Err(code) => code.into(),
+    }
+}
+
+fn verify_in(svc: &Service) -> i32 {
+    let path = log_path(svc);
+    match call(svc, Request::AuditVerify) {
+        Ok(Response::AuditVerify(r)) => match &r.problem {
             None => {
                 let head = if r.head_checked {
                     "head record matches"
@@ -73,10 +86,8 @@ pub fn verify(home: &Path) -> i32 {
                 1
             }
         },
-        Err(e) => {
-            eprintln!("aisbx: cannot verify the audit log {}: {e}", path.display());
-            125
-        }
+        Ok(other) => unexpected(other).into(),
+        Err(e) => fail(&e).into(),
     }
 }
 
@@ -158,19 +169,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn entry(i: u64) -> audit::AuditEntry {
-        audit::AuditEntry {
-            request_id: format!("r{i}"),
-            front_end: "mcp-http".into(),
-            client: Some("claude-code".into()),
-            tool: "run".into(),
-            args_digest: audit::digest_args(&json!({"i": i})),
-            decision: "allow".into(),
-            reason: None,
-            result: json!({"exit_code": 0, "timed_out": false, "duration_ms": 12}),
-        }
-    }
-
     #[test]
     fn format_line() {
         let v = json!({"time": "2026-11-24T10:00:00.123Z", "seq": 7, "front_end": "mcp-http",
@@ -192,17 +190,24 @@ mod tests {
     #[test]
     fn verify_and_tail_exit_codes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(verify(dir.path()), 0);
-        assert_eq!(tail(dir.path(), 5, false), 0);
-        let log = audit::AuditLog::open(log_path(dir.path())).expect("open");
-        for i in 0..3 {
-            log.append(entry(i)).expect("append");
+        let svc = Service::open(aisbx_service::ServiceConfig {
+            home: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .expect("open");
+        assert_eq!(verify_in(&svc), 0);
+        assert_eq!(tail_in(&svc, 5, false), 0);
+        // Every call through the gate writes a line: the two above and three more.
+        for _ in 0..3 {
+            call(&svc, Request::SandboxList).expect("sandbox_list");
         }
-        assert_eq!(verify(dir.path()), 0);
-        assert_eq!(tail(dir.path(), 2, true), 0);
-        let p = log_path(dir.path());
+        assert_eq!(verify_in(&svc), 0);
+        assert_eq!(tail_in(&svc, 2, true), 0);
+        let p = log_path(&svc);
         let text = std::fs::read_to_string(&p).expect("read");
-        std::fs::write(&p, text.replacen("\"exit_code\":0", "\"exit_code\":3", 1)).expect("write");
-        assert_eq!(verify(dir.path()), 1);
+        assert_eq!(text.lines().count(), 7, "{text}");
+        assert!(text.contains("\"tool\":\"sandbox_list\""), "{text}");
+        std::fs::write(&p, text.replacen("\"sandboxes\":0", "\"sandboxes\":3", 1)).expect("write");
+        assert_eq!(verify_in(&svc), 1);
     }
 }

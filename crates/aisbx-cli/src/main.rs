@@ -35,8 +35,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aisbx_service::{
-    CancelToken, LimitOverrides, OutputSink, Program, ProjectProfiles, RequestMeta, RunRequest,
-    Service, ServiceConfig, ServiceError,
+    CallIo, CancelToken, LimitOverrides, NoProgress, OutputSink, Program, ProjectProfiles, Request,
+    RequestMeta, Response, RunRequest, Service, ServiceConfig, ServiceError,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -267,10 +267,9 @@ fn main() -> ExitCode {
         Cmd::Doctor { json } => cmd_doctor(json),
         Cmd::Profile(c) => profile_cmd::run(c),
         Cmd::Audit(a) => {
-            let home = aisbx_service::default_home();
             let code = match a {
-                AuditCmd::Tail { n, json } => audit_cmd::tail(&home, n, json),
-                AuditCmd::Verify => audit_cmd::verify(&home),
+                AuditCmd::Tail { n, json } => audit_cmd::tail(n, json),
+                AuditCmd::Verify => audit_cmd::verify(),
             };
             code.clamp(0, 255) as u8
         }
@@ -297,7 +296,10 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &ServiceError) -> u8 {
-    eprintln!("aisbx: {e}");
+    // A refusal of several lines (a profile's problems) has the prefix on each.
+    for line in e.to_string().lines() {
+        eprintln!("aisbx: {line}");
+    }
     match e {
         ServiceError::NotFound(_) => 127,
         _ => EXIT_AISBX,
@@ -318,6 +320,36 @@ fn cli_meta(tool: &str) -> RequestMeta {
         client: std::env::var("USER").ok(),
         tool: tool.into(),
     }
+}
+
+/// One request through the service's gate (decided, carried out, audited),
+/// with nothing streamed.
+fn call(svc: &Service, request: Request) -> Result<Response, ServiceError> {
+    svc.call_quiet(&cli_meta(request.tool()), request, &CancelToken::default())
+}
+
+/// As [`call`], with a snapshot's progress reported to `progress`.
+fn call_progress(
+    svc: &Service,
+    request: Request,
+    progress: &mut dyn aisbx_service::Progress,
+) -> Result<Response, ServiceError> {
+    svc.call(
+        &cli_meta(request.tool()),
+        request,
+        CallIo {
+            sink: &mut aisbx_service::NullSink,
+            cancel: &CancelToken::default(),
+            progress,
+        },
+    )
+}
+
+/// A response of another kind than the request's: a bug, said as one.
+fn unexpected(r: Response) -> u8 {
+    fail(&ServiceError::Internal(format!(
+        "the service answered with an unexpected result: {r:?}"
+    )))
 }
 
 /// Streams the program's output to ours as it comes (or, with `--json`, keeps it for
@@ -397,13 +429,14 @@ fn cmd_run(a: RunArgs) -> u8 {
     if a.dry_run {
         return dry_run(&svc, req, a.json);
     }
-    run_and_report(&svc, "run", req, a.json)
+    run_and_report(&svc, req, a.json)
 }
 
 /// `aisbx run --dry-run`: the plan, as JSON or in lines.
 fn dry_run(svc: &Service, req: RunRequest, json: bool) -> u8 {
-    let plan = match svc.plan(&cli_meta("run"), req) {
-        Ok(p) => p,
+    let plan = match call(svc, Request::Plan(req)) {
+        Ok(Response::Plan(p)) => p,
+        Ok(other) => return unexpected(other),
         Err(e) => return fail(&e),
     };
     if json {
@@ -418,10 +451,10 @@ fn dry_run(svc: &Service, req: RunRequest, json: bool) -> u8 {
         let l = &plan.limits;
         outln!(
             "limits:   timeout {} s, memory {} bytes, pids {}, cpus {}",
-            l["timeout_secs"],
-            l["memory_bytes"],
-            l["pids"],
-            l["cpus"]
+            l.timeout_secs,
+            l.memory_bytes,
+            l.pids,
+            l.cpus
         );
         outln!("command:  {}", plan.argv.join(" "));
         for n in &plan.notices {
@@ -433,15 +466,18 @@ fn dry_run(svc: &Service, req: RunRequest, json: bool) -> u8 {
 
 /// Run `req`, print the outcome (the live output already went out, or one RunResult
 /// with `--json`) and return the exit status: the program's own, as SPEC says.
-fn run_and_report(svc: &Service, tool: &str, req: RunRequest, json: bool) -> u8 {
-    let result = svc.run(
-        &cli_meta(tool),
-        req,
-        &mut CliSink { live: !json },
-        &CancelToken::default(),
+fn run_and_report(svc: &Service, req: RunRequest, json: bool) -> u8 {
+    let result = svc.call(
+        &cli_meta("run"),
+        Request::Run(req),
+        CallIo {
+            sink: &mut CliSink { live: !json },
+            cancel: &CancelToken::default(),
+            progress: &mut NoProgress,
+        },
     );
     match result {
-        Ok(r) => {
+        Ok(Response::Run(r)) => {
             if json {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", serde_json::to_string(&r).unwrap_or_default());
@@ -457,22 +493,25 @@ fn run_and_report(svc: &Service, tool: &str, req: RunRequest, json: bool) -> u8 
             }
             r.cli_exit_code().clamp(0, 255) as u8
         }
+        Ok(other) => unexpected(other),
         Err(e) => fail(&e),
     }
 }
 
 fn cmd_doctor(json: bool) -> u8 {
-    let report = aisbx_jail::probe();
-    let (disk_capped, disk) = aisbx_service::disk::describe();
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let d = match call(&svc, Request::Doctor) {
+        Ok(Response::Doctor(d)) => d,
+        Ok(other) => return unexpected(other),
+        Err(e) => return fail(&e),
+    };
+    let report = &d.jail;
+    let disk = &d.sandbox_disk.detail;
     if json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert(
-                "sandbox_disk".into(),
-                serde_json::json!({"capped": disk_capped, "detail": disk}),
-            );
-        }
-        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&d);
     } else {
         outln!(
             "aisbx doctor ({})",
@@ -484,8 +523,8 @@ fn cmd_doctor(json: bool) -> u8 {
         );
         for l in &report.layers {
             let state = match l.state {
-                aisbx_jail::LayerState::Active => "active ",
-                aisbx_jail::LayerState::Missing => "MISSING",
+                aisbx_service::doctor::LayerState::Active => "active ",
+                aisbx_service::doctor::LayerState::Missing => "MISSING",
             };
             let req = if l.required { "required" } else { "optional" };
             outln!("  {state}  {:<20} ({req})  {}", l.name, l.detail);

@@ -1,16 +1,12 @@
 //! `aisbx profile list|show|detect|validate`: the profile catalog as a user sees it.
-//! Everything is decided by the service's profile module; this file only formats.
+//! Every one is a request through the service's gate; this file only formats.
 
 use std::path::{Path, PathBuf};
 
-use aisbx_service::profile::{self, Catalog, DetectInput, Source};
-use aisbx_service::runtime;
+use aisbx_service::{Request, Response};
 use clap::Subcommand;
 
-use crate::{cli_meta, fail, open_service};
-
-/// Largest script `detect` reads.
-const MAX_SCRIPT_BYTES: u64 = 4 << 20;
+use crate::{call, fail, open_service, print_json, unexpected};
 
 #[derive(Subcommand)]
 pub enum ProfileCmd {
@@ -107,20 +103,11 @@ pub fn run(cmd: ProfileCmd) -> u8 {
     }
 }
 
-/// The catalog; a note on stderr when the project's profiles are not approved
-/// or unreadable. For `review` (show, validate: nothing runs) unapproved ones
-/// are in it; otherwise (detect, as a run would choose) they are not.
-fn catalog(workdir: Option<&Path>, review: bool) -> Result<Catalog, u8> {
-    let svc = open_service()?;
-    let c = if review {
-        svc.profiles_for_review(workdir)
-    } else {
-        svc.profiles(workdir)
-    };
-    if let Some(p) = &c.project_problem {
+/// A note on stderr when the project's profiles are not approved or unreadable.
+fn note(n: &Option<String>) {
+    if let Some(p) = n {
         eprintln!("aisbx: note: {p}");
     }
-    Ok(c)
 }
 
 fn list(workdir: Option<&Path>, json: bool) -> u8 {
@@ -128,13 +115,17 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let list = match svc.profile_list_in(&cli_meta("profile_list"), workdir) {
-        Ok(l) => l,
+    let request = Request::ProfileList {
+        project: workdir.map(Path::to_path_buf),
+    };
+    let list = match call(&svc, request) {
+        Ok(Response::ProfileList { list, note: n }) => {
+            note(&n);
+            list
+        }
+        Ok(other) => return unexpected(other),
         Err(e) => return fail(&e),
     };
-    if let Some(p) = &svc.profiles(workdir).project_problem {
-        eprintln!("aisbx: note: {p}");
-    }
     if json {
         outln!(
             "{}",
@@ -173,36 +164,31 @@ fn list(workdir: Option<&Path>, json: bool) -> u8 {
 }
 
 fn show(name: &str, resolved: bool, workdir: Option<&Path>, json: bool) -> u8 {
-    let c = match catalog(workdir, true) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
     };
-    let p = match c.resolve(name) {
-        Ok(p) => p,
-        Err(e) => {
-            for d in &e.diags {
-                eprintln!("aisbx: {d}");
-            }
-            return crate::EXIT_AISBX;
-        }
+    let request = Request::ProfileShow {
+        name: name.to_string(),
+        project: workdir.map(Path::to_path_buf),
     };
+    let p = match call(&svc, request) {
+        Ok(Response::ProfileShow(p)) => p,
+        Ok(other) => return unexpected(other),
+        Err(e) => return fail(&e),
+    };
+    note(&p.note);
     if json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&p.to_json()).unwrap_or_default()
+            serde_json::to_string_pretty(&p.json).unwrap_or_default()
         );
     } else if resolved {
-        print!("{}", p.render_resolved());
+        print!("{}", p.resolved);
     } else {
-        let text = c
-            .files(&p.name)
-            .last()
-            .and_then(|f| f.layer().as_ref().ok())
-            .map(|l| l.text.clone())
-            .unwrap_or_default();
         outln!("# {} ({}, {})", p.name, p.source, p.file);
-        print!("{text}");
-        if !text.ends_with('\n') {
+        print!("{}", p.text);
+        if !p.text.ends_with('\n') {
             outln!();
         }
     }
@@ -217,64 +203,31 @@ fn detect(
     workdir: Option<&Path>,
     json: bool,
 ) -> u8 {
-    let c = match catalog(workdir.or(path.filter(|p| p.is_dir())), false) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
     };
-    let mut dir: Option<PathBuf> = workdir.map(Path::to_path_buf);
-    let mut script: Option<(PathBuf, Vec<u8>)> = None;
-    match path {
-        Some(p) if p.is_dir() => dir = dir.or_else(|| Some(p.to_path_buf())),
-        Some(p) => match read_script(p) {
-            Ok(content) => script = Some((p.to_path_buf(), content)),
-            Err(e) => {
-                eprintln!("aisbx: {e}");
-                return crate::EXIT_AISBX;
-            }
-        },
-        None if code.is_none() => dir = dir.or_else(|| std::env::current_dir().ok()),
-        None => {}
-    }
-    let input = DetectInput {
-        profile: profile_name,
-        lang,
-        file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
-        code,
-        dir: dir.as_deref(),
+    let request = Request::ProfileDetect {
+        path: path.map(Path::to_path_buf),
+        code: code.map(str::to_string),
+        lang: lang.map(str::to_string),
+        profile: profile_name.map(str::to_string),
+        workdir: workdir.map(Path::to_path_buf),
     };
-    let d = match c.detect(&input) {
-        Ok(d) => d,
-        Err(e) => {
-            for d in &e.diags {
-                eprintln!("aisbx: {}", d.message);
-            }
-            return crate::EXIT_AISBX;
-        }
+    let d = match call(&svc, request) {
+        Ok(Response::ProfileDetect(d)) => d,
+        Ok(other) => return unexpected(other),
+        Err(e) => return fail(&e),
     };
-    let missing = d
-        .language
-        .as_ref()
-        .and_then(|l| runtime::resolve(l, &c.host_path).err());
+    note(&d.note);
     if json {
-        let v = serde_json::json!({
-            "profile": d.profile.name,
-            "language": d.language.as_ref().map(|l| l.name.clone()),
-            "basis": d.basis.as_str(),
-            "reason": d.reason,
-            "source": d.profile.source.to_string(),
-            "available": missing.is_none(),
-            "missing": missing,
-        });
-        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&d);
     } else {
-        outln!("profile:   {} ({})", d.profile.name, d.profile.source);
-        outln!(
-            "language:  {}",
-            d.language.as_ref().map_or("-", |l| l.name.as_str())
-        );
-        outln!("basis:     {}", d.basis.as_str());
+        outln!("profile:   {} ({})", d.profile, d.source);
+        outln!("language:  {}", d.language.as_deref().unwrap_or("-"));
+        outln!("basis:     {}", d.basis);
         outln!("why:       {}", d.reason);
-        match &missing {
+        match &d.missing {
             None => outln!("available: yes"),
             Some(m) => outln!("available: no ({m})"),
         }
@@ -282,82 +235,46 @@ fn detect(
     0
 }
 
-fn read_script(p: &Path) -> Result<Vec<u8>, String> {
-    let m = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    if m.len() > MAX_SCRIPT_BYTES {
-        return Err(format!(
-            "{} is larger than the {} MiB limit",
-            p.display(),
-            MAX_SCRIPT_BYTES >> 20
-        ));
-    }
-    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-}
-
 fn validate(files: &[PathBuf], workdir: Option<&Path>) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let request = Request::ProfileValidate {
+        files: files.to_vec(),
+        workdir: workdir.map(Path::to_path_buf),
+    };
+    let checked = match call(&svc, request) {
+        Ok(Response::ProfileValidate(v)) => v,
+        Ok(other) => return unexpected(other),
+        Err(e) => return fail(&e),
+    };
     let mut failed = false;
-    for f in files {
-        let start = workdir
-            .map(Path::to_path_buf)
-            .or_else(|| f.parent().map(Path::to_path_buf))
-            .filter(|p| !p.as_os_str().is_empty());
-        let c = match catalog(start.as_deref(), true) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        let source = match &c.user_dir {
-            Some(u) if f.parent().is_some_and(|d| same_dir(d, u)) => Source::User,
-            _ => Source::Project,
-        };
-        let entry = profile::load_file(f, source);
-        // A project's own file: what it may not do even when approved.
-        let project_root = f
-            .parent()
-            .filter(|d| source == Source::Project && d.ends_with(".aisbx/profiles"))
-            .and_then(|d| std::fs::canonicalize(d).ok())
-            .and_then(|d| d.parent().and_then(Path::parent).map(Path::to_path_buf));
-        let result = match entry.layer().clone() {
-            Err(diags) => Err(diags),
-            Ok(layer) => match project_root
-                .map(|r| profile::check_project_layer(&layer, &r))
-                .filter(|d| !d.is_empty())
-            {
-                Some(diags) => Err(diags),
-                None => c.resolve_layer(layer).map_err(|e| e.diags),
-            },
-        };
-        match result {
-            Ok(p) => {
-                let chain: Vec<String> = p.chain.iter().map(|l| l.label()).collect();
-                let lang = match &p.language {
-                    Some(l) => match runtime::resolve(l, &c.host_path) {
-                        Ok(_) => format!("; runs {}", l.name),
-                        Err(m) => format!("; runs {} (not available here: {m})", l.name),
-                    },
-                    None => String::new(),
-                };
-                outln!("{}: ok (chain: {}{lang})", f.display(), chain.join(" → "));
-            }
-            Err(diags) => {
-                failed = true;
-                outln!(
-                    "{}: {} error{}",
-                    f.display(),
-                    diags.len(),
-                    if diags.len() == 1 { "" } else { "s" }
-                );
-                for d in diags {
-                    outln!("  {d}");
-                }
+    for f in checked {
+        note(&f.note);
+        if f.errors.is_empty() {
+            let lang = match (&f.language, &f.missing) {
+                (Some(l), None) => format!("; runs {l}"),
+                (Some(l), Some(m)) => format!("; runs {l} (not available here: {m})"),
+                (None, _) => String::new(),
+            };
+            outln!(
+                "{}: ok (chain: {}{lang})",
+                f.file.display(),
+                f.chain.join(" → ")
+            );
+        } else {
+            failed = true;
+            outln!(
+                "{}: {} error{}",
+                f.file.display(),
+                f.errors.len(),
+                if f.errors.len() == 1 { "" } else { "s" }
+            );
+            for d in &f.errors {
+                outln!("  {d}");
             }
         }
     }
     u8::from(failed)
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
 }

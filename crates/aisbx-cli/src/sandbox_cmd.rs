@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use crate::{counted, print_json};
 
-use aisbx_service::{CancelToken, CopyEnd, LimitOverrides, RunRequest};
+use aisbx_service::{CopyEnd, LimitOverrides, Request, Response, RunRequest};
 use clap::Args;
 
 use super::{
-    EXIT_AISBX, cli_meta, fail, open_service, parse_env, program_of, run_and_report, size,
+    EXIT_AISBX, call, fail, open_service, parse_env, program_of, run_and_report, size, unexpected,
 };
 
 #[derive(Args)]
@@ -67,13 +67,13 @@ pub fn create(a: CreateArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match svc.sandbox_create(
-        &cli_meta("create"),
-        a.name.as_deref(),
-        a.profile.as_deref(),
-        a.from.as_deref(),
-    ) {
-        Ok(sb) => {
+    let request = Request::SandboxCreate {
+        name: a.name,
+        profile: a.profile,
+        from_snapshot: a.from,
+    };
+    match call(&svc, request) {
+        Ok(Response::SandboxCreate(sb)) => {
             if a.json {
                 print_json(&sb);
             } else {
@@ -88,6 +88,7 @@ pub fn create(a: CreateArgs) -> u8 {
             }
             0
         }
+        Ok(other) => unexpected(other),
         Err(e) => fail(&e),
     }
 }
@@ -112,7 +113,7 @@ pub fn exec(a: ExecArgs) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    run_and_report(&svc, "exec", req, a.json)
+    run_and_report(&svc, req, a.json)
 }
 
 pub fn ls(json: bool) -> u8 {
@@ -120,8 +121,8 @@ pub fn ls(json: bool) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match svc.sandbox_list(&cli_meta("ls")) {
-        Ok(l) => {
+    match call(&svc, Request::SandboxList) {
+        Ok(Response::SandboxList(l)) => {
             if json {
                 print_json(&l);
             } else {
@@ -138,6 +139,7 @@ pub fn ls(json: bool) -> u8 {
             }
             0
         }
+        Ok(other) => unexpected(other),
         Err(e) => fail(&e),
     }
 }
@@ -149,8 +151,10 @@ pub fn rm(names: Vec<String>) -> u8 {
     };
     let mut code = 0;
     for n in names {
-        if let Err(e) = svc.sandbox_destroy(&cli_meta("rm"), &n) {
-            code = fail(&e);
+        match call(&svc, Request::SandboxDestroy { id: n }) {
+            Ok(Response::SandboxDestroy(_)) => {}
+            Ok(other) => code = unexpected(other),
+            Err(e) => code = fail(&e),
         }
     }
     code
@@ -186,8 +190,13 @@ pub fn cp(src: String, dst: String, keep_links: bool) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match svc.copy(&cli_meta("cp"), &s, &d, keep_links, &CancelToken::default()) {
-        Ok(r) => {
+    let request = Request::Copy {
+        src: s,
+        dst: d,
+        keep_links,
+    };
+    match call(&svc, request) {
+        Ok(Response::Copy(r)) => {
             for w in &r.warnings {
                 eprintln!("aisbx: warning: {w}");
             }
@@ -200,6 +209,7 @@ pub fn cp(src: String, dst: String, keep_links: bool) -> u8 {
             );
             0
         }
+        Ok(other) => unexpected(other),
         Err(e) => fail(&e),
     }
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use crate::{counted, print_json};
 
-use aisbx_service::{Progress, RestoreTarget, SnapSource};
+use aisbx_service::{Progress, Request, Response, RestoreTarget, SnapSource};
 use clap::{ArgGroup, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{EXIT_AISBX, cli_meta, fail, open_service};
+use super::{EXIT_AISBX, call, call_progress, fail, open_service, unexpected};
 
 #[derive(Subcommand)]
 pub enum SnapCmd {
@@ -169,8 +169,9 @@ pub fn run(cmd: SnapCmd) -> u8 {
                 }
             };
             let mut p = progress(json);
-            match svc.snapshot_create(&cli_meta("snap_create"), &name, &source, p.as_mut()) {
-                Ok(info) => {
+            let request = Request::SnapshotCreate { name, source };
+            match call_progress(&svc, request, p.as_mut()) {
+                Ok(Response::SnapshotCreate(info)) => {
                     if json {
                         print_json(&info);
                     } else {
@@ -185,6 +186,7 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     }
                     0
                 }
+                Ok(other) => unexpected(other),
                 Err(e) => fail(&e),
             }
         }
@@ -204,14 +206,13 @@ pub fn run(cmd: SnapCmd) -> u8 {
                 }
             };
             let mut p = progress(json);
-            match svc.snapshot_restore(
-                &cli_meta("snap_restore"),
-                &name,
-                &target,
-                profile.as_deref(),
-                p.as_mut(),
-            ) {
-                Ok(r) => {
+            let request = Request::SnapshotRestore {
+                name,
+                target,
+                profile,
+            };
+            match call_progress(&svc, request, p.as_mut()) {
+                Ok(Response::SnapshotRestore(r)) => {
                     if json {
                         print_json(&r);
                     } else if let Some(sb) = &r.sandbox_id {
@@ -233,14 +234,20 @@ pub fn run(cmd: SnapCmd) -> u8 {
                     }
                     0
                 }
+                Ok(other) => unexpected(other),
                 Err(e) => fail(&e),
             }
         }
         SnapCmd::List {
             show_metadata,
             json,
-        } => match svc.snapshot_list(&cli_meta("snap_list"), show_metadata || json) {
-            Ok(l) => {
+        } => match call(
+            &svc,
+            Request::SnapshotList {
+                with_sharing: show_metadata || json,
+            },
+        ) {
+            Ok(Response::SnapshotList(l)) => {
                 if json {
                     print_json(&l);
                 } else if show_metadata {
@@ -281,37 +288,37 @@ pub fn run(cmd: SnapCmd) -> u8 {
                 }
                 0
             }
+            Ok(other) => unexpected(other),
             Err(e) => fail(&e),
         },
-        SnapCmd::Diff { from, to, json } => {
-            match svc.snapshot_diff(&cli_meta("snap_diff"), &from, &to) {
-                Ok(d) => {
-                    if json {
-                        print_json(&d);
-                    } else {
-                        for p in &d.added {
-                            outln!("A {p}");
-                        }
-                        for p in &d.removed {
-                            outln!("D {p}");
-                        }
-                        for p in &d.changed {
-                            outln!("M {p}");
-                        }
-                        for f in &d.diffs {
-                            print!("{}", f.unified);
-                        }
+        SnapCmd::Diff { from, to, json } => match call(&svc, Request::SnapshotDiff { from, to }) {
+            Ok(Response::SnapshotDiff(d)) => {
+                if json {
+                    print_json(&d);
+                } else {
+                    for p in &d.added {
+                        outln!("A {p}");
                     }
-                    0
+                    for p in &d.removed {
+                        outln!("D {p}");
+                    }
+                    for p in &d.changed {
+                        outln!("M {p}");
+                    }
+                    for f in &d.diffs {
+                        print!("{}", f.unified);
+                    }
                 }
-                Err(e) => fail(&e),
+                0
             }
-        }
+            Ok(other) => unexpected(other),
+            Err(e) => fail(&e),
+        },
         SnapCmd::Rm { names } => {
             let mut code = 0;
             for n in names {
-                match svc.snapshot_remove(&cli_meta("snap_rm"), &n) {
-                    Ok(r) => {
+                match call(&svc, Request::SnapshotDelete { name: n }) {
+                    Ok(Response::SnapshotDelete(r)) => {
                         eprintln!(
                             "removed {}{}; freed {} objects ({})",
                             r.name,
@@ -327,13 +334,14 @@ pub fn run(cmd: SnapCmd) -> u8 {
                             eprintln!("aisbx: note: {kept}");
                         }
                     }
+                    Ok(other) => code = unexpected(other),
                     Err(e) => code = fail(&e),
                 }
             }
             code
         }
-        SnapCmd::Verify { json } => match svc.snapshot_verify(&cli_meta("snap_verify")) {
-            Ok(r) => {
+        SnapCmd::Verify { json } => match call(&svc, Request::SnapshotVerify) {
+            Ok(Response::SnapshotVerify(r)) => {
                 if json {
                     print_json(&r);
                 } else {
@@ -351,6 +359,7 @@ pub fn run(cmd: SnapCmd) -> u8 {
                 }
                 if r.ok { 0 } else { 1 }
             }
+            Ok(other) => unexpected(other),
             Err(e) => fail(&e),
         },
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use aisbx_service::{ProfileList, RestoreResult, SandboxList, SnapshotInfo, SnapshotList};
+use aisbx_service::{ProfileList, RestoreResult, RunPlan, SandboxList, SnapshotInfo, SnapshotList};
 
 /// `text` with a user profile named by its file name alone, the state directory
 /// written `$AISBX_HOME` and the user's home `~`.
@@ -99,6 +99,15 @@ pub fn profile_list(mut l: ProfileList) -> ProfileList {
         }
     }
     l
+}
+
+/// A dry run's plan: its command and notes may name a script or a project's
+/// directory under the home or state directory.
+pub fn run_plan(mut p: RunPlan, home: &Path) -> RunPlan {
+    p.argv = p.argv.iter().map(|a| text(a, home)).collect();
+    p.notices = p.notices.iter().map(|n| text(n, home)).collect();
+    p.policy = text(&p.policy, home);
+    p
 }
 
 #[cfg(test)]

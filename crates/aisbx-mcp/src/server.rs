@@ -9,8 +9,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use aisbx_service::audit::{AuditEntry, digest_args};
-use aisbx_service::{CancelToken, NullSink, OutputSink, RequestMeta, ServiceError};
+use aisbx_service::{
+    CallIo, CancelToken, NoProgress, NullSink, OutputSink, Request, RequestMeta, Response,
+    ServiceError,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
@@ -494,22 +496,12 @@ impl AisbxServer {
 
     /// Records a request the front end refused before it reached the service.
     fn audit_refusal(&self, meta: &RequestMeta, args: &Value, e: &ArgError) {
-        {
-            let log = self.shared.service.audit_log();
-            let entry = AuditEntry {
-                request_id: aisbx_service::new_id("req"),
-                front_end: meta.front_end.clone(),
-                client: meta.client.clone(),
-                tool: meta.tool.clone(),
-                args_digest: digest_args(args),
-                decision: "deny".into(),
-                reason: Some(e.to_string()),
-                result: json!({ "error": "invalid_params", "field": e.field }),
-            };
-            if let Err(err) = log.append(entry) {
-                tracing::warn!(%err, "cannot append to the audit log");
-            }
-        }
+        self.shared.service.record_refusal(
+            meta,
+            args,
+            &e.to_string(),
+            json!({ "error": "invalid_params", "field": e.field }),
+        );
     }
 
     fn home(&self) -> &Path {
@@ -531,22 +523,15 @@ impl AisbxServer {
             },
             _ = disconnected.cancelled() => NotAdmitted::Cancelled,
         };
-        let entry = AuditEntry {
-            request_id: aisbx_service::new_id("req"),
-            front_end: meta.front_end.clone(),
-            client: meta.client.clone(),
-            tool: meta.tool.clone(),
-            args_digest: digest_args(&tools::args_value(arguments)),
-            decision: "deny".into(),
-            reason: Some(refusal.to_string()),
-            result: json!({ "error": match refusal {
+        self.shared.service.record_refusal(
+            meta,
+            &tools::args_value(arguments),
+            &refusal.to_string(),
+            json!({ "error": match refusal {
                 NotAdmitted::Busy { .. } => "busy",
                 NotAdmitted::Cancelled => "cancelled",
             }}),
-        };
-        if let Err(err) = self.shared.service.audit_log().append(entry) {
-            tracing::warn!(%err, "cannot append to the audit log");
-        }
+        );
         Err(tool_error(refusal.to_string()))
     }
 
@@ -564,13 +549,27 @@ impl AisbxServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let meta = self.meta("run", &ctx);
-        let req = match tools::parse_run(arguments) {
+        let (req, dry_run) = match tools::parse_run_call(arguments) {
             Ok(r) => r,
             Err(e) => {
                 self.audit_refusal(&meta, &tools::args_value(arguments), &e);
                 return Err(arg_error(e));
             }
         };
+        if dry_run {
+            // Nothing runs: no run slot is taken.
+            let service = self.shared.service.clone();
+            let home = self.home().to_path_buf();
+            let outcome = tokio::task::spawn_blocking(move || {
+                match service.call_quiet(&meta, Request::Plan(req), &CancelToken::default()) {
+                    Ok(Response::Plan(p)) => Ok(redact::run_plan(p, &home)),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+            return respond(outcome, self.home(), "run", arguments, tools::plan_summary);
+        }
         let _slot = match self.admit(&meta, arguments, &ctx).await {
             Ok(p) => p,
             Err(refusal) => return Ok(refusal),
@@ -597,7 +596,16 @@ impl AisbxServer {
         let run_cancel = cancel.clone();
         let mut task = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            service.run(&meta, req, sink.as_mut(), &run_cancel)
+            let io = CallIo {
+                sink: sink.as_mut(),
+                cancel: &run_cancel,
+                progress: &mut NoProgress,
+            };
+            match service.call(&meta, Request::Run(req), io) {
+                Ok(Response::Run(r)) => Ok(r),
+                Ok(other) => Err(unexpected(other)),
+                Err(e) => Err(e),
+            }
         });
         let disconnected = Self::disconnect_token(&ctx);
         let mut rx_open = true;
@@ -656,8 +664,14 @@ impl AisbxServer {
         };
         let service = self.shared.service.clone();
         let setup = req.setup.clone();
-        let outcome =
-            Self::cancellable(&ctx, move |cancel| service.build(&meta, req, cancel)).await;
+        let outcome = Self::cancellable(&ctx, move |cancel| {
+            match service.call_quiet(&meta, Request::Build(req), cancel) {
+                Ok(Response::Build(b)) => Ok(b),
+                Ok(other) => Err(unexpected(other)),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
         if let Ok(Ok(b)) = &outcome
             && let Some(text) = tools::build_failure(b, &setup)
         {
@@ -688,7 +702,12 @@ impl AisbxServer {
         }
         let service = self.shared.service.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            service.profile_list(&meta).map(redact::profile_list)
+            let request = Request::ProfileList { project: None };
+            match service.call_quiet(&meta, request, &CancelToken::default()) {
+                Ok(Response::ProfileList { list, .. }) => Ok(redact::profile_list(list)),
+                Ok(other) => Err(unexpected(other)),
+                Err(e) => Err(e),
+            }
         })
         .await;
         respond(
@@ -794,45 +813,84 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ServiceError> {
     serde_json::to_value(v).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
-/// Carry out one sandbox, file or snapshot call (blocking).
+/// A response of another kind than the request's: a bug, reported as one.
+fn unexpected(r: Response) -> ServiceError {
+    ServiceError::Internal(format!(
+        "the service answered with an unexpected result: {r:?}"
+    ))
+}
+
+/// Carry out one sandbox, file or snapshot call (blocking) through the service's
+/// gate, which decides and audits it.
 fn run_sandbox_call(
     service: &Service,
     meta: &RequestMeta,
     call: tools::SandboxCall,
     cancel: &CancelToken,
 ) -> Result<(String, Value), ServiceError> {
-    use aisbx_service::{NoProgress, RestoreTarget, SnapSource};
+    use aisbx_service::{FileKind, RestoreTarget, SnapSource};
     use tools::SandboxCall as C;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    let (summary, value) = match call {
-        C::SandboxList => {
-            let v = to_value(&redact::sandbox_list(service.sandbox_list(meta)?))?;
+    // The sandbox a snapshot is taken of or restored into, for the summary.
+    let sandbox = match &call {
+        C::SnapshotCreate { id, .. } | C::SnapshotRestore { id, .. } => id.clone(),
+        _ => String::new(),
+    };
+    let request = match call {
+        C::SandboxList => Request::SandboxList,
+        C::SandboxDestroy { id } => Request::SandboxDestroy { id },
+        C::FileWrite { id, path, content } => Request::FileWrite { id, path, content },
+        C::FileDelete { id, path } => Request::FileDelete { id, path },
+        C::SnapshotDelete { name } => Request::SnapshotDelete { name },
+        C::FileRead { id, path } => Request::FileRead { id, path },
+        C::FileList {
+            id,
+            path,
+            recursive,
+        } => Request::FileList {
+            id,
+            path,
+            recursive,
+        },
+        C::SnapshotCreate { name, id } => Request::SnapshotCreate {
+            name,
+            source: SnapSource::Sandbox(id),
+        },
+        C::SnapshotRestore { name, id, profile } => Request::SnapshotRestore {
+            name,
+            target: RestoreTarget::Sandbox(id),
+            profile,
+        },
+        C::SnapshotList => Request::SnapshotList { with_sharing: true },
+        C::SnapshotDiff { from, to } => Request::SnapshotDiff { from, to },
+    };
+    let (summary, value) = match service.call_quiet(meta, request, cancel)? {
+        Response::SandboxList(l) => {
+            let v = to_value(&redact::sandbox_list(l))?;
             (pretty(&v), v)
         }
-        C::SandboxDestroy { id } => {
-            let v = to_value(&service.sandbox_destroy(meta, &id)?)?;
-            (format!("sandbox {id} destroyed"), v)
+        Response::SandboxDestroy(d) => {
+            (format!("sandbox {} destroyed", d.sandbox_id), to_value(&d)?)
         }
-        C::FileWrite { id, path, content } => {
-            let r = service.file_write(meta, &id, &path, content, cancel)?;
-            (
-                format!("wrote {} bytes to {} in sandbox {id}", r.bytes, r.path),
-                to_value(&r)?,
-            )
-        }
-        C::FileDelete { id, path } => {
-            let r = service.file_delete(meta, &id, &path, cancel)?;
-            (format!("deleted {} in sandbox {id}", r.path), to_value(&r)?)
-        }
-        C::SnapshotDelete { name } => {
-            let r = service.snapshot_remove(meta, &name)?;
-            (
-                format!("snapshot {name} deleted ({} bytes freed)", r.freed_bytes),
-                to_value(&r)?,
-            )
-        }
-        C::FileRead { id, path } => {
-            let r = service.file_read(meta, &id, &path)?;
+        Response::FileWrite(r) => (
+            format!(
+                "wrote {} bytes to {} in sandbox {}",
+                r.bytes, r.path, r.sandbox_id
+            ),
+            to_value(&r)?,
+        ),
+        Response::FileDelete(r) => (
+            format!("deleted {} in sandbox {}", r.path, r.sandbox_id),
+            to_value(&r)?,
+        ),
+        Response::SnapshotDelete(r) => (
+            format!(
+                "snapshot {} deleted ({} bytes freed)",
+                r.name, r.freed_bytes
+            ),
+            to_value(&r)?,
+        ),
+        Response::FileRead(r) => {
             let s = if r.encoding == "utf-8" {
                 r.content.clone()
             } else {
@@ -840,20 +898,15 @@ fn run_sandbox_call(
             };
             (s, to_value(&r)?)
         }
-        C::FileList {
-            id,
-            path,
-            recursive,
-        } => {
-            let r = service.file_list(meta, &id, &path, recursive)?;
+        Response::FileList(r) => {
             let mut s: String = r
                 .entries
                 .iter()
                 .map(|e| {
                     let kind = match e.kind {
-                        aisbx_service::snapshot_fs::Kind::Dir => "dir ",
-                        aisbx_service::snapshot_fs::Kind::File => "file",
-                        aisbx_service::snapshot_fs::Kind::Symlink => "link",
+                        FileKind::Dir => "dir ",
+                        FileKind::File => "file",
+                        FileKind::Symlink => "link",
                     };
                     format!("{kind} {:>10} {}\n", e.size, e.path)
                 })
@@ -863,46 +916,31 @@ fn run_sandbox_call(
             }
             (s, to_value(&r)?)
         }
-        C::SnapshotCreate { name, id } => {
-            let r = service
-                .snapshot_create(
-                    meta,
-                    &name,
-                    &SnapSource::Sandbox(id.clone()),
-                    &mut NoProgress,
-                )
-                .map(redact::snapshot_info)?;
+        Response::SnapshotCreate(r) => {
+            let r = redact::snapshot_info(r);
             (
                 format!(
-                    "snapshot {name} of sandbox {id}: {} files, {} bytes",
-                    r.files, r.bytes
+                    "snapshot {} of sandbox {sandbox}: {} files, {} bytes",
+                    r.name, r.files, r.bytes
                 ),
                 to_value(&r)?,
             )
         }
-        C::SnapshotRestore { name, id, profile } => {
-            let r = service
-                .snapshot_restore(
-                    meta,
-                    &name,
-                    &RestoreTarget::Sandbox(id.clone()),
-                    profile.as_deref(),
-                    &mut NoProgress,
-                )
-                .map(redact::restore_result)?;
+        Response::SnapshotRestore(r) => {
+            let r = redact::restore_result(r);
             (
                 format!(
-                    "sandbox {id} restored from snapshot {name}; use it with `run` and sandbox_id \"{id}\""
+                    "sandbox {sandbox} restored from snapshot {}; use it with `run` and sandbox_id \"{sandbox}\"",
+                    r.snapshot
                 ),
                 to_value(&r)?,
             )
         }
-        C::SnapshotList => {
-            let v = to_value(&redact::snapshot_list(service.snapshot_list(meta, true)?))?;
+        Response::SnapshotList(l) => {
+            let v = to_value(&redact::snapshot_list(l))?;
             (pretty(&v), v)
         }
-        C::SnapshotDiff { from, to } => {
-            let d = service.snapshot_diff(meta, &from, &to)?;
+        Response::SnapshotDiff(d) => {
             let mut s = String::new();
             for p in &d.added {
                 s.push_str(&format!("A {p}\n"));
@@ -921,6 +959,7 @@ fn run_sandbox_call(
             }
             (s, to_value(&d)?)
         }
+        other => return Err(unexpected(other)),
     };
     Ok((summary, value))
 }

@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// `snapshot_restore`); its files persist across calls.
     #[serde(default)]
     pub sandbox_id: Option<String>,
+    /// Run nothing: return whether the policy allows the run, the profile it
+    /// would use and the limits it would get.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
 }
 
 /// Arguments of `build`.
@@ -309,6 +313,13 @@ fn decode(content: &str, encoding: Encoding) -> Result<Vec<u8>, String> {
 /// `run` arguments to a service request.
 pub fn parse_run(arguments: Option<&JsonObject>) -> Result<RunRequest, ArgError> {
     run_request(parse::<RunArgs>(arguments)?)
+}
+
+/// `run` arguments to a service request, and whether it is a dry run.
+pub fn parse_run_call(arguments: Option<&JsonObject>) -> Result<(RunRequest, bool), ArgError> {
+    let a = parse::<RunArgs>(arguments)?;
+    let dry_run = a.dry_run.unwrap_or(false);
+    Ok((run_request(a)?, dry_run))
 }
 
 pub fn run_request(a: RunArgs) -> Result<RunRequest, ArgError> {
@@ -673,9 +684,41 @@ fn tool<I: JsonSchema, O: JsonSchema>(
     read_only: bool,
     destructive: bool,
 ) -> Result<Tool, String> {
+    tool_with_output::<I>(
+        name,
+        title,
+        description,
+        read_only,
+        destructive,
+        schema::<O>(true)?,
+    )
+}
+
+/// The output schema of `run`: a `RunResult`, or with `dry_run` a `RunPlan`.
+fn run_output_schema() -> Result<Arc<JsonObject>, String> {
+    let mut m = JsonObject::new();
+    m.insert("type".into(), serde_json::json!("object"));
+    m.insert(
+        "anyOf".into(),
+        serde_json::json!([
+            Value::Object((*schema::<RunResult>(true)?).clone()),
+            Value::Object((*schema::<aisbx_service::RunPlan>(true)?).clone()),
+        ]),
+    );
+    Ok(Arc::new(m))
+}
+
+fn tool_with_output<I: JsonSchema>(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    read_only: bool,
+    destructive: bool,
+    output: Arc<JsonObject>,
+) -> Result<Tool, String> {
     Ok(Tool::new(name, description, schema::<I>(false)?)
         .with_title(title)
-        .with_raw_output_schema(schema::<O>(true)?)
+        .with_raw_output_schema(output)
         .with_annotations(
             ToolAnnotations::new()
                 .read_only(read_only)
@@ -706,7 +749,9 @@ pub fn definitions() -> Result<Vec<Tool>, String> {
              stay. `timeout_secs`, `memory` and `cpus` may lower the profile's limits, never \
              raise them. A non-zero exit or a timeout is a normal result; isError means \
              aisbx refused or failed. Send a progressToken to receive output as it is \
-             produced."
+             produced. With `dry_run: true` nothing runs: the result says whether the \
+             policy allows the run (`allowed`, `decision`), the profile and the limits \
+             it would get."
         )
         .into_boxed_str(),
     );
@@ -722,7 +767,14 @@ pub fn definitions() -> Result<Vec<Tool>, String> {
         .into_boxed_str(),
     );
     Ok(vec![
-        tool::<RunArgs, RunResult>("run", "Run code in a sandbox", run_desc, false, false)?,
+        tool_with_output::<RunArgs>(
+            "run",
+            "Run code in a sandbox",
+            run_desc,
+            false,
+            false,
+            run_output_schema()?,
+        )?,
         tool::<BuildArgs, BuildResult>(
             "build",
             "Create a persistent sandbox",
@@ -851,6 +903,7 @@ pub fn fields_of(tool: &str) -> &'static [&'static str] {
             "memory",
             "cpus",
             "sandbox_id",
+            "dry_run",
         ],
         "build" => &["profile", "name", "files", "setup"],
         "sandbox_destroy" => &["sandbox_id"],
@@ -907,6 +960,29 @@ pub fn shared_definitions() -> Result<Arc<Vec<Tool>>, String> {
 // ----- readable summaries -----
 
 /// `exit 0 in 12 ms (profile python)` and the output.
+/// The text of a dry run's result.
+pub fn plan_summary(p: &aisbx_service::RunPlan) -> String {
+    let decision = p
+        .decision
+        .refusal()
+        .unwrap_or_else(|| "allowed by policy".to_string());
+    let l = &p.limits;
+    let mut s = format!(
+        "dry run, nothing ran: {decision}\nprofile: {}\nlimits: timeout {} s, memory {} bytes, pids {}, cpus {}\ncommand: {}",
+        p.profile,
+        l.timeout_secs,
+        l.memory_bytes,
+        l.pids,
+        l.cpus,
+        p.argv.join(" ")
+    );
+    for n in &p.notices {
+        s.push_str("\nnote: ");
+        s.push_str(n);
+    }
+    s
+}
+
 pub fn run_summary(r: &RunResult) -> String {
     let mut s = String::new();
     if r.timed_out {
@@ -1071,10 +1147,18 @@ mod tests {
             assert_eq!(props, known, "{}", t.name);
         }
         let out = defs[0].output_schema.as_ref().expect("out");
+        // `run` answers a RunResult, or with dry_run a RunPlan.
+        let result = &out["anyOf"][0];
+        let plan = &out["anyOf"][1];
         // A nullable result field is anyOf [integer, null].
         assert_eq!(
-            out["properties"]["exit_code"]["anyOf"][1],
+            result["properties"]["exit_code"]["anyOf"][1],
             json!({"type": "null"})
+        );
+        assert_eq!(plan["properties"]["dry_run"]["type"], json!("boolean"));
+        assert_eq!(
+            plan["properties"]["limits"]["properties"]["memory_bytes"]["type"],
+            json!("integer")
         );
     }
 

@@ -45,14 +45,14 @@ fn listings_and_errors_name_no_host_path() {
             client: None,
             tool: "snap create".into(),
         };
-        let info = svc
-            .snapshot_create(
-                &meta,
-                "from-dir",
-                &aisbx_service::SnapSource::Workdir(work.path().to_path_buf()),
-                &mut aisbx_service::NoProgress,
-            )
-            .expect("snapshot of a workdir");
+        let request = aisbx_service::Request::SnapshotCreate {
+            name: "from-dir".into(),
+            source: aisbx_service::SnapSource::Workdir(work.path().to_path_buf()),
+        };
+        let info = match svc.call_quiet(&meta, request, &Default::default()) {
+            Ok(aisbx_service::Response::SnapshotCreate(info)) => info,
+            other => panic!("snapshot of a workdir: {other:?}"),
+        };
         // The CLI still sees where it came from.
         assert!(info.source.starts_with("workdir:"), "{}", info.source);
     }

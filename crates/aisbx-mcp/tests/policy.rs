@@ -98,3 +98,77 @@ fn a_deny_refuses_over_stdio_and_http_with_the_transport() {
     );
     assert_eq!(stdio_line["policy"], http_line["policy"]);
 }
+
+#[test]
+fn a_dry_run_returns_the_decision_profile_and_limits_without_running() {
+    let home = home();
+    let dir = home.path().join("policy");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("p.rego"), POLICY).expect("write");
+    let mut s = StdioServer::start_initialized(home.path());
+
+    // Refused: the plan says so and why; it is a result, not an error.
+    let r = s.call(
+        1,
+        "run",
+        json!({"command": ["sh", "-c", "echo ran > /workspace/x"], "dry_run": true}),
+    );
+    let res = &r["result"];
+    assert_eq!(res["isError"], json!(false), "{r}");
+    let plan = &res["structuredContent"];
+    assert_eq!(plan["dry_run"], json!(true), "{r}");
+    assert_eq!(plan["allowed"], json!(false), "{r}");
+    assert_eq!(
+        plan["decision"]["deny"],
+        json!(["no shells over stdio"]),
+        "{r}"
+    );
+    assert_eq!(
+        plan["argv"],
+        json!(["sh", "-c", "echo ran > /workspace/x"]),
+        "{r}"
+    );
+    assert!(plan.get("exit_code").is_none(), "{r}");
+    let text = res["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("dry run, nothing ran: refused by policy: no shells over stdio"),
+        "{text}"
+    );
+
+    // Allowed: the profile and the limits the run would get (a lower memory asked).
+    let r = s.call(
+        2,
+        "run",
+        json!({"code": "print(1)", "language": "python", "memory": "64M", "dry_run": true}),
+    );
+    let plan = &r["result"]["structuredContent"];
+    assert_eq!(plan["allowed"], json!(true), "{r}");
+    assert_eq!(plan["profile"], json!("python"), "{r}");
+    assert_eq!(plan["limits"]["memory_bytes"], json!(64 << 20), "{r}");
+    assert!(
+        plan["limits"]["timeout_secs"]
+            .as_f64()
+            .is_some_and(|t| t > 0.0),
+        "{r}"
+    );
+
+    // A dry run that is false runs.
+    let r = s.call(
+        3,
+        "run",
+        json!({"command": ["echo", "ran"], "dry_run": false}),
+    );
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "ran\n", "{r}");
+    drop(s);
+
+    // Each is one audit line; the dry runs record that nothing ran.
+    let runs: Vec<Value> = audit_lines(home.path())
+        .into_iter()
+        .filter(|l| l["tool"] == "run")
+        .collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert_eq!(runs[0]["result"]["dry_run"], json!(true), "{runs:?}");
+    assert_eq!(runs[0]["result"]["allowed"], json!(false), "{runs:?}");
+    assert_eq!(runs[1]["result"]["allowed"], json!(true), "{runs:?}");
+    assert_eq!(runs[2]["result"]["exit_code"], json!(0), "{runs:?}");
+}

@@ -203,9 +203,9 @@ impl RunResult {
     }
 }
 
-/// What a run would do (`aisbx run --dry-run`): the policy's decision, the
-/// resolved profile and the limits the run would get.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What a run would do (`aisbx run --dry-run`, MCP `run` with `dry_run`): the
+/// policy's decision, the resolved profile and the limits the run would get.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RunPlan {
     /// Always true: nothing ran.
     pub dry_run: bool,
@@ -215,7 +215,7 @@ pub struct RunPlan {
     /// The profile the run would use.
     pub profile: String,
     /// The limits it would get, after the policy's ceilings.
-    pub limits: serde_json::Value,
+    pub limits: RunLimits,
     /// What would be executed in the sandbox.
     pub argv: Vec<String>,
     pub sandbox_id: Option<String>,
@@ -223,6 +223,26 @@ pub struct RunPlan {
     pub policy: String,
     /// What the run chose that the user did not say.
     pub notices: Vec<String>,
+}
+
+/// A run's limits, in the policy's units.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct RunLimits {
+    pub timeout_secs: f64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpus: f64,
+}
+
+impl From<&aisbx_jail::Limits> for RunLimits {
+    fn from(l: &aisbx_jail::Limits) -> RunLimits {
+        RunLimits {
+            timeout_secs: l.wall.as_secs_f64(),
+            memory_bytes: l.memory_bytes,
+            pids: l.pids,
+            cpus: l.cpus,
+        }
+    }
 }
 
 /// Which front end a request came through, for the audit log.
@@ -364,4 +384,13 @@ mod file_map {
             })
             .collect()
     }
+}
+
+/// A new random identifier with a prefix, e.g. `req-5f3a9c0e12ab`.
+pub fn new_id(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most `b.len()` bytes into our buffer. A few bytes
+    // never block once the kernel's pool is ready and are never cut short.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    format!("{prefix}-{}", hex::encode(b))
 }

@@ -38,9 +38,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Length of a head record: 20-digit seq, space, 64 hex digits, newline.
 const HEAD_LEN: usize = 20 + 1 + 64 + 1;
 
-/// One request, as a front end or the service reports it.
+/// One request, as the gate records it (front ends cannot build one: only the
+/// gate writes the log).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     pub request_id: String,
     /// `cli`, `mcp-stdio` or `mcp-http`.
     pub front_end: String,
@@ -57,7 +58,7 @@ pub struct AuditEntry {
 
 /// An append-only, hash-chained audit log. `Send + Sync`: share one per process.
 #[derive(Debug)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
     inner: Mutex<Files>,
     /// The hash of the policy bundle that decides requests, written on every line.
@@ -285,7 +286,7 @@ fn chain_hash(prev: &str, obj: &Map<String, Value>) -> String {
 }
 
 /// SHA-256 hex of the canonical JSON of `v`.
-pub fn digest_args(v: &Value) -> String {
+pub(crate) fn digest_args(v: &Value) -> String {
     hex::encode(Sha256::digest(canonical(v).as_bytes()))
 }
 

@@ -12,10 +12,11 @@ use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::rfc3339_now;
-use crate::service::{Gate, Service, new_id};
+use crate::new_id;
+use crate::runner::Runner;
 use crate::snapshot_fs::{self, Layers};
 use crate::{
-    BuildRequest, BuildResult, Caller, CancelToken, NullSink, Program, RunRequest, ServiceError,
+    BuildRequest, BuildResult, CancelToken, NullSink, Program, RunRequest, RunResult, ServiceError,
     profile,
 };
 
@@ -87,11 +88,11 @@ pub fn check_name(name: &str) -> Result<(), ServiceError> {
     }
 }
 
-pub(crate) fn load(svc: &Service, id: &str) -> Result<SandboxInfo, ServiceError> {
+pub(crate) fn load(home: &Path, id: &str) -> Result<SandboxInfo, ServiceError> {
     check_name(id).map_err(|_| {
         ServiceError::invalid("sandbox_id", format!("'{id}' is not a valid sandbox id"))
     })?;
-    let dir = sandboxes_dir(svc.home()).join(id);
+    let dir = sandboxes_dir(home).join(id);
     let meta = std::fs::read(dir.join("meta.json"))
         .map_err(|_| ServiceError::NoSuchSandbox(id.to_string()))?;
     let mut info: SandboxInfo = serde_json::from_slice(&meta).map_err(|e| {
@@ -154,11 +155,11 @@ fn discard(dir: &Path) {
 }
 
 /// Every persistent sandbox, oldest first.
-pub fn list_sandboxes(svc: &Service) -> Vec<SandboxInfo> {
-    let mut v: Vec<SandboxInfo> = std::fs::read_dir(sandboxes_dir(svc.home()))
+pub fn list_sandboxes(home: &Path) -> Vec<SandboxInfo> {
+    let mut v: Vec<SandboxInfo> = std::fs::read_dir(sandboxes_dir(home))
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| load(svc, &e.file_name().to_string_lossy()).ok())
+                .filter_map(|e| load(home, &e.file_name().to_string_lossy()).ok())
                 .collect()
         })
         .unwrap_or_default();
@@ -207,8 +208,8 @@ impl RunHold {
 
 /// Take a run's hold on sandbox `id` (waits while the sandbox is being destroyed,
 /// then reports it gone).
-pub(crate) fn hold_for_run(svc: &Service, id: &str) -> Result<RunHold, ServiceError> {
-    let path = sandboxes_dir(svc.home()).join(id).join("meta.json");
+pub(crate) fn hold_for_run(home: &Path, id: &str) -> Result<RunHold, ServiceError> {
+    let path = sandboxes_dir(home).join(id).join("meta.json");
     let gone = || ServiceError::NoSuchSandbox(id.to_string());
     let meta = rfs::open(
         &path,
@@ -231,28 +232,28 @@ pub(crate) fn hold_for_run(svc: &Service, id: &str) -> Result<RunHold, ServiceEr
 /// Delete a sandbox and its workspace (and the snapshot tree it alone used). Its
 /// runs are stopped first, under the lock each run holds ([`RunHold`]); the files
 /// are then removed fd-relative, never following a link the sandbox made.
-pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
+pub fn remove_sandbox(home: &Path, id: &str) -> Result<(), ServiceError> {
     let fail =
         |e: std::io::Error| ServiceError::Internal(format!("cannot remove sandbox '{id}': {e}"));
-    let info = match load(svc, id) {
+    let info = match load(home, id) {
         Ok(info) => info,
         Err(ServiceError::NoSuchSandbox(_)) if check_name(id).is_ok() => {
             // What an interrupted removal left: a directory without a record, in
             // which no run can start.
-            let root = match snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())) {
+            let root = match snapshot_fs::open_host_dir(&sandboxes_dir(home)) {
                 Ok(r) => r,
                 Err(_) => return Err(ServiceError::NoSuchSandbox(id.to_string())),
             };
             if snapshot_fs::stat_beneath(root.as_fd(), id.as_bytes()).is_err() {
                 return Err(ServiceError::NoSuchSandbox(id.to_string()));
             }
-            crate::disk::unmount(&sandboxes_dir(svc.home()).join(id))?;
+            crate::disk::unmount(&sandboxes_dir(home).join(id))?;
             snapshot_fs::remove_tree_at(root.as_fd(), id.as_bytes()).map_err(fail)?;
-            return crate::snapshot::collect_garbage(svc);
+            return crate::snapshot::collect_garbage(home);
         }
         Err(e) => return Err(e),
     };
-    let root = snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())).map_err(fail)?;
+    let root = snapshot_fs::open_host_dir(&sandboxes_dir(home)).map_err(fail)?;
     let dir = snapshot_fs::open_dir(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
     let meta = snapshot_fs::open_beneath(dir.as_fd(), b"meta.json", OFlags::RDONLY)
         .map_err(|_| ServiceError::NoSuchSandbox(id.to_string()))?;
@@ -292,12 +293,12 @@ pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
     }
     drop(dir);
     if info.disk {
-        crate::disk::unmount(&sandboxes_dir(svc.home()).join(&info.id))?;
+        crate::disk::unmount(&sandboxes_dir(home).join(&info.id))?;
     }
     snapshot_fs::remove_tree_at(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
     drop(meta);
     if info.lower.is_some() {
-        crate::snapshot::collect_garbage(svc)?;
+        crate::snapshot::collect_garbage(home)?;
     }
     Ok(())
 }
@@ -337,23 +338,13 @@ pub(crate) fn layers(sb: &SandboxInfo) -> Result<Layers, ServiceError> {
     Ok(Layers { fds })
 }
 
-/// Create an empty sandbox, or a copy-on-write one over a snapshot.
+/// Create a copy-on-write sandbox over a snapshot (an empty one is a [`build`]).
 pub(crate) fn create(
-    svc: &Service,
+    runner: &Runner,
     name: Option<&str>,
     profile_name: Option<&str>,
-    from: Option<&str>,
-    caller: &Caller,
+    from: &str,
 ) -> Result<SandboxInfo, ServiceError> {
-    let Some(from) = from else {
-        let req = BuildRequest {
-            profile: profile_name.map(str::to_string),
-            name: name.map(str::to_string),
-            ..BuildRequest::default()
-        };
-        let b = build(svc, req, &CancelToken::default(), caller)?;
-        return load(svc, &b.sandbox_id);
-    };
     let id = match name {
         Some(n) => {
             check_name(n)?;
@@ -361,13 +352,13 @@ pub(crate) fn create(
         }
         None => new_id("sbx"),
     };
-    crate::snapshot::with_tree(svc, from, |snap, tree| {
+    crate::snapshot::with_tree(runner.home(), from, |snap, tree| {
         let pname = profile_name
             .map(str::to_string)
             .or_else(|| snap.profile.clone())
             .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_string());
-        let profile = svc.profiles(None).resolve(&pname)?;
-        let dir = new_sandbox_dir(svc, &id)?;
+        let profile = runner.profiles(None).resolve(&pname)?;
+        let dir = new_sandbox_dir(runner.home(), &id)?;
         let made = (|| -> Result<SandboxInfo, ServiceError> {
             let disk = make_storage(&dir, profile.workspace_bytes, true)?;
             let info = SandboxInfo {
@@ -389,8 +380,8 @@ pub(crate) fn create(
     })
 }
 
-fn new_sandbox_dir(svc: &Service, id: &str) -> Result<PathBuf, ServiceError> {
-    let root = sandboxes_dir(svc.home());
+fn new_sandbox_dir(home: &Path, id: &str) -> Result<PathBuf, ServiceError> {
+    let root = sandboxes_dir(home);
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(id);
@@ -434,11 +425,34 @@ fn write_meta(dir: &Path, info: &SandboxInfo) -> Result<(), ServiceError> {
     write().map_err(|e| ServiceError::Internal(format!("cannot record the sandbox: {e}")))
 }
 
-pub(crate) fn build(
-    svc: &Service,
-    req: BuildRequest,
+/// A run the service makes in sandbox `sb` for a request already decided (files
+/// written, setup commands, copies, removals): no decision of its own.
+fn internal_run(
+    runner: &Runner,
+    sb: &SandboxInfo,
+    r: &RunRequest,
     cancel: &CancelToken,
-    caller: &Caller,
+) -> Result<RunResult, ServiceError> {
+    let p = runner.prepare(r, Some(sb.clone()), None)?;
+    run_prepared(runner, sb, p, cancel)
+}
+
+/// Execute a run prepared for sandbox `sb`, holding the sandbox meanwhile.
+fn run_prepared(
+    runner: &Runner,
+    sb: &SandboxInfo,
+    p: crate::runner::Prepared,
+    cancel: &CancelToken,
+) -> Result<RunResult, ServiceError> {
+    let hold = hold_for_run(runner.home(), &sb.id)?;
+    runner.execute(p, &mut NullSink, cancel, Some(hold))
+}
+
+pub(crate) fn build(
+    runner: &Runner,
+    req: BuildRequest,
+    profile: &profile::Profile,
+    cancel: &CancelToken,
 ) -> Result<BuildResult, ServiceError> {
     let id = match &req.name {
         Some(n) => {
@@ -447,17 +461,13 @@ pub(crate) fn build(
         }
         None => new_id("sbx"),
     };
-    let profile = svc
-        .profiles(None)
-        .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
-    svc.enforce(&crate::policy::build_input(caller, &req, &profile))?;
     if req.setup.len() > 64 {
         return Err(ServiceError::invalid(
             "setup",
             "more than 64 setup commands",
         ));
     }
-    let root = sandboxes_dir(svc.home());
+    let root = sandboxes_dir(runner.home());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(&id);
@@ -503,10 +513,9 @@ pub(crate) fn build(
         let mut r = RunRequest::new(Program::Command(vec!["true".into()]));
         r.sandbox_id = Some(info.id.clone());
         r.files = req.files.clone();
-        let p = svc.prepare(&r, Gate::Internal);
-        let res = p.and_then(|p| svc.execute(p, &mut NullSink, cancel));
+        let res = internal_run(runner, &info, &r, cancel);
         if let Err(e) = res {
-            let _ = remove_sandbox(svc, &info.id);
+            let _ = remove_sandbox(runner.home(), &info.id);
             return Err(e);
         }
     }
@@ -517,9 +526,7 @@ pub(crate) fn build(
             cmd.clone(),
         ]));
         r.sandbox_id = Some(info.id.clone());
-        let res = svc
-            .prepare(&r, Gate::Internal)
-            .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+        let res = internal_run(runner, &info, &r, cancel)?;
         let failed = res.exit_code != Some(0);
         setup.push(res);
         if failed || cancel.is_cancelled() {
@@ -650,8 +657,12 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// Read a file of a sandbox, from the host side, never following a symlink.
-pub(crate) fn file_read(svc: &Service, id: &str, path: &str) -> Result<FileContent, ServiceError> {
-    let sb = load(svc, id)?;
+pub(crate) fn file_read(
+    runner: &Runner,
+    id: &str,
+    path: &str,
+) -> Result<FileContent, ServiceError> {
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let node = layers
@@ -692,12 +703,12 @@ pub(crate) fn file_read(svc: &Service, id: &str, path: &str) -> Result<FileConte
 
 /// List a directory of a sandbox (recursively when asked).
 pub(crate) fn file_list(
-    svc: &Service,
+    runner: &Runner,
     id: &str,
     path: &str,
     recursive: bool,
 ) -> Result<FileList, ServiceError> {
-    let sb = load(svc, id)?;
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let nodes: Vec<snapshot_fs::Node> = if recursive {
@@ -756,13 +767,13 @@ pub(crate) fn file_list(
 
 /// Write a file into a sandbox, from inside a sandbox run.
 pub(crate) fn file_write(
-    svc: &Service,
+    runner: &Runner,
     id: &str,
     path: &str,
     content: Vec<u8>,
     cancel: &CancelToken,
 ) -> Result<FileWriteResult, ServiceError> {
-    let sb = load(svc, id)?;
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     if rel.is_empty() {
         return Err(ServiceError::invalid(
@@ -775,13 +786,13 @@ pub(crate) fn file_write(
     let mut r = RunRequest::new(Program::Command(vec!["true".into()]));
     r.sandbox_id = Some(sb.id.clone());
     r.files.insert(rel.clone(), content);
-    let res = svc
-        .prepare(&r, Gate::Internal)
+    let res = runner
+        .prepare(&r, Some(sb.clone()), None)
         .map_err(|e| match e {
             ServiceError::InvalidArgument { message, .. } => ServiceError::invalid("path", message),
             other => other,
         })
-        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+        .and_then(|p| run_prepared(runner, &sb, p, cancel))?;
     if res.exit_code != Some(0) {
         return Err(ServiceError::Refused(format!(
             "writing {rel} in sandbox '{id}' failed: {}",
@@ -811,12 +822,12 @@ pub struct FileDeleteResult {
 /// run, which also makes the whiteouts a copy-on-write sandbox needs. Whatever the
 /// sandbox does to its tree meanwhile, the removal cannot reach past its own files.
 pub(crate) fn file_delete(
-    svc: &Service,
+    runner: &Runner,
     id: &str,
     path: &str,
     cancel: &CancelToken,
 ) -> Result<FileDeleteResult, ServiceError> {
-    let sb = load(svc, id)?;
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     if rel.is_empty() {
         return Err(ServiceError::invalid(
@@ -841,9 +852,7 @@ pub(crate) fn file_delete(
         format!("/workspace/{rel}"),
     ]));
     r.sandbox_id = Some(sb.id.clone());
-    let res = svc
-        .prepare(&r, Gate::Internal)
-        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+    let res = internal_run(runner, &sb, &r, cancel)?;
     if res.exit_code != Some(0) {
         return Err(ServiceError::Refused(format!(
             "deleting {rel} in sandbox '{id}' failed: {}",
@@ -860,13 +869,13 @@ pub(crate) fn file_delete(
 /// Copy a file or tree out of a sandbox to the host. Read fd-relative from the
 /// sandbox's files without following any symlink; symlinks are copied as links.
 pub(crate) fn copy_out(
-    svc: &Service,
+    runner: &Runner,
     id: &str,
     path: &str,
     dst: &Path,
     keep_links: bool,
 ) -> Result<CopyResult, ServiceError> {
-    let sb = load(svc, id)?;
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let mut warnings = Vec::new();
@@ -972,13 +981,13 @@ mv -f -T -- "$t/x" "$d"
 /// followed below `src`); the writing happens inside a sandbox run, as the
 /// sandbox's user, so nothing outside the sandbox can be reached.
 pub(crate) fn copy_in(
-    svc: &Service,
+    runner: &Runner,
     src: &Path,
     id: &str,
     path: &str,
     cancel: &CancelToken,
 ) -> Result<CopyResult, ServiceError> {
-    let sb = load(svc, id)?;
+    let sb = load(runner.home(), id)?;
     let rel = rel_arg("path", path)?;
     let rel = String::from_utf8(rel).map_err(|_| ServiceError::invalid("path", "not UTF-8"))?;
     let parent = match src.parent() {
@@ -1005,7 +1014,7 @@ pub(crate) fn copy_in(
     let nodes = host
         .scan(&base, &mut |w| warnings.push(w))
         .map_err(|e| ServiceError::invalid("source", format!("{}: {e}", src.display())))?;
-    let limit = crate::service::MAX_STDIN_BYTES as u64 - (1 << 20);
+    let limit = crate::runner::MAX_STDIN_BYTES as u64 - (1 << 20);
     let total: u64 = nodes.iter().map(|n| n.size + 1024).sum();
     if total > limit {
         return Err(ServiceError::invalid(
@@ -1082,9 +1091,7 @@ pub(crate) fn copy_in(
     ]));
     r.sandbox_id = Some(sb.id.clone());
     r.stdin = Some(archive);
-    let out = svc
-        .prepare(&r, Gate::Internal)
-        .and_then(|p| svc.execute(p, &mut NullSink, cancel))?;
+    let out = internal_run(runner, &sb, &r, cancel)?;
     if out.exit_code != Some(0) {
         return Err(ServiceError::Refused(format!(
             "copying into sandbox '{id}' failed: {}",

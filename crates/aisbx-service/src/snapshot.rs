@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ServiceError;
 use crate::audit::rfc3339_now;
+use crate::new_id;
 use crate::sandbox::check_name;
-use crate::service::new_id;
 use crate::snapshot_fs::{
     self as sfs, Kind, Layers, Node, Source, Writer, io_err, open_beneath, open_dir,
 };
@@ -928,7 +928,7 @@ fn lossy(p: &[u8]) -> String {
 // ----- the operations the service exposes -----
 
 pub(crate) fn create(
-    svc: &crate::Service,
+    home: &Path,
     name: &str,
     source: &SnapSource,
     progress: &mut dyn Progress,
@@ -958,7 +958,7 @@ pub(crate) fn create(
     };
     let layers = match source {
         SnapSource::Sandbox(id) => {
-            let sb = crate::sandbox::load(svc, id)?;
+            let sb = crate::sandbox::load(home, id)?;
             info.source = format!("sandbox:{id}");
             info.profile = Some(sb.profile.clone());
             info.parent = sb.from_snapshot.clone();
@@ -967,7 +967,7 @@ pub(crate) fn create(
         SnapSource::Workdir(dir) => {
             let canon = std::fs::canonicalize(dir)
                 .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}", dir.display())))?;
-            let home = std::fs::canonicalize(svc.home()).unwrap_or_else(|_| svc.home().into());
+            let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.into());
             if canon.starts_with(&home) {
                 return Err(ServiceError::invalid(
                     "workdir",
@@ -980,15 +980,12 @@ pub(crate) fn create(
             Layers::single(fd)
         }
     };
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(home, true)?;
     store.create(info, &layers, progress)
 }
 
-pub(crate) fn list(
-    svc: &crate::Service,
-    with_sharing: bool,
-) -> Result<Vec<SnapshotInfo>, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+pub(crate) fn list(home: &Path, with_sharing: bool) -> Result<Vec<SnapshotInfo>, ServiceError> {
+    let store = Store::open(home, false)?;
     let bad = store.bad_objects();
     let mut ms = Vec::new();
     let mut out = Vec::new();
@@ -1041,11 +1038,11 @@ pub(crate) struct Removed {
 /// Remove a snapshot, damaged or not, then free what nothing uses any more.
 /// Another snapshot being damaged never makes this fail: the collection then
 /// keeps everything it cannot judge (see [`Store::collect_garbage`]).
-pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, ServiceError> {
+pub(crate) fn remove(home: &Path, name: &str) -> Result<Removed, ServiceError> {
     check_name(name).map_err(|_| {
         ServiceError::invalid("snapshot", format!("'{name}' is not a valid snapshot name"))
     })?;
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(home, true)?;
     let was_damaged = match store.load_manifest(name) {
         Ok(m) => Store::known_damage(&m, &store.bad_objects()),
         Err(None) => {
@@ -1064,7 +1061,7 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
     sfs::remove_tree_at(manifests.as_fd(), file.as_bytes())
         .map_err(|e| internal(&format!("cannot remove snapshot '{name}'"), e))?;
     let _ = rfs::fsync(&manifests);
-    let collected = store.collect_garbage(&tree_users(svc.home()))?;
+    let collected = store.collect_garbage(&tree_users(home))?;
     Ok(Removed {
         collected,
         was_damaged,
@@ -1072,19 +1069,19 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
 }
 
 /// Free what sandboxes no longer use (after a sandbox is removed).
-pub(crate) fn collect_garbage(svc: &crate::Service) -> Result<(), ServiceError> {
-    let store = Store::open(svc.home(), true)?;
-    store.collect_garbage(&tree_users(svc.home())).map(|_| ())
+pub(crate) fn collect_garbage(home: &Path) -> Result<(), ServiceError> {
+    let store = Store::open(home, true)?;
+    store.collect_garbage(&tree_users(home)).map(|_| ())
 }
 
 /// Materialize a snapshot's tree for a new sandbox. Runs `with` while the store is
 /// locked, so that the tree cannot be collected before the sandbox records it.
 pub(crate) fn with_tree<T>(
-    svc: &crate::Service,
+    home: &Path,
     name: &str,
     with: impl FnOnce(&SnapshotInfo, &Path) -> Result<T, ServiceError>,
 ) -> Result<T, ServiceError> {
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(home, true)?;
     let m = store.read_manifest(name)?;
     if let Some(why) = Store::known_damage(&m, &store.bad_objects()) {
         return Err(ServiceError::Refused(format!(
@@ -1097,13 +1094,13 @@ pub(crate) fn with_tree<T>(
 
 /// Copy a snapshot into a new (missing or empty) host directory.
 pub(crate) fn restore_to_dir(
-    svc: &crate::Service,
+    home: &Path,
     name: &str,
     dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<RestoreResult, ServiceError> {
     let start = std::time::Instant::now();
-    let store = Store::open(svc.home(), false)?;
+    let store = Store::open(home, false)?;
     let m = store.read_manifest(name)?;
     let mut created = false;
     match std::fs::symlink_metadata(dir) {
@@ -1134,7 +1131,7 @@ pub(crate) fn restore_to_dir(
             created = true;
         }
     }
-    let r = restore_into(svc, &store, &m, dir, created, progress);
+    let r = restore_into(home, &store, &m, dir, created, progress);
     progress.finish();
     if r.is_err() && created {
         // Refused before anything was written: the directory made for it goes
@@ -1151,7 +1148,7 @@ pub(crate) fn restore_to_dir(
 /// written is removed (and `dir` too when `created`), or the error says what is
 /// left.
 fn restore_into(
-    svc: &crate::Service,
+    home: &Path,
     store: &Store,
     m: &Manifest,
     dir: &Path,
@@ -1161,7 +1158,7 @@ fn restore_into(
     let name = &m.info.name;
     let canon = std::fs::canonicalize(dir)
         .map_err(|e| ServiceError::invalid("workdir", format!("{}: {e}", dir.display())))?;
-    let home = std::fs::canonicalize(svc.home()).unwrap_or_else(|_| svc.home().into());
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.into());
     if canon.starts_with(&home) {
         return Err(ServiceError::invalid(
             "workdir",
@@ -1305,8 +1302,8 @@ fn read_object(store: &Store, e: &Entry, max: u64) -> Option<Vec<u8>> {
         .then_some(data)
 }
 
-pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDiff, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+pub(crate) fn diff(home: &Path, a: &str, b: &str) -> Result<SnapshotDiff, ServiceError> {
+    let store = Store::open(home, false)?;
     let ma = store.read_manifest(a)?;
     let mb = store.read_manifest(b)?;
     let (ea, eb) = (node_key_map(&ma), node_key_map(&mb));
@@ -1359,8 +1356,8 @@ pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDif
     Ok(d)
 }
 
-pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+pub(crate) fn verify(home: &Path) -> Result<VerifyReport, ServiceError> {
+    let store = Store::open(home, false)?;
     let mut r = VerifyReport {
         ok: true,
         snapshots: 0,

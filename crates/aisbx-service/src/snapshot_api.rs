@@ -1,8 +1,7 @@
-//! The service calls for persistent sandboxes and snapshots: what `aisbx create |
-//! ls | rm | cp | snap ...` and the MCP `sandbox_*`, `file_*` and `snapshot_*` tools
-//! call. Each one is recorded in the audit log, like `run` and `build`.
-
-use std::path::Path;
+//! The service's operations on persistent sandboxes and snapshots, which the gate
+//! (`gate.rs`) carries out for `aisbx create | ls | rm | cp | snap ...` and the MCP
+//! `sandbox_*`, `file_*` and `snapshot_*` tools after deciding them; the gate
+//! records each one in the audit log.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +10,7 @@ use crate::snapshot::{
     self, Progress, RestoreResult, RestoreTarget, SnapSource, SnapshotDiff, SnapshotInfo,
     VerifyReport,
 };
-use crate::{Caller, CancelToken, RequestMeta, Service, ServiceError};
+use crate::{CancelToken, Service, ServiceError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SandboxList {
@@ -52,131 +51,68 @@ pub enum CopyEnd {
 }
 
 impl Service {
-    /// Create a persistent sandbox: empty, or copy-on-write over a snapshot.
-    pub fn sandbox_create(
-        &self,
-        meta: &RequestMeta,
-        name: Option<&str>,
-        profile: Option<&str>,
-        from_snapshot: Option<&str>,
-    ) -> Result<SandboxInfo, ServiceError> {
-        let args = serde_json::json!({"name": name, "profile": profile, "from": from_snapshot});
-        let r = sandbox::create(self, name, profile, from_snapshot, &Caller::from_meta(meta));
-        self.record(meta, &args, &r);
-        r
+    pub(crate) fn sandbox_list(&self) -> SandboxList {
+        SandboxList {
+            sandboxes: sandbox::list_sandboxes(self.home()),
+        }
     }
 
-    pub fn sandbox_list(&self, meta: &RequestMeta) -> Result<SandboxList, ServiceError> {
-        let r = Ok(SandboxList {
-            sandboxes: sandbox::list_sandboxes(self),
-        });
-        self.record(meta, &serde_json::json!({}), &r);
-        r
-    }
-
-    pub fn sandbox_destroy(
-        &self,
-        meta: &RequestMeta,
-        id: &str,
-    ) -> Result<SandboxDestroyed, ServiceError> {
-        let r = sandbox::remove_sandbox(self, id).map(|()| SandboxDestroyed {
+    pub(crate) fn sandbox_destroy(&self, id: &str) -> Result<SandboxDestroyed, ServiceError> {
+        sandbox::remove_sandbox(self.home(), id).map(|()| SandboxDestroyed {
             sandbox_id: id.to_string(),
             destroyed: true,
-        });
-        self.record(meta, &serde_json::json!({"sandbox_id": id}), &r);
-        r
+        })
     }
 
-    pub fn file_read(
-        &self,
-        meta: &RequestMeta,
-        id: &str,
-        path: &str,
-    ) -> Result<FileContent, ServiceError> {
-        let r = sandbox::file_read(self, id, path);
-        let summary = match &r {
-            Ok(c) => {
-                Ok(serde_json::json!({"path": c.path, "size": c.size, "truncated": c.truncated}))
-            }
-            Err(e) => Err(clone_err(e)),
-        };
-        self.record(
-            meta,
-            &serde_json::json!({"sandbox_id": id, "path": path}),
-            &summary,
-        );
-        r
+    pub(crate) fn file_read(&self, id: &str, path: &str) -> Result<FileContent, ServiceError> {
+        sandbox::file_read(self.runner(), id, path)
     }
 
-    pub fn file_list(
+    pub(crate) fn file_list(
         &self,
-        meta: &RequestMeta,
         id: &str,
         path: &str,
         recursive: bool,
     ) -> Result<FileList, ServiceError> {
-        let r = sandbox::file_list(self, id, path, recursive);
-        let summary = match &r {
-            Ok(l) => Ok(serde_json::json!({"entries": l.entries.len(), "truncated": l.truncated})),
-            Err(e) => Err(clone_err(e)),
-        };
-        self.record(
-            meta,
-            &serde_json::json!({"sandbox_id": id, "path": path, "recursive": recursive}),
-            &summary,
-        );
-        r
+        sandbox::file_list(self.runner(), id, path, recursive)
     }
 
-    pub fn file_write(
+    pub(crate) fn file_write(
         &self,
-        meta: &RequestMeta,
         id: &str,
         path: &str,
         content: Vec<u8>,
         cancel: &CancelToken,
     ) -> Result<FileWriteResult, ServiceError> {
-        let args = serde_json::json!({"sandbox_id": id, "path": path, "bytes": content.len()});
-        let r = sandbox::file_write(self, id, path, content, cancel);
-        self.record(meta, &args, &r);
-        r
+        sandbox::file_write(self.runner(), id, path, content, cancel)
     }
 
     /// Delete a file, symlink or directory tree of a sandbox (MCP `file_delete`).
-    pub fn file_delete(
+    pub(crate) fn file_delete(
         &self,
-        meta: &RequestMeta,
         id: &str,
         path: &str,
         cancel: &CancelToken,
     ) -> Result<crate::sandbox::FileDeleteResult, ServiceError> {
-        let r = sandbox::file_delete(self, id, path, cancel);
-        self.record(
-            meta,
-            &serde_json::json!({"sandbox_id": id, "path": path}),
-            &r,
-        );
-        r
+        sandbox::file_delete(self.runner(), id, path, cancel)
     }
 
     /// `aisbx cp`: host → sandbox (through a sandbox run) or sandbox → host
     /// (fd-relative reads that never follow a sandbox symlink). Out of a sandbox,
     /// a symlink pointing outside the copied tree is left out (with a warning in
     /// the result) unless `keep_links`.
-    pub fn copy(
+    pub(crate) fn copy(
         &self,
-        meta: &RequestMeta,
         src: &CopyEnd,
         dst: &CopyEnd,
         keep_links: bool,
         cancel: &CancelToken,
     ) -> Result<CopyResult, ServiceError> {
-        let args = serde_json::json!({"src": src, "dst": dst, "keep_links": keep_links});
         let perimeter = self.perimeter();
-        let r = match (src, dst) {
+        match (src, dst) {
             (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => self
                 .check_host_path("source", s, &perimeter)
-                .and_then(|s| sandbox::copy_in(self, &s, id, path, cancel)),
+                .and_then(|s| sandbox::copy_in(self.runner(), &s, id, path, cancel)),
             (CopyEnd::Sandbox { id, path }, CopyEnd::Host(d)) => {
                 // What is written: into an existing directory, under the copied
                 // entry's name; else the destination itself.
@@ -204,45 +140,39 @@ impl Service {
                             Ok(checked)
                         }
                     })
-                    .and_then(|d| sandbox::copy_out(self, id, path, &d, keep_links))
+                    .and_then(|d| sandbox::copy_out(self.runner(), id, path, &d, keep_links))
             }
             _ => Err(ServiceError::invalid(
                 "destination",
                 "exactly one side of a copy must be a sandbox (NAME:path)",
             )),
-        };
-        self.record(meta, &args, &r);
-        r
+        }
     }
 
-    pub fn snapshot_create(
+    pub(crate) fn snapshot_create(
         &self,
-        meta: &RequestMeta,
         name: &str,
         source: &SnapSource,
         progress: &mut dyn Progress,
     ) -> Result<SnapshotInfo, ServiceError> {
-        let args = serde_json::json!({"name": name, "source": source});
-        let r = match source {
+        match source {
             SnapSource::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
-                .and_then(|d| snapshot::create(self, name, &SnapSource::Workdir(d), progress)),
-            SnapSource::Sandbox(_) => snapshot::create(self, name, source, progress),
-        };
-        self.record(meta, &args, &r);
-        r
+                .and_then(|d| {
+                    snapshot::create(self.home(), name, &SnapSource::Workdir(d), progress)
+                }),
+            SnapSource::Sandbox(_) => snapshot::create(self.home(), name, source, progress),
+        }
     }
 
-    pub fn snapshot_restore(
+    pub(crate) fn snapshot_restore(
         &self,
-        meta: &RequestMeta,
         name: &str,
         target: &RestoreTarget,
         profile: Option<&str>,
         progress: &mut dyn Progress,
     ) -> Result<RestoreResult, ServiceError> {
-        let args = serde_json::json!({"name": name, "target": target, "profile": profile});
-        let r = match target {
+        match target {
             // A directory holds files and runs nothing: a profile would be ignored.
             RestoreTarget::Workdir(_) if profile.is_some() => Err(ServiceError::invalid(
                 "profile",
@@ -250,18 +180,11 @@ impl Service {
             )),
             RestoreTarget::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
-                .and_then(|d| snapshot::restore_to_dir(self, name, &d, progress)),
+                .and_then(|d| snapshot::restore_to_dir(self.home(), name, &d, progress)),
             RestoreTarget::Sandbox(id) => {
                 let start = std::time::Instant::now();
-                sandbox::create(
-                    self,
-                    Some(id),
-                    profile,
-                    Some(name),
-                    &Caller::from_meta(meta),
-                )
-                .and_then(|sb| {
-                    let info = snapshot::list(self, false)?
+                sandbox::create(self.runner(), Some(id), profile, name).and_then(|sb| {
+                    let info = snapshot::list(self.home(), false)?
                         .into_iter()
                         .find(|s| s.name == name);
                     Ok(RestoreResult {
@@ -274,80 +197,28 @@ impl Service {
                     })
                 })
             }
-        };
-        self.record(meta, &args, &r);
-        r
+        }
     }
 
-    pub fn snapshot_list(
-        &self,
-        meta: &RequestMeta,
-        with_sharing: bool,
-    ) -> Result<SnapshotList, ServiceError> {
-        let r = snapshot::list(self, with_sharing).map(|snapshots| SnapshotList { snapshots });
-        let summary = match &r {
-            Ok(l) => Ok(serde_json::json!({"snapshots": l.snapshots.len()})),
-            Err(e) => Err(clone_err(e)),
-        };
-        self.record(meta, &serde_json::json!({}), &summary);
-        r
+    pub(crate) fn snapshot_list(&self, with_sharing: bool) -> Result<SnapshotList, ServiceError> {
+        snapshot::list(self.home(), with_sharing).map(|snapshots| SnapshotList { snapshots })
     }
 
-    pub fn snapshot_diff(
-        &self,
-        meta: &RequestMeta,
-        from: &str,
-        to: &str,
-    ) -> Result<SnapshotDiff, ServiceError> {
-        let r = snapshot::diff(self, from, to);
-        let summary = match &r {
-            Ok(d) => Ok(serde_json::json!({
-                "added": d.added.len(), "removed": d.removed.len(), "changed": d.changed.len()
-            })),
-            Err(e) => Err(clone_err(e)),
-        };
-        self.record(meta, &serde_json::json!({"from": from, "to": to}), &summary);
-        r
+    pub(crate) fn snapshot_diff(&self, from: &str, to: &str) -> Result<SnapshotDiff, ServiceError> {
+        snapshot::diff(self.home(), from, to)
     }
 
-    pub fn snapshot_remove(
-        &self,
-        meta: &RequestMeta,
-        name: &str,
-    ) -> Result<SnapshotRemoved, ServiceError> {
-        let r = snapshot::remove(self, name).map(|r| SnapshotRemoved {
+    pub(crate) fn snapshot_remove(&self, name: &str) -> Result<SnapshotRemoved, ServiceError> {
+        snapshot::remove(self.home(), name).map(|r| SnapshotRemoved {
             name: name.to_string(),
             freed_objects: r.collected.freed_objects,
             freed_bytes: r.collected.freed_bytes,
             was_damaged: r.was_damaged,
             kept: r.collected.kept,
-        });
-        self.record(meta, &serde_json::json!({"name": name}), &r);
-        r
+        })
     }
 
-    pub fn snapshot_verify(&self, meta: &RequestMeta) -> Result<VerifyReport, ServiceError> {
-        let r = snapshot::verify(self);
-        self.record(meta, &serde_json::json!({}), &r);
-        r
-    }
-
-    /// The home of the store, for front ends that print where things are.
-    pub fn snapshots_dir(&self) -> std::path::PathBuf {
-        Path::new(self.home()).join("snapshots")
-    }
-}
-
-/// The audit record of a failed call keeps its class and message.
-fn clone_err(e: &ServiceError) -> ServiceError {
-    match e {
-        ServiceError::InvalidArgument { field, message } => ServiceError::InvalidArgument {
-            field: field.clone(),
-            message: message.clone(),
-        },
-        ServiceError::Refused(m) => ServiceError::Refused(m.clone()),
-        ServiceError::NotFound(m) => ServiceError::NotFound(m.clone()),
-        ServiceError::NoSuchSandbox(m) => ServiceError::NoSuchSandbox(m.clone()),
-        ServiceError::Internal(m) => ServiceError::Internal(m.clone()),
+    pub(crate) fn snapshot_verify(&self) -> Result<VerifyReport, ServiceError> {
+        snapshot::verify(self.home())
     }
 }

@@ -12,7 +12,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_aisbx-mcp");
+/// The `aisbx-mcp` binary (empty where these helpers drive `aisbx mcp` instead:
+/// the CLI's suite includes this file).
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_aisbx-mcp") {
+    Some(b) => b,
+    None => "",
+};
+
+/// The MCP server: `aisbx-mcp`, or in the CLI's suite `aisbx [ARGS] mcp`, where
+/// `ARGS` are global options of the CLI (`--policy DIR`).
+pub fn server_command(cli_args: &[&str]) -> Command {
+    if !BIN.is_empty() {
+        return Command::new(BIN);
+    }
+    let cli = match option_env!("CARGO_BIN_EXE_aisbx") {
+        Some(b) => b,
+        None => panic!("neither aisbx-mcp nor aisbx was built for this test"),
+    };
+    let mut c = Command::new(cli);
+    c.args(cli_args).arg("mcp");
+    c
+}
 pub const PROTOCOL: &str = "2025-06-18";
 
 /// A state directory for one test. As root, persistent sandboxes mount their disks
@@ -130,7 +150,20 @@ pub struct StdioServer {
 
 impl StdioServer {
     pub fn start(home: &Path) -> StdioServer {
-        let mut child = Command::new(BIN)
+        StdioServer::start_with(home, &[])
+    }
+
+    /// Starts the server with arguments (for `aisbx mcp`, the CLI's own before
+    /// `mcp`).
+    pub fn start_with(home: &Path, args: &[&str]) -> StdioServer {
+        let mut cmd = if BIN.is_empty() {
+            server_command(args)
+        } else {
+            let mut c = Command::new(BIN);
+            c.args(args);
+            c
+        };
+        let mut child = cmd
             .env("AISBX_HOME", home)
             .env_remove("AISBX_MCP_TOKEN")
             .stdin(Stdio::piped())
@@ -261,10 +294,22 @@ fn spawn_server(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> (Child, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let mut cmd = Command::new(BIN);
+    // `aisbx mcp`: the CLI's `--policy DIR` goes before `mcp`, the server's
+    // arguments after it.
+    let (cli, args): (Vec<&str>, Vec<&str>) = if BIN.is_empty() {
+        let cli = match args.iter().position(|a| *a == "--policy") {
+            Some(i) if i + 1 < args.len() => vec![args[i], args[i + 1]],
+            _ => Vec::new(),
+        };
+        let rest = args.iter().copied().filter(|a| !cli.contains(a)).collect();
+        (cli, rest)
+    } else {
+        (Vec::new(), args.to_vec())
+    };
+    let mut cmd = server_command(&cli);
     cmd.env("AISBX_HOME", home)
         .env_remove("AISBX_MCP_TOKEN")
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

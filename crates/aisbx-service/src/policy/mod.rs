@@ -408,7 +408,7 @@ fn data_value(f: &BundleFile) -> Result<regorus::Value, PolicyError> {
 }
 
 /// Ceilings a policy puts on a run's limits; `None` leaves a limit as it is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Ceilings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
@@ -457,7 +457,7 @@ impl Ceilings {
 }
 
 /// The outcome of evaluating a request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Decision {
     /// The request may go on: `allow` is true and `deny` is empty.
     pub allowed: bool,

@@ -1,0 +1,967 @@
+//! The one gate every request of every front end passes: [`Service::call`].
+//!
+//! A front end builds a [`Request`] and the [`RequestMeta`] of who sent it, and
+//! decides nothing. The gate then, in this order:
+//!
+//! 1. **authenticates**: the caller is the one the front end's meta describes
+//!    (the CLI's user, an MCP client over stdio, HTTP or a Unix socket);
+//! 2. **decides** the request with the policy (`input.tool` is [`Request::tool`],
+//!    the same name for a CLI command and its MCP tool; docs/POLICY.md). A run
+//!    and a build are decided with their resolved profile, every other tool with
+//!    its normalized request; a refusal ends the request here;
+//! 3. (a tenant's quota is reserved here, between the decision and the work);
+//! 4. **executes** it on the layers below (runs, sandboxes, snapshots, profiles,
+//!    the audit log, the jail's probe);
+//! 5. **records** one audit line: the tool, the digest of the arguments, allow,
+//!    deny (with the policy's reasons) or error.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::audit::{self, AuditEntry, digest_args};
+use crate::policy;
+use crate::profile_api::{ProfileDetected, ProfileShown, ValidatedFile};
+use crate::runner::Prepared;
+use crate::sandbox::{self, CopyResult, FileContent, FileDeleteResult, FileList, FileWriteResult};
+use crate::snapshot::{
+    NoProgress, Progress, RestoreResult, RestoreTarget, SnapSource, SnapshotDiff, SnapshotInfo,
+    VerifyReport,
+};
+use crate::snapshot_api::{CopyEnd, SandboxDestroyed, SandboxList, SnapshotList, SnapshotRemoved};
+use crate::{
+    BuildRequest, BuildResult, Caller, CancelToken, NullSink, OutputSink, ProfileList, RequestMeta,
+    RunPlan, RunRequest, RunResult, SandboxInfo, Service, ServiceError, profile,
+};
+
+/// One request: a CLI command or an MCP tool that reads state or runs code.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Run a program (`aisbx run`, `aisbx exec`; MCP `run`).
+    Run(RunRequest),
+    /// What a run would do, without running it (`aisbx run --dry-run`; MCP `run`
+    /// with `dry_run`): decided as a `run`, the decision reported, not enforced.
+    Plan(RunRequest),
+    /// A persistent sandbox with files and setup commands (MCP `build`).
+    Build(BuildRequest),
+    ProfileList {
+        /// Find a project's profiles from here upward (default: the current directory).
+        project: Option<PathBuf>,
+    },
+    ProfileShow {
+        name: String,
+        project: Option<PathBuf>,
+    },
+    /// The profile a run would choose, and why.
+    ProfileDetect {
+        /// A script, or a project directory.
+        path: Option<PathBuf>,
+        code: Option<String>,
+        lang: Option<String>,
+        profile: Option<String>,
+        workdir: Option<PathBuf>,
+    },
+    ProfileValidate {
+        files: Vec<PathBuf>,
+        workdir: Option<PathBuf>,
+    },
+    /// `aisbx create`: an empty sandbox (the tool `build`), or a copy-on-write one
+    /// over a snapshot (the tool `snapshot_restore`).
+    SandboxCreate {
+        name: Option<String>,
+        profile: Option<String>,
+        from_snapshot: Option<String>,
+    },
+    SandboxList,
+    SandboxDestroy {
+        id: String,
+    },
+    FileRead {
+        id: String,
+        path: String,
+    },
+    FileList {
+        id: String,
+        path: String,
+        recursive: bool,
+    },
+    FileWrite {
+        id: String,
+        path: String,
+        content: Vec<u8>,
+    },
+    FileDelete {
+        id: String,
+        path: String,
+    },
+    /// `aisbx cp` (the tool `copy_in` or `copy_out`, by direction).
+    Copy {
+        src: CopyEnd,
+        dst: CopyEnd,
+        keep_links: bool,
+    },
+    SnapshotCreate {
+        name: String,
+        source: SnapSource,
+    },
+    SnapshotRestore {
+        name: String,
+        target: RestoreTarget,
+        profile: Option<String>,
+    },
+    SnapshotList {
+        with_sharing: bool,
+    },
+    SnapshotDiff {
+        from: String,
+        to: String,
+    },
+    SnapshotDelete {
+        name: String,
+    },
+    SnapshotVerify,
+    /// The host's sandboxing layers (`aisbx doctor`).
+    Doctor,
+    AuditTail {
+        n: usize,
+    },
+    AuditVerify,
+}
+
+/// The names every tool has in the policy's `input.tool` and the audit log,
+/// in the order docs/POLICY.md lists them.
+pub const TOOLS: &[&str] = &[
+    "run",
+    "build",
+    "profile_list",
+    "profile_show",
+    "profile_detect",
+    "profile_validate",
+    "sandbox_list",
+    "sandbox_destroy",
+    "file_read",
+    "file_list",
+    "file_write",
+    "file_delete",
+    "copy_in",
+    "copy_out",
+    "snapshot_create",
+    "snapshot_restore",
+    "snapshot_list",
+    "snapshot_diff",
+    "snapshot_delete",
+    "snapshot_verify",
+    "doctor",
+    "audit_tail",
+    "audit_verify",
+];
+
+impl Request {
+    /// The tool's name: the policy's `input.tool` and the audit line's `tool`.
+    /// A CLI command has the name of the MCP tool that does the same.
+    pub fn tool(&self) -> &'static str {
+        match self {
+            Request::Run(_) | Request::Plan(_) => "run",
+            Request::Build(_) => "build",
+            Request::ProfileList { .. } => "profile_list",
+            Request::ProfileShow { .. } => "profile_show",
+            Request::ProfileDetect { .. } => "profile_detect",
+            Request::ProfileValidate { .. } => "profile_validate",
+            Request::SandboxCreate {
+                from_snapshot: None,
+                ..
+            } => "build",
+            Request::SandboxCreate { .. } => "snapshot_restore",
+            Request::SandboxList => "sandbox_list",
+            Request::SandboxDestroy { .. } => "sandbox_destroy",
+            Request::FileRead { .. } => "file_read",
+            Request::FileList { .. } => "file_list",
+            Request::FileWrite { .. } => "file_write",
+            Request::FileDelete { .. } => "file_delete",
+            Request::Copy {
+                src: CopyEnd::Host(_),
+                ..
+            } => "copy_in",
+            Request::Copy { .. } => "copy_out",
+            Request::SnapshotCreate { .. } => "snapshot_create",
+            Request::SnapshotRestore { .. } => "snapshot_restore",
+            Request::SnapshotList { .. } => "snapshot_list",
+            Request::SnapshotDiff { .. } => "snapshot_diff",
+            Request::SnapshotDelete { .. } => "snapshot_delete",
+            Request::SnapshotVerify => "snapshot_verify",
+            Request::Doctor => "doctor",
+            Request::AuditTail { .. } => "audit_tail",
+            Request::AuditVerify => "audit_verify",
+        }
+    }
+
+    /// The normalized request: the policy's `input.request` for every tool but
+    /// `run` and `build` (which have theirs in `policy.rs`), and what the audit
+    /// line digests. Sizes, never contents.
+    fn normalized(&self) -> Value {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        match self {
+            Request::Run(r) | Request::Plan(r) => serde_json::to_value(r).unwrap_or_default(),
+            Request::Build(b) => serde_json::to_value(b).unwrap_or_default(),
+            Request::ProfileList { project } => json!({"workdir": path(project)}),
+            Request::ProfileShow { name, project } => {
+                json!({"name": name, "workdir": path(project)})
+            }
+            Request::ProfileDetect {
+                path: p,
+                code,
+                lang,
+                profile,
+                workdir,
+            } => json!({
+                "path": path(p),
+                "code_bytes": code.as_ref().map(String::len),
+                "language": lang,
+                "profile": profile,
+                "workdir": path(workdir),
+            }),
+            Request::ProfileValidate { files, workdir } => json!({
+                "files": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
+                "workdir": path(workdir),
+            }),
+            // `create` is a build, or a restore into a new sandbox: the same
+            // request as those tools'.
+            Request::SandboxCreate {
+                name,
+                profile,
+                from_snapshot: None,
+            } => json!({"name": name, "profile": profile, "files": [], "setup": []}),
+            Request::SandboxCreate {
+                name,
+                profile,
+                from_snapshot: Some(from),
+            } => json!({"name": from, "target": {"Sandbox": name}, "profile": profile}),
+            Request::SandboxList | Request::SnapshotVerify => json!({}),
+            Request::Doctor | Request::AuditVerify => json!({}),
+            Request::SandboxDestroy { id } => json!({"sandbox_id": id}),
+            Request::FileRead { id, path } | Request::FileDelete { id, path } => {
+                json!({"sandbox_id": id, "path": path})
+            }
+            Request::FileList {
+                id,
+                path,
+                recursive,
+            } => json!({"sandbox_id": id, "path": path, "recursive": recursive}),
+            Request::FileWrite { id, path, content } => {
+                json!({"sandbox_id": id, "path": path, "bytes": content.len()})
+            }
+            Request::Copy {
+                src,
+                dst,
+                keep_links,
+            } => json!({"src": src, "dst": dst, "keep_links": keep_links}),
+            Request::SnapshotCreate { name, source } => json!({"name": name, "source": source}),
+            Request::SnapshotRestore {
+                name,
+                target,
+                profile,
+            } => json!({"name": name, "target": target, "profile": profile}),
+            Request::SnapshotList { with_sharing } => json!({"with_sharing": with_sharing}),
+            Request::SnapshotDiff { from, to } => json!({"from": from, "to": to}),
+            Request::SnapshotDelete { name } => json!({"name": name}),
+            Request::AuditTail { n } => json!({"n": n}),
+        }
+    }
+}
+
+/// The sandboxing layers of this host (`aisbx doctor`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    #[serde(flatten)]
+    pub jail: crate::doctor::Report,
+    pub sandbox_disk: SandboxDisk,
+}
+
+/// Whether a persistent sandbox gets a capped disk of its own here.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxDisk {
+    pub capped: bool,
+    pub detail: String,
+}
+
+/// The result of one [`Request`], the variant of the same name.
+#[derive(Debug, Clone)]
+pub enum Response {
+    Run(RunResult),
+    Plan(RunPlan),
+    Build(BuildResult),
+    ProfileList {
+        list: ProfileList,
+        /// Why a project's profiles are left out (unapproved, unreadable).
+        note: Option<String>,
+    },
+    ProfileShow(ProfileShown),
+    ProfileDetect(ProfileDetected),
+    ProfileValidate(Vec<ValidatedFile>),
+    SandboxCreate(SandboxInfo),
+    SandboxList(SandboxList),
+    SandboxDestroy(SandboxDestroyed),
+    FileRead(FileContent),
+    FileList(FileList),
+    FileWrite(FileWriteResult),
+    FileDelete(FileDeleteResult),
+    Copy(CopyResult),
+    SnapshotCreate(SnapshotInfo),
+    SnapshotRestore(RestoreResult),
+    SnapshotList(SnapshotList),
+    SnapshotDiff(SnapshotDiff),
+    SnapshotDelete(SnapshotRemoved),
+    SnapshotVerify(VerifyReport),
+    Doctor(DoctorReport),
+    AuditTail(Vec<Value>),
+    AuditVerify(audit::VerifyReport),
+}
+
+impl Response {
+    /// What the audit line keeps of a result: outcomes and counts, no output or
+    /// file contents.
+    fn audit_summary(&self) -> Value {
+        let v = |x: &dyn erased::Ser| crate::service::summarize(x.value());
+        match self {
+            Response::Run(r) => v(r),
+            Response::Plan(p) => {
+                json!({"dry_run": true, "allowed": p.allowed, "profile": p.profile})
+            }
+            Response::Build(b) => v(b),
+            Response::ProfileList { list, .. } => v(list),
+            Response::ProfileShow(s) => json!({"profile": s.name}),
+            Response::ProfileDetect(d) => json!({"profile": d.profile, "basis": d.basis}),
+            Response::ProfileValidate(files) => json!({
+                "files": files.len(),
+                "failed": files.iter().filter(|f| !f.errors.is_empty()).count(),
+            }),
+            Response::SandboxCreate(s) => v(s),
+            Response::SandboxList(l) => json!({"sandboxes": l.sandboxes.len()}),
+            Response::SandboxDestroy(d) => v(d),
+            Response::FileRead(c) => {
+                json!({"path": c.path, "size": c.size, "truncated": c.truncated})
+            }
+            Response::FileList(l) => json!({"entries": l.entries.len(), "truncated": l.truncated}),
+            Response::FileWrite(w) => v(w),
+            Response::FileDelete(d) => v(d),
+            Response::Copy(c) => v(c),
+            Response::SnapshotCreate(s) => v(s),
+            Response::SnapshotRestore(r) => v(r),
+            Response::SnapshotList(l) => json!({"snapshots": l.snapshots.len()}),
+            Response::SnapshotDiff(d) => json!({
+                "added": d.added.len(), "removed": d.removed.len(), "changed": d.changed.len()
+            }),
+            Response::SnapshotDelete(r) => v(r),
+            Response::SnapshotVerify(r) => v(r),
+            Response::Doctor(d) => json!({"ok": d.jail.ok()}),
+            Response::AuditTail(lines) => json!({"lines": lines.len()}),
+            Response::AuditVerify(r) => json!({"lines": r.lines, "ok": r.problem.is_none()}),
+        }
+    }
+}
+
+/// Serialize behind a trait object, for the audit summaries.
+mod erased {
+    pub(super) trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// What a call may need beyond its request: where a run's output goes as it
+/// comes, how the caller cancels it, and who hears a snapshot's progress.
+pub struct CallIo<'a> {
+    pub sink: &'a mut dyn OutputSink,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a mut dyn Progress,
+}
+
+/// A request the policy let through, ready to execute.
+enum Decided {
+    /// A run with its jail specification (the decision applied to its limits).
+    Run(Box<Prepared>),
+    /// A dry run: its plan is the result.
+    Plan(RunPlan),
+    /// A build (`create` is one with no files or setup, answered with the
+    /// sandbox's record).
+    Build(BuildRequest, Box<profile::Profile>, bool),
+    /// Anything else: decided on its normalized request.
+    Other(Request),
+}
+
+impl Service {
+    /// The one entry of every front end: authenticate, decide, execute, record
+    /// (see the module's documentation). Blocking; safe from any thread.
+    pub fn call(
+        &self,
+        meta: &RequestMeta,
+        request: Request,
+        io: CallIo,
+    ) -> Result<Response, ServiceError> {
+        // Authenticate: the caller the front end established (a run may carry
+        // one of its own, e.g. a tenant the server authenticated).
+        let caller = match &request {
+            Request::Run(r) | Request::Plan(r) => r.caller.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| Caller::from_meta(meta));
+        let tool = request.tool();
+        let args = request.normalized();
+        let result = self.decide_request(&caller, request).and_then(|decided| {
+            // A tenant's quota is reserved here, once the request is decided and
+            // before anything of it runs; the reservation ends with this call.
+            self.execute(decided, io)
+        });
+        self.record(meta, tool, &args, &result);
+        result
+    }
+
+    /// [`Service::call`] for a request that streams nothing: its output is in its
+    /// result, progress is not reported.
+    pub fn call_quiet(
+        &self,
+        meta: &RequestMeta,
+        request: Request,
+        cancel: &CancelToken,
+    ) -> Result<Response, ServiceError> {
+        self.call(
+            meta,
+            request,
+            CallIo {
+                sink: &mut NullSink,
+                cancel,
+                progress: &mut NoProgress,
+            },
+        )
+    }
+
+    /// Records a request a front end refused before it could become a
+    /// [`Request`] (arguments that do not parse, a server that is busy): one
+    /// audit line, `deny`, with the reason and the kind of refusal.
+    pub fn record_refusal(&self, meta: &RequestMeta, args: &Value, reason: &str, kind: Value) {
+        self.append(AuditEntry {
+            request_id: crate::new_id("req"),
+            front_end: meta.front_end.clone(),
+            client: meta.client.clone(),
+            tool: meta.tool.clone(),
+            args_digest: digest_args(args),
+            decision: "deny".into(),
+            reason: Some(reason.to_string()),
+            result: kind,
+        });
+    }
+
+    /// The policy's step: a refusal ends the request here.
+    fn decide_request(&self, caller: &Caller, request: Request) -> Result<Decided, ServiceError> {
+        match request {
+            Request::Run(req) => {
+                // Decided once its profile is resolved, before anything of the run
+                // touches the host; the decision's ceilings lower its limits.
+                let sandbox = self.load_sandbox(&req)?;
+                let mut decide = |p: &profile::Profile, lang: Option<&str>| {
+                    self.enforce(&policy::run_input(caller, &req, p, lang))
+                };
+                let p = self.runner().prepare(&req, sandbox, Some(&mut decide))?;
+                Ok(Decided::Run(Box::new(p)))
+            }
+            Request::Plan(req) => {
+                let sandbox = self.load_sandbox(&req)?;
+                let mut decide = |p: &profile::Profile, lang: Option<&str>| {
+                    self.decide(&policy::run_input(caller, &req, p, lang))
+                };
+                let p = self.runner().prepare(&req, sandbox, Some(&mut decide))?;
+                let decision = p.decision.ok_or_else(|| {
+                    ServiceError::Internal("the run was not decided by the policy".into())
+                })?;
+                Ok(Decided::Plan(RunPlan {
+                    dry_run: true,
+                    allowed: decision.allowed,
+                    decision,
+                    profile: p.profile,
+                    limits: (&p.spec.limits).into(),
+                    argv: p.spec.argv,
+                    sandbox_id: p.sandbox_id,
+                    policy: self.policy_origin(),
+                    notices: p.notices,
+                }))
+            }
+            Request::Build(req) => {
+                let profile = self.decide_build(caller, &req)?;
+                Ok(Decided::Build(req, profile, false))
+            }
+            Request::SandboxCreate {
+                name,
+                profile,
+                from_snapshot: None,
+            } => {
+                let req = BuildRequest {
+                    profile,
+                    name,
+                    ..BuildRequest::default()
+                };
+                let profile = self.decide_build(caller, &req)?;
+                Ok(Decided::Build(req, profile, true))
+            }
+            other => {
+                let input = json!({
+                    "tool": other.tool(),
+                    "caller": policy::caller_value(caller),
+                    "request": other.normalized(),
+                });
+                self.enforce(&input)?;
+                Ok(Decided::Other(other))
+            }
+        }
+    }
+
+    /// A build is decided with the profile it would use.
+    fn decide_build(
+        &self,
+        caller: &Caller,
+        req: &BuildRequest,
+    ) -> Result<Box<profile::Profile>, ServiceError> {
+        let profile = self
+            .profiles(None)
+            .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
+        self.enforce(&policy::build_input(caller, req, &profile))?;
+        Ok(Box::new(profile))
+    }
+
+    fn load_sandbox(&self, req: &RunRequest) -> Result<Option<SandboxInfo>, ServiceError> {
+        req.sandbox_id
+            .as_deref()
+            .map(|id| sandbox::load(self.home(), id))
+            .transpose()
+    }
+
+    /// The work of a decided request, on the layers below the gate.
+    fn execute(&self, decided: Decided, io: CallIo) -> Result<Response, ServiceError> {
+        let CallIo {
+            sink,
+            cancel,
+            progress,
+        } = io;
+        let r = match decided {
+            Decided::Run(p) => {
+                // A run in a persistent sandbox holds it, so that it is never
+                // removed under the run (destroying it stops the run first).
+                let hold = p
+                    .sandbox_id
+                    .as_deref()
+                    .map(|id| sandbox::hold_for_run(self.home(), id))
+                    .transpose()?;
+                Response::Run(self.runner().execute(*p, sink, cancel, hold)?)
+            }
+            Decided::Plan(plan) => Response::Plan(plan),
+            Decided::Build(req, profile, create) => {
+                let b = sandbox::build(self.runner(), req, &profile, cancel)?;
+                if create {
+                    Response::SandboxCreate(sandbox::load(self.home(), &b.sandbox_id)?)
+                } else {
+                    Response::Build(b)
+                }
+            }
+            Decided::Other(request) => match request {
+                Request::Run(_) | Request::Plan(_) | Request::Build(_) => {
+                    return Err(ServiceError::Internal(
+                        "a run or build was not decided with its profile".into(),
+                    ));
+                }
+                Request::SandboxCreate {
+                    from_snapshot: None,
+                    ..
+                } => {
+                    return Err(ServiceError::Internal(
+                        "an empty sandbox was not decided as a build".into(),
+                    ));
+                }
+                Request::SandboxCreate {
+                    name,
+                    profile,
+                    from_snapshot: Some(from),
+                } => Response::SandboxCreate(sandbox::create(
+                    self.runner(),
+                    name.as_deref(),
+                    profile.as_deref(),
+                    &from,
+                )?),
+                Request::ProfileList { project } => {
+                    let catalog = self.profiles(project.as_deref());
+                    Response::ProfileList {
+                        note: catalog.project_problem.clone(),
+                        list: ProfileList {
+                            profiles: catalog.infos(),
+                        },
+                    }
+                }
+                Request::ProfileShow { name, project } => {
+                    Response::ProfileShow(self.profile_show(&name, project.as_deref())?)
+                }
+                Request::ProfileDetect {
+                    path,
+                    code,
+                    lang,
+                    profile,
+                    workdir,
+                } => Response::ProfileDetect(self.profile_detect(
+                    path.as_deref(),
+                    code.as_deref(),
+                    lang.as_deref(),
+                    profile.as_deref(),
+                    workdir.as_deref(),
+                )?),
+                Request::ProfileValidate { files, workdir } => {
+                    Response::ProfileValidate(self.profile_validate(&files, workdir.as_deref()))
+                }
+                Request::SandboxList => Response::SandboxList(self.sandbox_list()),
+                Request::SandboxDestroy { id } => {
+                    Response::SandboxDestroy(self.sandbox_destroy(&id)?)
+                }
+                Request::FileRead { id, path } => Response::FileRead(self.file_read(&id, &path)?),
+                Request::FileList {
+                    id,
+                    path,
+                    recursive,
+                } => Response::FileList(self.file_list(&id, &path, recursive)?),
+                Request::FileWrite { id, path, content } => {
+                    Response::FileWrite(self.file_write(&id, &path, content, cancel)?)
+                }
+                Request::FileDelete { id, path } => {
+                    Response::FileDelete(self.file_delete(&id, &path, cancel)?)
+                }
+                Request::Copy {
+                    src,
+                    dst,
+                    keep_links,
+                } => Response::Copy(self.copy(&src, &dst, keep_links, cancel)?),
+                Request::SnapshotCreate { name, source } => {
+                    Response::SnapshotCreate(self.snapshot_create(&name, &source, progress)?)
+                }
+                Request::SnapshotRestore {
+                    name,
+                    target,
+                    profile,
+                } => Response::SnapshotRestore(self.snapshot_restore(
+                    &name,
+                    &target,
+                    profile.as_deref(),
+                    progress,
+                )?),
+                Request::SnapshotList { with_sharing } => {
+                    Response::SnapshotList(self.snapshot_list(with_sharing)?)
+                }
+                Request::SnapshotDiff { from, to } => {
+                    Response::SnapshotDiff(self.snapshot_diff(&from, &to)?)
+                }
+                Request::SnapshotDelete { name } => {
+                    Response::SnapshotDelete(self.snapshot_remove(&name)?)
+                }
+                Request::SnapshotVerify => Response::SnapshotVerify(self.snapshot_verify()?),
+                Request::Doctor => {
+                    let (capped, detail) = crate::disk::describe();
+                    Response::Doctor(DoctorReport {
+                        jail: aisbx_jail::probe(),
+                        sandbox_disk: SandboxDisk { capped, detail },
+                    })
+                }
+                Request::AuditTail { n } => {
+                    let path = self.audit_log().path();
+                    Response::AuditTail(audit::tail(path, n).map_err(|e| {
+                        ServiceError::Internal(format!(
+                            "cannot read the audit log {}: {e}",
+                            path.display()
+                        ))
+                    })?)
+                }
+                Request::AuditVerify => {
+                    let path = self.audit_log().path();
+                    Response::AuditVerify(audit::verify(path).map_err(|e| {
+                        ServiceError::Internal(format!(
+                            "cannot verify the audit log {}: {e}",
+                            path.display()
+                        ))
+                    })?)
+                }
+            },
+        };
+        Ok(r)
+    }
+
+    /// The audit line of one call.
+    fn record(
+        &self,
+        meta: &RequestMeta,
+        tool: &str,
+        args: &Value,
+        result: &Result<Response, ServiceError>,
+    ) {
+        let (decision, reason, summary) = match result {
+            Ok(r) => ("allow", None, r.audit_summary()),
+            Err(
+                e @ (ServiceError::InvalidArgument { .. }
+                | ServiceError::Refused(_)
+                | ServiceError::NoSuchSandbox(_)),
+            ) => ("deny", Some(e.to_string()), Value::Null),
+            Err(e) => ("error", Some(e.to_string()), Value::Null),
+        };
+        self.append(AuditEntry {
+            request_id: crate::new_id("req"),
+            front_end: meta.front_end.clone(),
+            client: meta.client.clone(),
+            tool: tool.to_string(),
+            args_digest: digest_args(args),
+            decision: decision.to_string(),
+            reason,
+            result: summary,
+        });
+    }
+
+    fn append(&self, entry: AuditEntry) {
+        if let Err(e) = self.audit_log().append(entry) {
+            eprintln!("aisbx: warning: could not append to the audit log: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(front_end: &str) -> RequestMeta {
+        RequestMeta {
+            front_end: front_end.into(),
+            client: Some("tester".into()),
+            tool: "ignored: the gate names the tool".into(),
+        }
+    }
+
+    fn service(home: &std::path::Path, policy: Option<&std::path::Path>) -> Service {
+        Service::open(crate::ServiceConfig {
+            home: Some(home.to_path_buf()),
+            policy: policy.map(std::path::Path::to_path_buf),
+        })
+        .expect("service")
+    }
+
+    fn audit_lines(home: &std::path::Path) -> Vec<Value> {
+        audit::tail(&home.join("audit.jsonl"), 1000).expect("audit log")
+    }
+
+    /// One request of every kind, for the checks on names.
+    fn every_request() -> Vec<Request> {
+        let run = RunRequest::new(crate::Program::Command(vec!["true".into()]));
+        let sb = |id: &str| CopyEnd::Sandbox {
+            id: id.into(),
+            path: "f".into(),
+        };
+        vec![
+            Request::Run(run.clone()),
+            Request::Plan(run),
+            Request::Build(BuildRequest::default()),
+            Request::ProfileList { project: None },
+            Request::ProfileShow {
+                name: "base".into(),
+                project: None,
+            },
+            Request::ProfileDetect {
+                path: None,
+                code: Some("print(1)".into()),
+                lang: None,
+                profile: None,
+                workdir: None,
+            },
+            Request::ProfileValidate {
+                files: Vec::new(),
+                workdir: None,
+            },
+            Request::SandboxCreate {
+                name: None,
+                profile: None,
+                from_snapshot: None,
+            },
+            Request::SandboxCreate {
+                name: None,
+                profile: None,
+                from_snapshot: Some("s".into()),
+            },
+            Request::SandboxList,
+            Request::SandboxDestroy { id: "b".into() },
+            Request::FileRead {
+                id: "b".into(),
+                path: "f".into(),
+            },
+            Request::FileList {
+                id: "b".into(),
+                path: String::new(),
+                recursive: true,
+            },
+            Request::FileWrite {
+                id: "b".into(),
+                path: "f".into(),
+                content: b"x".to_vec(),
+            },
+            Request::FileDelete {
+                id: "b".into(),
+                path: "f".into(),
+            },
+            Request::Copy {
+                src: CopyEnd::Host("/h".into()),
+                dst: sb("b"),
+                keep_links: false,
+            },
+            Request::Copy {
+                src: sb("b"),
+                dst: CopyEnd::Host("/h".into()),
+                keep_links: false,
+            },
+            Request::SnapshotCreate {
+                name: "s".into(),
+                source: SnapSource::Sandbox("b".into()),
+            },
+            Request::SnapshotRestore {
+                name: "s".into(),
+                target: RestoreTarget::Sandbox("c".into()),
+                profile: None,
+            },
+            Request::SnapshotList {
+                with_sharing: false,
+            },
+            Request::SnapshotDiff {
+                from: "s".into(),
+                to: "t".into(),
+            },
+            Request::SnapshotDelete { name: "s".into() },
+            Request::SnapshotVerify,
+            Request::Doctor,
+            Request::AuditTail { n: 1 },
+            Request::AuditVerify,
+        ]
+    }
+
+    #[test]
+    fn every_tool_has_a_documented_name() {
+        let names: std::collections::BTreeSet<&str> =
+            every_request().iter().map(Request::tool).collect();
+        let listed: std::collections::BTreeSet<&str> = TOOLS.iter().copied().collect();
+        assert_eq!(names, listed, "Request::tool and TOOLS differ");
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/POLICY.md"),
+        )
+        .expect("docs/POLICY.md");
+        for t in TOOLS {
+            assert!(
+                doc.contains(&format!("| `{t}` |")),
+                "docs/POLICY.md lacks a row for {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_policy_lets_every_tool_through_and_each_call_is_one_audit_line() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let svc = service(t.path(), None);
+        let cancel = CancelToken::default();
+        let r = svc.call_quiet(&meta("cli"), Request::SandboxList, &cancel);
+        assert!(
+            matches!(r, Ok(Response::SandboxList(ref l)) if l.sandboxes.is_empty()),
+            "{r:?}"
+        );
+        let r = svc.call_quiet(&meta("cli"), Request::AuditVerify, &cancel);
+        assert!(
+            matches!(r, Ok(Response::AuditVerify(ref v)) if v.problem.is_none()),
+            "{r:?}"
+        );
+        // A request the policy allows and that then fails is audited as such.
+        let r = svc.call_quiet(
+            &meta("mcp-stdio"),
+            Request::SandboxDestroy { id: "nope".into() },
+            &cancel,
+        );
+        assert!(matches!(r, Err(ServiceError::NoSuchSandbox(_))), "{r:?}");
+        let lines = audit_lines(t.path());
+        let tools: Vec<&str> = lines.iter().filter_map(|l| l["tool"].as_str()).collect();
+        assert_eq!(
+            tools,
+            ["sandbox_list", "audit_verify", "sandbox_destroy"],
+            "{lines:?}"
+        );
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[0]["result"], json!({"sandboxes": 0}));
+        assert_eq!(lines[2]["decision"], "deny");
+        assert_eq!(lines[2]["front_end"], "mcp-stdio");
+    }
+
+    #[test]
+    fn a_deny_rule_refuses_any_tool_before_it_touches_anything_and_is_audited() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let pol = t.path().join("policy");
+        std::fs::create_dir_all(&pol).expect("mkdir");
+        std::fs::write(
+            pol.join("p.rego"),
+            "package aisbx\n\ndefault allow := true\n\nrefused := {\"sandbox_list\", \"file_write\", \"snapshot_restore\", \"doctor\"}\n\ndeny contains sprintf(\"%s is not for %s\", [input.tool, input.caller.transport]) if refused[input.tool]\n",
+        )
+        .expect("policy");
+        let svc = service(&home, Some(&pol));
+        let cancel = CancelToken::default();
+        let denied = [
+            (Request::SandboxList, "sandbox_list is not for stdio"),
+            (
+                // The sandbox does not exist: the policy answers first.
+                Request::FileWrite {
+                    id: "nope".into(),
+                    path: "f".into(),
+                    content: b"x".to_vec(),
+                },
+                "file_write is not for stdio",
+            ),
+            (
+                Request::SnapshotRestore {
+                    name: "s".into(),
+                    target: RestoreTarget::Sandbox("c".into()),
+                    profile: None,
+                },
+                "snapshot_restore is not for stdio",
+            ),
+            (
+                // `aisbx create --from` is a restore too.
+                Request::SandboxCreate {
+                    name: Some("c".into()),
+                    profile: None,
+                    from_snapshot: Some("s".into()),
+                },
+                "snapshot_restore is not for stdio",
+            ),
+            (Request::Doctor, "doctor is not for stdio"),
+        ];
+        for (req, why) in denied {
+            let tool = req.tool();
+            match svc.call_quiet(&meta("mcp-stdio"), req, &cancel) {
+                Err(ServiceError::Refused(m)) => assert!(m.contains(why), "{tool}: {m}"),
+                other => panic!("{tool}: {other:?}"),
+            }
+            let last = audit_lines(&home).pop().expect("a line");
+            assert_eq!(last["tool"], tool);
+            assert_eq!(last["decision"], "deny");
+            assert!(
+                last["reason"].as_str().unwrap_or_default().contains(why),
+                "{last}"
+            );
+        }
+        // Nothing was made, and what the policy does not name still works.
+        assert!(!home.join("sandboxes/c").exists());
+        let r = svc.call_quiet(
+            &meta("mcp-stdio"),
+            Request::SnapshotList {
+                with_sharing: false,
+            },
+            &cancel,
+        );
+        assert!(matches!(r, Ok(Response::SnapshotList(_))), "{r:?}");
+    }
+}
