@@ -22,6 +22,11 @@ use serde_json::{Value, json};
 
 use crate::audit::{self, AuditEntry, digest_args};
 use crate::policy;
+use crate::policy::input::{
+    AuditTailDoc, CopyDoc, EmptyDoc, FileListDoc, FilePathDoc, FileWriteDoc, NameDoc,
+    ProfileDetectDoc, ProfileShowDoc, ProfileValidateDoc, RequestDoc, SandboxDoc,
+    SnapshotCreateDoc, SnapshotDiffDoc, SnapshotListDoc, SnapshotRestoreDoc, WorkdirDoc,
+};
 use crate::profile_api::{ProfileDetected, ProfileShown, ValidatedFile};
 use crate::runner::Prepared;
 use crate::sandbox::{self, CopyResult, FileContent, FileDeleteResult, FileList, FileWriteResult};
@@ -196,76 +201,137 @@ impl Request {
         }
     }
 
-    /// The normalized request: the policy's `input.request` for every tool but
-    /// `run` and `build` (which have theirs in `policy.rs`), and what the audit
-    /// line digests. Sizes, never contents.
+    /// The normalized request: what the audit line digests, and for every tool
+    /// but `run` and `build` (which have theirs in `policy.rs`) the policy's
+    /// `input.request`. Sizes, never contents.
     fn normalized(&self) -> Value {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
         match self {
             Request::Run(r) | Request::Plan(r) => serde_json::to_value(r).unwrap_or_default(),
             Request::Build(b) => serde_json::to_value(b).unwrap_or_default(),
-            Request::ProfileList { project } => json!({"workdir": path(project)}),
-            Request::ProfileShow { name, project } => {
-                json!({"name": name, "workdir": path(project)})
+            other => serde_json::to_value(other.request_doc()).unwrap_or_default(),
+        }
+    }
+
+    /// The policy's `input.request` of a tool other than `run` and `build`, as
+    /// the types the published schema is generated from.
+    fn request_doc(&self) -> RequestDoc {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        match self {
+            Request::Run(_) | Request::Plan(_) | Request::Build(_) => {
+                RequestDoc::Empty(EmptyDoc {})
             }
+            Request::ProfileList { project } => RequestDoc::ProfileList(WorkdirDoc {
+                workdir: path(project),
+            }),
+            Request::ProfileShow { name, project } => RequestDoc::ProfileShow(ProfileShowDoc {
+                name: name.clone(),
+                workdir: path(project),
+            }),
             Request::ProfileDetect {
                 path: p,
                 code,
                 lang,
                 profile,
                 workdir,
-            } => json!({
-                "path": path(p),
-                "code_bytes": code.as_ref().map(String::len),
-                "language": lang,
-                "profile": profile,
-                "workdir": path(workdir),
+            } => RequestDoc::ProfileDetect(ProfileDetectDoc {
+                path: path(p),
+                code_bytes: code.as_ref().map(String::len),
+                language: lang.clone(),
+                profile: profile.clone(),
+                workdir: path(workdir),
             }),
-            Request::ProfileValidate { files, workdir } => json!({
-                "files": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
-                "workdir": path(workdir),
-            }),
+            Request::ProfileValidate { files, workdir } => {
+                RequestDoc::ProfileValidate(ProfileValidateDoc {
+                    files: files
+                        .iter()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .collect(),
+                    workdir: path(workdir),
+                })
+            }
             // `create` is a build, or a restore into a new sandbox: the same
             // request as those tools'.
             Request::SandboxCreate {
                 name,
                 profile,
                 from_snapshot: None,
-            } => json!({"name": name, "profile": profile, "files": [], "setup": []}),
+            } => RequestDoc::Build(policy::input::BuildDoc {
+                name: name.clone(),
+                profile: profile.clone(),
+                files: Vec::new(),
+                setup: Vec::new(),
+            }),
             Request::SandboxCreate {
                 name,
                 profile,
                 from_snapshot: Some(from),
-            } => json!({"name": from, "target": {"Sandbox": name}, "profile": profile}),
-            Request::SandboxList | Request::SnapshotVerify => json!({}),
-            Request::Doctor | Request::AuditVerify => json!({}),
-            Request::SandboxDestroy { id } => json!({"sandbox_id": id}),
+            } => RequestDoc::SnapshotRestore(SnapshotRestoreDoc {
+                name: from.clone(),
+                target: RestoreTarget::Sandbox(name.clone().unwrap_or_default()),
+                profile: profile.clone(),
+            }),
+            Request::SandboxList
+            | Request::SnapshotVerify
+            | Request::Doctor
+            | Request::AuditVerify => RequestDoc::Empty(EmptyDoc {}),
+            Request::SandboxDestroy { id } => RequestDoc::SandboxDestroy(SandboxDoc {
+                sandbox_id: id.clone(),
+            }),
             Request::FileRead { id, path } | Request::FileDelete { id, path } => {
-                json!({"sandbox_id": id, "path": path})
+                RequestDoc::FilePath(FilePathDoc {
+                    sandbox_id: id.clone(),
+                    path: path.clone(),
+                })
             }
             Request::FileList {
                 id,
                 path,
                 recursive,
-            } => json!({"sandbox_id": id, "path": path, "recursive": recursive}),
-            Request::FileWrite { id, path, content } => {
-                json!({"sandbox_id": id, "path": path, "bytes": content.len()})
-            }
+            } => RequestDoc::FileList(FileListDoc {
+                sandbox_id: id.clone(),
+                path: path.clone(),
+                recursive: *recursive,
+            }),
+            Request::FileWrite { id, path, content } => RequestDoc::FileWrite(FileWriteDoc {
+                sandbox_id: id.clone(),
+                path: path.clone(),
+                bytes: content.len(),
+            }),
             Request::Copy {
                 src,
                 dst,
                 keep_links,
-            } => json!({"src": src, "dst": dst, "keep_links": keep_links}),
-            Request::SnapshotCreate { name, source } => json!({"name": name, "source": source}),
+            } => RequestDoc::Copy(CopyDoc {
+                src: src.clone(),
+                dst: dst.clone(),
+                keep_links: *keep_links,
+            }),
+            Request::SnapshotCreate { name, source } => {
+                RequestDoc::SnapshotCreate(SnapshotCreateDoc {
+                    name: name.clone(),
+                    source: source.clone(),
+                })
+            }
             Request::SnapshotRestore {
                 name,
                 target,
                 profile,
-            } => json!({"name": name, "target": target, "profile": profile}),
-            Request::SnapshotList { with_sharing } => json!({"with_sharing": with_sharing}),
-            Request::SnapshotDiff { from, to } => json!({"from": from, "to": to}),
-            Request::SnapshotDelete { name } => json!({"name": name}),
-            Request::AuditTail { n } => json!({"n": n}),
+            } => RequestDoc::SnapshotRestore(SnapshotRestoreDoc {
+                name: name.clone(),
+                target: target.clone(),
+                profile: profile.clone(),
+            }),
+            Request::SnapshotList { with_sharing } => RequestDoc::SnapshotList(SnapshotListDoc {
+                with_sharing: *with_sharing,
+            }),
+            Request::SnapshotDiff { from, to } => RequestDoc::SnapshotDiff(SnapshotDiffDoc {
+                from: from.clone(),
+                to: to.clone(),
+            }),
+            Request::SnapshotDelete { name } => {
+                RequestDoc::SnapshotDelete(NameDoc { name: name.clone() })
+            }
+            Request::AuditTail { n } => RequestDoc::AuditTail(AuditTailDoc { n: *n }),
         }
     }
 }
@@ -508,11 +574,7 @@ impl Service {
                 Ok(Decided::Build(req, profile, true))
             }
             other => {
-                let input = json!({
-                    "tool": other.tool(),
-                    "caller": policy::caller_value(caller),
-                    "request": other.normalized(),
-                });
+                let input = policy::tool_input(other.tool(), caller, other.request_doc());
                 self.enforce(&input)?;
                 Ok(Decided::Other(other))
             }
@@ -841,6 +903,25 @@ mod tests {
             Request::AuditTail { n: 1 },
             Request::AuditVerify,
         ]
+    }
+
+    /// Every tool's input document conforms to the published schema.
+    #[test]
+    fn every_tools_input_conforms_to_the_published_schema() {
+        let caller = Caller {
+            tenant: "default".into(),
+            transport: crate::Transport::Cli,
+            client: None,
+        };
+        for r in every_request() {
+            if matches!(r, Request::Run(_) | Request::Plan(_) | Request::Build(_)) {
+                continue;
+            }
+            let doc = policy::tool_input(r.tool(), &caller, r.request_doc());
+            if let Err(e) = policy::input::testing::check(&doc) {
+                panic!("{}: {e}\n{doc:#}", r.tool());
+            }
+        }
     }
 
     #[test]

@@ -231,14 +231,14 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// What a snapshot is taken of.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SnapSource {
     Sandbox(String),
     Workdir(PathBuf),
 }
 
 /// Where a snapshot is restored to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RestoreTarget {
     /// A new, empty or missing host directory (a copy, with reflinks where possible).
     Workdir(PathBuf),

@@ -44,7 +44,7 @@ pub struct SnapshotRemoved {
 }
 
 /// Where `cp` copies from or to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CopyEnd {
     Host(std::path::PathBuf),
     Sandbox { id: String, path: String },

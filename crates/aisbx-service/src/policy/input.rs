@@ -17,8 +17,10 @@ pub struct Input {
     pub caller: CallerDoc,
     /// The normalized request; its shape depends on `tool`.
     pub request: RequestDoc,
-    /// The profile the request resolved to.
-    pub profile: ProfileDoc,
+    /// The profile the request resolved to: present for `run` and `build` (and a
+    /// dry run), absent for every other tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileDoc>,
 }
 
 /// Who asks.
@@ -32,15 +34,167 @@ pub struct CallerDoc {
     pub client: Option<String>,
 }
 
-/// The request, by tool.
+/// The request, by tool. Sizes and names, never file contents.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RequestDoc {
-    /// `tool` = `run`.
+    /// `run`.
     Run(RunDoc),
-    /// `tool` = `build`.
+    /// `build` (also `aisbx create` without `--from`).
     Build(BuildDoc),
+    /// `snapshot_restore` (also `aisbx create --from SNAPSHOT`).
+    SnapshotRestore(SnapshotRestoreDoc),
+    /// `snapshot_create`.
+    SnapshotCreate(SnapshotCreateDoc),
+    /// `snapshot_diff`.
+    SnapshotDiff(SnapshotDiffDoc),
+    /// `snapshot_delete`.
+    SnapshotDelete(NameDoc),
+    /// `snapshot_list`.
+    SnapshotList(SnapshotListDoc),
+    /// `sandbox_destroy`.
+    SandboxDestroy(SandboxDoc),
+    /// `file_read`, `file_delete`.
+    FilePath(FilePathDoc),
+    /// `file_list`.
+    FileList(FileListDoc),
+    /// `file_write`.
+    FileWrite(FileWriteDoc),
+    /// `copy_in`, `copy_out`.
+    Copy(CopyDoc),
+    /// `profile_list`.
+    ProfileList(WorkdirDoc),
+    /// `profile_show`.
+    ProfileShow(ProfileShowDoc),
+    /// `profile_detect`.
+    ProfileDetect(ProfileDetectDoc),
+    /// `profile_validate`.
+    ProfileValidate(ProfileValidateDoc),
+    /// `audit_tail`.
+    AuditTail(AuditTailDoc),
+    /// `sandbox_list`, `snapshot_verify`, `doctor`, `audit_verify`: nothing to say.
+    Empty(EmptyDoc),
 }
+
+/// A restore: from the snapshot `name` into `target` (`{"Sandbox": name}` or
+/// `{"Workdir": path}`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct SnapshotRestoreDoc {
+    pub name: String,
+    pub target: crate::snapshot::RestoreTarget,
+    pub profile: Option<String>,
+}
+
+/// A snapshot of `source` (`{"Sandbox": id}` or `{"Workdir": path}`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct SnapshotCreateDoc {
+    pub name: String,
+    pub source: crate::snapshot::SnapSource,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct SnapshotDiffDoc {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NameDoc {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct SnapshotListDoc {
+    pub with_sharing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct SandboxDoc {
+    pub sandbox_id: String,
+}
+
+/// A path inside a sandbox's workspace.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FilePathDoc {
+    pub sandbox_id: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FileListDoc {
+    pub sandbox_id: String,
+    pub path: String,
+    pub recursive: bool,
+}
+
+/// A write: its size, not its content.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FileWriteDoc {
+    pub sandbox_id: String,
+    pub path: String,
+    pub bytes: usize,
+}
+
+/// A copy between the host (`{"Host": path}`) and a sandbox
+/// (`{"Sandbox": {"id": ..., "path": ...}}`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CopyDoc {
+    pub src: crate::snapshot_api::CopyEnd,
+    pub dst: crate::snapshot_api::CopyEnd,
+    pub keep_links: bool,
+}
+
+/// Where a project's profiles are looked for.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct WorkdirDoc {
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProfileShowDoc {
+    pub name: String,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProfileDetectDoc {
+    pub path: Option<String>,
+    pub code_bytes: Option<usize>,
+    pub language: Option<String>,
+    pub profile: Option<String>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProfileValidateDoc {
+    pub files: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AuditTailDoc {
+    pub n: usize,
+}
+
+/// No fields.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EmptyDoc {}
 
 /// A `run` request.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -131,16 +285,26 @@ pub fn schema_json() -> String {
     s
 }
 
+/// Checking documents against the generated schema, for tests here and in the gate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use serde_json::Value;
 
-    use crate::api::{BuildRequest, Caller, LimitOverrides, Program, RunRequest};
+    /// Whether `doc` conforms to the published schema; where not, why.
+    pub(crate) fn check(doc: &Value) -> Result<(), String> {
+        let schema: Value = serde_json::from_str(&super::schema_json()).expect("schema");
+        conforms(&schema, &schema, doc, "input")
+    }
 
     /// Checks `v` against `schema` for what these types use: `$ref`, `type`,
     /// `properties`, `required`, `additionalProperties: false`, `anyOf`, `items`,
     /// `enum`. Returns where it does not conform.
-    fn conforms(root: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    pub(crate) fn conforms(
+        root: &Value,
+        schema: &Value,
+        v: &Value,
+        at: &str,
+    ) -> Result<(), String> {
         if let Some(r) = schema["$ref"].as_str() {
             let name = r.trim_start_matches("#/$defs/");
             return conforms(root, &root["$defs"][name], v, at);
@@ -206,6 +370,14 @@ mod tests {
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::testing::conforms;
+    use crate::api::{BuildRequest, Caller, LimitOverrides, Program, RunRequest};
 
     /// The documents decisions get conform to the published schema, and a document
     /// with a field the schema lacks does not (the check can fail).

@@ -833,7 +833,7 @@ pub fn run_input(
             sandbox_id: req.sandbox_id.clone(),
             workdir: req.workdir.is_some(),
         }),
-        profile: profile_doc(profile),
+        profile: Some(profile_doc(profile)),
     })
 }
 
@@ -848,7 +848,17 @@ pub fn build_input(caller: &Caller, req: &BuildRequest, profile: &Profile) -> se
             files: req.files.keys().cloned().collect(),
             setup: req.setup.clone(),
         }),
-        profile: profile_doc(profile),
+        profile: Some(profile_doc(profile)),
+    })
+}
+
+/// The input document of every tool but `run` and `build`: no profile.
+pub fn tool_input(tool: &str, caller: &Caller, request: input::RequestDoc) -> serde_json::Value {
+    to_value(&input::Input {
+        tool: tool.to_string(),
+        caller: caller_doc(caller),
+        request,
+        profile: None,
     })
 }
 
