@@ -587,11 +587,24 @@ impl Service {
         caller: &Caller,
         req: &BuildRequest,
     ) -> Result<Box<profile::Profile>, ServiceError> {
-        let profile = self
-            .profiles(None)
-            .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
-        self.enforce(&policy::build_input(caller, req, &profile))?;
-        Ok(Box::new(profile))
+        let catalog = self.profiles(None);
+        let profile =
+            catalog.resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
+        let d = self.enforce(&policy::build_input(caller, req, &profile))?;
+        // A profile the policy requires: the sandbox gets it, decided again.
+        match d.profile.filter(|p| *p != profile.name) {
+            None => Ok(Box::new(profile)),
+            Some(forced) => {
+                let profile = catalog.resolve(&forced)?;
+                let d = self.enforce(&policy::build_input(caller, req, &profile))?;
+                match d.profile.filter(|p| *p != profile.name) {
+                    None => Ok(Box::new(profile)),
+                    Some(other) => Err(ServiceError::Refused(format!(
+                        "refused by policy: it requires profile {forced}, and then profile {other} for a sandbox with {forced}; make the policy's `profile` rule agree with itself"
+                    ))),
+                }
+            }
+        }
     }
 
     fn load_sandbox(&self, req: &RunRequest) -> Result<Option<SandboxInfo>, ServiceError> {

@@ -187,74 +187,96 @@ impl Runner {
         {
             return Err(ServiceError::Refused(why.clone()));
         }
-        let detection = catalog.detect(&profile::DetectInput {
-            profile: req
-                .profile
-                .as_deref()
-                .or(sandbox.as_ref().map(|sb| sb.profile.as_str())),
-            lang: lang_arg,
-            file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
-            code,
-            dir: req
-                .workdir
-                .as_deref()
-                .or(sandbox.as_ref().map(|sb| sb.workspace.as_path())),
-        })?;
-        let mut notices: Vec<String> = detection
-            .inferred()
-            .then(|| {
-                format!(
-                    "using profile {} ({})",
-                    detection.profile.name, detection.reason
-                )
-            })
-            .into_iter()
-            .collect();
-        let mut profile: Profile = detection.profile;
-        let lang: Option<Language> = detection.language;
-        if profile.language.is_none()
-            && let Some(l) = &lang
-        {
-            // `--profile strict --lang python`: the language's environment too.
-            let own = std::mem::take(&mut profile.env);
-            profile.env = l.env.clone();
-            for (k, v) in own {
-                profile.env.retain(|(ek, _)| *ek != k);
-                profile.env.push((k, v));
+        // The profile the policy forces, when it names one other than the run's:
+        // the run is then resolved and decided again with that profile.
+        let mut forced: Option<String> = None;
+        let mut decide = decide;
+        let (profile, lang, code_file, limits, decision, notices) = loop {
+            let detection = catalog.detect(&profile::DetectInput {
+                profile: forced.as_deref().or(req
+                    .profile
+                    .as_deref()
+                    .or(sandbox.as_ref().map(|sb| sb.profile.as_str()))),
+                lang: lang_arg,
+                file: script.as_ref().map(|(p, c)| (p.as_path(), c.as_slice())),
+                code,
+                dir: req
+                    .workdir
+                    .as_deref()
+                    .or(sandbox.as_ref().map(|sb| sb.workspace.as_path())),
+            })?;
+            let mut notices: Vec<String> = detection
+                .inferred()
+                .then(|| {
+                    format!(
+                        "using profile {} ({})",
+                        detection.profile.name, detection.reason
+                    )
+                })
+                .into_iter()
+                .collect();
+            if let Some(f) = &forced {
+                notices = vec![format!(
+                    "policy: using profile {f}, which the policy requires"
+                )];
             }
-        }
-        let code_file: Option<CodeFile> = match (&req.program, &lang) {
-            (Program::Code { code, .. }, Some(l)) => {
-                Some((l.file_name.clone(), code.clone().into_bytes()))
-            }
-            (Program::File(path), Some(l)) => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.') && !n.contains('/'))
-                    .unwrap_or_else(|| l.file_name.clone());
-                script.map(|(_, content)| (name, content))
-            }
-            _ => None,
-        };
-        let mut limits = profile::limits_for(
-            &profile.name,
-            profile.limits.clone(),
-            &req.limits,
-            req.limit_policy,
-        )?;
-        // The policy decides with the resolved profile, before anything of the
-        // run touches the host; its ceilings lower the limits.
-        let decision = match decide {
-            None => None,
-            Some(decide) => {
-                let d = decide(&profile, lang.as_ref().map(|l| l.name.as_str()))?;
-                for note in d.limits.apply(&mut limits) {
-                    notices.push(format!("policy: {note}"));
+            let mut profile: Profile = detection.profile;
+            let lang: Option<Language> = detection.language;
+            if profile.language.is_none()
+                && let Some(l) = &lang
+            {
+                // `--profile strict --lang python`: the language's environment too.
+                let own = std::mem::take(&mut profile.env);
+                profile.env = l.env.clone();
+                for (k, v) in own {
+                    profile.env.retain(|(ek, _)| *ek != k);
+                    profile.env.push((k, v));
                 }
-                Some(d)
             }
+            let code_file: Option<CodeFile> = match (&req.program, &lang) {
+                (Program::Code { code, .. }, Some(l)) => {
+                    Some((l.file_name.clone(), code.clone().into_bytes()))
+                }
+                (Program::File(path), Some(l)) => {
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with('.') && !n.contains('/'))
+                        .unwrap_or_else(|| l.file_name.clone());
+                    script.as_ref().map(|(_, content)| (name, content.clone()))
+                }
+                _ => None,
+            };
+            let mut limits = profile::limits_for(
+                &profile.name,
+                profile.limits.clone(),
+                &req.limits,
+                req.limit_policy,
+            )?;
+            // The policy decides with the resolved profile, before anything of the
+            // run touches the host; its ceilings lower the limits.
+            let decision = match decide.as_mut() {
+                None => None,
+                Some(decide) => {
+                    let d = decide(&profile, lang.as_ref().map(|l| l.name.as_str()))?;
+                    if let Some(p) = d.profile.as_ref().filter(|p| **p != profile.name) {
+                        if let Some(f) = &forced {
+                            return Err(ServiceError::Refused(format!(
+                                "refused by policy: it requires profile {f}, and then profile {p} for a run with {f}; make the policy's `profile` rule agree with itself"
+                            )));
+                        }
+                        forced = Some(p.clone());
+                        continue;
+                    }
+                    for note in d.limits.apply(&mut limits) {
+                        notices.push(format!("policy: {note}"));
+                    }
+                    Some(d)
+                }
+            };
+            break (profile, lang, code_file, limits, decision, notices);
         };
+        let mut notices = notices;
         // Made only when a path must be checked: most runs name none.
         let mut perimeter: Option<Perimeter> = None;
         let mut perimeter = || -> Perimeter {

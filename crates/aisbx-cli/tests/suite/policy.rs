@@ -480,3 +480,70 @@ fn a_build_is_decided_too_and_a_refused_one_leaves_no_sandbox() {
     let o = cmd(h.path()).args(["rm", "sb-base"]).output().expect("rm");
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
 }
+
+/// The policy's `profile` rule forces a profile on runs and builds: the run is
+/// resolved and decided again with it; a policy that then names yet another
+/// profile refuses instead of going round.
+#[test]
+fn a_policy_can_force_the_profile_of_runs_and_builds() {
+    let h = home();
+    let pol = h.path().join("pol");
+    write(
+        &pol,
+        "p.rego",
+        "package aisbx\n\ndefault allow := true\n\nprofile := \"strict\" if input.profile.name == \"python\"\n",
+    );
+    let o = with_policy(h.path(), &pol)
+        .args(["run", "--json", "--lang", "python", "--code", "print(6*7)"])
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).expect("RunResult");
+    assert_eq!(r["stdout"], "42\n", "{r}");
+    assert_eq!(r["profile"], "strict", "{r}");
+    assert!(
+        text(&o.stderr).contains("policy: using profile strict"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(last_audit(h.path())["decision"], "allow");
+    // A build asked with python gets the profile the policy requires.
+    let o = with_policy(h.path(), &pol)
+        .args(["create", "sb-forced", "--profile", "python"])
+        .output()
+        .expect("create");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = with_policy(h.path(), &pol)
+        .args(["ls", "--json"])
+        .output()
+        .expect("ls");
+    let list: Value = serde_json::from_slice(&o.stdout).expect("ls json");
+    let sb = list["sandboxes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == "sb-forced"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(sb["profile"], "strict", "{sb}");
+    let o = cmd(h.path())
+        .args(["rm", "sb-forced"])
+        .output()
+        .expect("rm");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    // A policy that disagrees with itself refuses, with the reason.
+    write(
+        &pol,
+        "p.rego",
+        "package aisbx\n\ndefault allow := true\n\nprofile := \"strict\" if input.profile.name == \"python\"\n\nprofile := \"python\" if input.profile.name == \"strict\"\n",
+    );
+    let o = with_policy(h.path(), &pol)
+        .args(["run", "--lang", "python", "--code", "print(1)"])
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 125, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("agree with itself"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
+}

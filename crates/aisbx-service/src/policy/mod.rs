@@ -467,6 +467,9 @@ pub struct Decision {
     pub deny: Vec<String>,
     /// The ceilings to apply.
     pub limits: Ceilings,
+    /// The profile the policy forces (its `profile` rule), for `run` and `build`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// The bundle's hash.
     pub bundle: String,
 }
@@ -485,9 +488,10 @@ pub struct Bundle {
     pub origin: Origin,
     pub hash: String,
     engine: regorus::Engine,
-    /// Which of `deny` and `limits` the bundle declares (`allow` it must).
+    /// Which of `deny`, `limits` and `profile` the bundle declares (`allow` it must).
     has_deny: bool,
     has_limits: bool,
+    has_profile: bool,
 }
 
 impl fmt::Debug for Bundle {
@@ -558,6 +562,7 @@ impl Bundle {
         }
         let has_deny = declared("deny")?;
         let has_limits = declared("limits")?;
+        let has_profile = declared("profile")?;
         // A first evaluation analyses the modules once; clones keep that work.
         e.set_input(regorus::Value::new_object());
         let _ = e.eval_rule("data.aisbx.allow".to_string());
@@ -567,6 +572,7 @@ impl Bundle {
             engine: e,
             has_deny,
             has_limits,
+            has_profile,
         })
     }
 
@@ -631,6 +637,26 @@ impl Bundle {
                 Ceilings::default()
             }
         };
+        let profile = if self.has_profile {
+            match e.eval_rule("data.aisbx.profile".to_string()) {
+                Ok(regorus::Value::Undefined) => None,
+                Ok(v) => match v.as_string() {
+                    Ok(name) => Some(name.to_string()),
+                    Err(_) => {
+                        deny.push(format!(
+                            "the policy's `profile` is {v}, not a profile's name"
+                        ));
+                        None
+                    }
+                },
+                Err(err) => {
+                    deny.push(failed("profile", &err));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !allow && deny.is_empty() {
             deny.push("the policy does not allow this request (`allow` is not true)".to_string());
         }
@@ -639,6 +665,7 @@ impl Bundle {
             allow,
             deny,
             limits,
+            profile,
             bundle: self.hash.clone(),
         }
     }
