@@ -1058,4 +1058,26 @@ mod tests {
         );
         assert!(matches!(r, Ok(Response::SnapshotList(_))), "{r:?}");
     }
+
+    #[test]
+    fn a_policy_that_does_not_load_refuses_every_tool_and_says_why() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let pol = t.path().join("policy");
+        std::fs::create_dir_all(&pol).expect("mkdir");
+        std::fs::write(pol.join("p.rego"), "package aisbx\n\nallow := {{\n").expect("policy");
+        let svc = service(&home, Some(&pol));
+        for req in [Request::SandboxList, Request::Doctor, Request::AuditVerify] {
+            let tool = req.tool();
+            match svc.call_quiet(&meta("cli"), req, &CancelToken::default()) {
+                Err(ServiceError::Refused(m)) => {
+                    assert!(m.contains("the policy cannot be loaded"), "{tool}: {m}")
+                }
+                other => panic!("{tool}: {other:?}"),
+            }
+        }
+        let lines = audit_lines(&home);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines.iter().all(|l| l["decision"] == "deny"), "{lines:?}");
+    }
 }
