@@ -668,6 +668,7 @@ impl Service {
             landlock: profile.landlock,
             seccomp: profile.seccomp,
             require_cgroups: false,
+            net: None,
         };
         Ok(Prepared {
             spec,
