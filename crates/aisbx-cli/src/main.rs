@@ -454,6 +454,12 @@ fn run_and_report(svc: &Service, tool: &str, req: RunRequest, json: bool) -> u8 
                 if r.stdout_truncated || r.stderr_truncated {
                     eprintln!("aisbx: output beyond the limit was dropped");
                 }
+                if !r.network_denied.is_empty() {
+                    eprintln!(
+                        "aisbx: the network refused {} (add them to the profile's [network] allow if they were meant)",
+                        r.network_denied.join(", ")
+                    );
+                }
             }
             r.cli_exit_code().clamp(0, 255) as u8
         }

@@ -185,6 +185,11 @@ pub struct RunResult {
     pub profile: String,
     /// The persistent sandbox the run used, if any.
     pub sandbox_id: Option<String>,
+    /// Destinations (`host:port`) the run tried to reach and was refused, in the
+    /// order first tried: what to allow in the profile's `[network]` if they were
+    /// meant (docs/NETWORK.md). Empty for a run without network.
+    #[serde(default)]
+    pub network_denied: Vec<String>,
 }
 
 impl RunResult {

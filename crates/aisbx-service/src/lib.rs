@@ -9,6 +9,7 @@ pub mod disk;
 mod error;
 mod helper;
 pub mod hostpath;
+pub mod network;
 pub mod policy;
 pub mod profile;
 pub mod runtime;

@@ -9,6 +9,7 @@ use aisbx_jail::{CODE_DIR, Outcome, Spec, Stdin, Workspace};
 
 use crate::audit::{AuditEntry, AuditLog, digest_args};
 use crate::hostpath::{self, Perimeter, Use};
+use crate::network;
 use crate::policy::{self, Decision, PolicyError};
 use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
@@ -138,6 +139,8 @@ pub(crate) struct Prepared {
     pub notices: Vec<String>,
     /// The policy's decision (`None` for the service's own runs).
     pub decision: Option<Decision>,
+    /// Filtered network (a profile with `[network] mode = "allowlist"`).
+    pub net: Option<crate::network::NetPlan>,
 }
 
 /// Whether `prepare` asks the policy: not for the service's own runs (setup
@@ -626,7 +629,46 @@ impl Service {
             }
         }
 
-        let env = build_env(&profile, &path_var, &req.env)?;
+        let mut env = build_env(&profile, &path_var, &req.env)?;
+        let mut etc = etc_files();
+        let net = match &profile.network {
+            None => None,
+            Some(settings) => {
+                let (allow, deny) =
+                    network::final_allowlist(settings, &profile.name, &self.inner.host_path)?;
+                let tenant = match gate {
+                    Gate::Enforce(c) | Gate::Simulate(c) => c.tenant.clone(),
+                    Gate::Internal => crate::DEFAULT_TENANT.to_string(),
+                };
+                let secret = network::new_secret()?;
+                let ca = network::ca_bundle();
+                if let Some(ca) = &ca
+                    && !ro_binds.iter().any(|b| ca.starts_with(b))
+                {
+                    ro_binds.push(ca.clone());
+                }
+                // A dry run makes nothing on the host.
+                let cache = match gate {
+                    Gate::Simulate(_) => None,
+                    _ => Some(network::tenant_cache(self.home(), &tenant)?),
+                };
+                // The proxy's variables come last: the only way out is the proxy.
+                for (k, v) in network::env(&secret, ca.as_deref(), cache.as_deref()) {
+                    env.retain(|(ek, _)| *ek != k);
+                    env.push((k, v));
+                }
+                network::etc_files(&mut etc);
+                rw_binds.extend(cache);
+                Some(network::NetPlan {
+                    allow,
+                    deny,
+                    max_connections: settings.max_connections,
+                    max_egress: settings.max_egress,
+                    secret,
+                    tenant,
+                })
+            }
+        };
         let workspace = match (&sandbox, &req.workdir) {
             (Some(sb), _) => sb.jail_workspace(),
             (None, Some(dir)) => Workspace::Bind {
@@ -658,7 +700,7 @@ impl Service {
             cwd: "/workspace".into(),
             ro_binds,
             rw_binds,
-            etc_files: etc_files(),
+            etc_files: etc,
             code_files,
             workspace,
             workspace_files,
@@ -676,6 +718,7 @@ impl Service {
             sandbox_id: sandbox.map(|s| s.id),
             notices,
             decision,
+            net,
         })
     }
 
@@ -1033,6 +1076,7 @@ fn to_result(o: Outcome, p: &Prepared) -> (RunResult, Option<String>) {
         max_rss_kib: o.max_rss_kib,
         profile: p.profile.clone(),
         sandbox_id: p.sandbox_id.clone(),
+        network_denied: Vec::new(),
     };
     (r, note)
 }

@@ -1,0 +1,381 @@
+//! A run's network (docs/NETWORK.md): the allowlist a profile's `[network]`
+//! gives, with its package indexes resolved from the host's own pip and npm
+//! configuration; the environment, `/etc` files and download cache of a run that
+//! reaches the network through aisbx's proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ServiceError;
+use crate::profile::NetworkSettings;
+
+/// The port the forwarder listens on inside the sandbox (`127.0.0.1` only).
+pub const PROXY_PORT: u16 = 3128;
+/// The user name in the proxy URL; the password is the run's secret.
+pub const PROXY_USER: &str = "aisbx";
+
+/// Where the sandbox's programs find the CA certificates, in the host's layout.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The network part of a prepared run.
+#[derive(Debug, Clone)]
+pub struct NetPlan {
+    /// The final allowlist: the profile's entries and its package indexes.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub max_connections: u32,
+    pub max_egress: u64,
+    /// The run's proxy password (`Proxy-Authorization`), in the program's environment.
+    pub secret: String,
+    /// The tenant whose download cache the run uses.
+    pub tenant: String,
+}
+
+/// The single place where a run's final allowlist is computed: the profile's
+/// `allow`, plus the hosts of the package indexes it names, as the host's pip
+/// and npm are configured now. (A policy's obligations would narrow it here.)
+pub fn final_allowlist(
+    settings: &NetworkSettings,
+    profile: &str,
+    host_path: &str,
+) -> Result<(Vec<String>, Vec<String>), ServiceError> {
+    let mut allow = settings.allow.clone();
+    for eco in &settings.packages {
+        let hosts = match eco.as_str() {
+            "python" => pip_index_hosts(host_path),
+            "node" => npm_registry_hosts(host_path),
+            other => Err(format!("'{other}' is not a package index aisbx knows")),
+        }
+        .map_err(|e| {
+            ServiceError::Refused(format!(
+                "profile '{profile}': network.packages \"{eco}\": {e}"
+            ))
+        })?;
+        for h in hosts {
+            if !allow.contains(&h) {
+                allow.push(h);
+            }
+        }
+    }
+    Ok((allow, settings.deny.clone()))
+}
+
+/// `scheme://[user@]host[:port]/...` → the allowlist entry for it: `host` when
+/// the port is the scheme's default (80, 443), else `host:port`. `None` for
+/// anything that is not an http(s) URL with a host.
+pub fn url_rule(url: &str) -> Option<String> {
+    let url = url.trim().trim_matches(|c| c == '\'' || c == '"');
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if hostport.starts_with('[') {
+        let end = hostport.find(']')?;
+        let host = &hostport[..=end];
+        match &hostport[end + 1..] {
+            "" => (host, default),
+            p => (host, p.strip_prefix(':')?.parse().ok()?),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (hostport, default),
+        }
+    };
+    let host = host.to_ascii_lowercase();
+    crate::profile::schema::check_host_rule(&host).ok()?;
+    Some(if port == 80 || port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// Run a host tool for its configuration, with a time limit; its stdout.
+fn host_output(program: &str, args: &[&str], host_path: &str) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("PATH", host_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run the host's {program}: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the host's {program} did not answer within 20 s"));
+            }
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading the host's {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the host's {program} {} failed", args.join(" ")));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The hosts pip installs from: `PIP_INDEX_URL` / `PIP_EXTRA_INDEX_URL`, else
+/// pip's own configuration (`pip config list`: its files and environment), else
+/// pip's built-in default index and the host its files come from, as the
+/// host's pip reports them.
+pub fn pip_index_hosts(host_path: &str) -> Result<Vec<String>, String> {
+    let mut urls: Vec<String> = Vec::new();
+    for var in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"] {
+        if let Ok(v) = std::env::var(var) {
+            urls.extend(v.split_whitespace().map(str::to_string));
+        }
+    }
+    if urls.is_empty() {
+        let listed = host_output("python3", &["-m", "pip", "config", "list"], host_path)?;
+        urls = pip_config_urls(&listed);
+    }
+    if urls.is_empty() {
+        let code = "from pip._internal.models.index import PyPI; print(PyPI.simple_url); print('https://' + PyPI.file_storage_domain + '/')";
+        urls = host_output("python3", &["-c", code], host_path)?
+            .lines()
+            .map(str::to_string)
+            .collect();
+    }
+    hosts_of(&urls, "pip")
+}
+
+/// `index-url` and `extra-index-url` values from `pip config list`
+/// (`global.index-url='https://...'`; extra URLs may be several, on lines).
+pub fn pip_config_urls(listed: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for line in listed.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let name = key.rsplit('.').next().unwrap_or_default();
+        if name == "index-url" || name == "extra-index-url" {
+            let v = value.trim().trim_matches('\'');
+            urls.extend(v.split_whitespace().map(str::to_string));
+        }
+    }
+    urls
+}
+
+/// The host npm installs from: `npm_config_registry`, else `npm config get
+/// registry` on the host.
+pub fn npm_registry_hosts(host_path: &str) -> Result<Vec<String>, String> {
+    let from_env = ["npm_config_registry", "NPM_CONFIG_REGISTRY"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    let url = match from_env {
+        Some(u) => u,
+        None => host_output("npm", &["config", "get", "registry"], host_path)?,
+    };
+    hosts_of(&[url.trim().to_string()], "npm")
+}
+
+fn hosts_of(urls: &[String], tool: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for u in urls {
+        let rule = url_rule(u)
+            .ok_or_else(|| format!("the host's {tool} names '{u}', which is not an http(s) URL"))?;
+        if !out.contains(&rule) {
+            out.push(rule);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("the host's {tool} names no index"));
+    }
+    Ok(out)
+}
+
+/// The host's CA bundle, if it has one of the usual ones.
+pub fn ca_bundle() -> Option<PathBuf> {
+    CA_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// The environment of a run with network: every common proxy variable, the CA
+/// bundle, and the download caches.
+pub fn env(secret: &str, ca: Option<&Path>, cache: Option<&Path>) -> Vec<(String, String)> {
+    let url = format!("http://{PROXY_USER}:{secret}@127.0.0.1:{PROXY_PORT}");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| env.push((k.to_string(), v.to_string()));
+    for k in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "PIP_PROXY",
+        "npm_config_proxy",
+        "npm_config_https_proxy",
+        "GRPC_PROXY",
+        "grpc_proxy",
+    ] {
+        set(k, &url);
+    }
+    set("NO_PROXY", "127.0.0.1,localhost");
+    set("no_proxy", "127.0.0.1,localhost");
+    set("NODE_USE_ENV_PROXY", "1");
+    if let Some(ca) = ca {
+        let ca = ca.to_string_lossy();
+        for k in [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+            "npm_config_cafile",
+        ] {
+            set(k, &ca);
+        }
+    }
+    if let Some(cache) = cache {
+        set("PIP_CACHE_DIR", &cache.join("pip").to_string_lossy());
+        set("npm_config_cache", &cache.join("npm").to_string_lossy());
+    }
+    env
+}
+
+/// `/etc` files that differ for a run with network: the stub resolver on
+/// `127.0.0.1` (the forwarder), and name lookups through it.
+pub fn etc_files(files: &mut [(String, Vec<u8>)]) {
+    for (name, content) in files.iter_mut() {
+        match name.as_str() {
+            "resolv.conf" => {
+                *content = b"# aisbx: names allowed by the run's profile resolve here\nnameserver 127.0.0.1\noptions edns0\n".to_vec()
+            }
+            "nsswitch.conf" => {
+                *content = b"passwd: files\ngroup: files\nhosts: files dns\n".to_vec()
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The tenant's download cache (`$AISBX_HOME/cache/<tenant>/`, with `pip` and
+/// `npm` in it), made when missing.
+pub fn tenant_cache(home: &Path, tenant: &str) -> Result<PathBuf, ServiceError> {
+    if !crate::profile::schema::valid_name(tenant) {
+        return Err(ServiceError::Internal(format!(
+            "the tenant name '{tenant}' cannot name a cache directory"
+        )));
+    }
+    let dir = home.join("cache").join(tenant);
+    for sub in ["pip", "npm"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
+            ServiceError::Internal(format!(
+                "cannot create the download cache {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(dir)
+}
+
+/// A new proxy secret: 128 random bits, hex.
+pub fn new_secret() -> Result<String, ServiceError> {
+    crate::tenants::random_bytes::<16>()
+        .map(hex::encode)
+        .map_err(|e| ServiceError::Internal(format!("cannot make the run's proxy secret: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_urls_become_allowlist_entries() {
+        assert_eq!(
+            url_rule("https://pypi.org/simple").as_deref(),
+            Some("pypi.org")
+        );
+        assert_eq!(
+            url_rule("https://user:pw@Mirror.Example.org:8443/pypi/simple/").as_deref(),
+            Some("mirror.example.org:8443")
+        );
+        assert_eq!(
+            url_rule("http://10.0.0.5/simple").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            url_rule("http://[2001:db8::1]:3141/").as_deref(),
+            Some("[2001:db8::1]:3141")
+        );
+        assert_eq!(
+            url_rule("'https://registry.example.com/'").as_deref(),
+            Some("registry.example.com")
+        );
+        for bad in [
+            "file:///opt/wheels",
+            "/opt/wheels",
+            "https://",
+            "https://a b/",
+            "ftp://x.org/",
+        ] {
+            assert_eq!(url_rule(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pip_config_list_is_read() {
+        let listed = ":env:.cert='/etc/ssl/certs/ca-certificates.crt'\n:env:.find-links='/opt/wheels'\nglobal.index-url='https://mirror.example.org/simple'\nuser.extra-index-url='https://a.example.org/simple https://b.example.org:8080/simple'\n";
+        assert_eq!(
+            pip_config_urls(listed),
+            [
+                "https://mirror.example.org/simple",
+                "https://a.example.org/simple",
+                "https://b.example.org:8080/simple"
+            ]
+        );
+        assert!(pip_config_urls(":env:.cert='/x'\n").is_empty());
+        assert_eq!(
+            hosts_of(&pip_config_urls(listed), "pip").unwrap(),
+            ["mirror.example.org", "a.example.org", "b.example.org:8080"]
+        );
+        assert!(hosts_of(&["file:///x".into()], "pip").is_err());
+    }
+
+    #[test]
+    fn the_environment_names_the_proxy_and_the_caches() {
+        let env = env(
+            "s3cret",
+            Some(Path::new("/etc/ssl/certs/ca-certificates.crt")),
+            Some(Path::new("/c")),
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("HTTPS_PROXY"),
+            Some("http://aisbx:s3cret@127.0.0.1:3128")
+        );
+        assert_eq!(get("all_proxy"), get("HTTP_PROXY"));
+        assert_eq!(get("NO_PROXY"), Some("127.0.0.1,localhost"));
+        assert_eq!(get("PIP_CACHE_DIR"), Some("/c/pip"));
+        assert_eq!(
+            get("REQUESTS_CA_BUNDLE"),
+            Some("/etc/ssl/certs/ca-certificates.crt")
+        );
+        let mut files = vec![
+            ("resolv.conf".to_string(), Vec::new()),
+            ("hosts".into(), b"h".to_vec()),
+        ];
+        etc_files(&mut files);
+        assert!(String::from_utf8_lossy(&files[0].1).contains("nameserver 127.0.0.1"));
+        assert_eq!(files[1].1, b"h");
+    }
+}
