@@ -295,6 +295,116 @@ pub fn new_secret() -> Result<String, ServiceError> {
         .map_err(|e| ServiceError::Internal(format!("cannot make the run's proxy secret: {e}")))
 }
 
+/// A run's private socket directory (`0700`, a fresh random name under the
+/// temporary directory: socket paths must stay short), removed when dropped.
+pub struct SocketDir(PathBuf);
+
+impl SocketDir {
+    pub fn new() -> Result<SocketDir, ServiceError> {
+        let base = std::env::temp_dir();
+        let template = base.join("aisbx-net-XXXXXX");
+        let mut bytes = template.into_os_string().into_encoded_bytes();
+        bytes.push(0);
+        // SAFETY: mkdtemp fills in the X's of our NUL-terminated buffer.
+        let p = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+        if p.is_null() {
+            return Err(ServiceError::Internal(format!(
+                "cannot create the run's network directory in {}: {}",
+                base.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        bytes.pop();
+        // SAFETY: the bytes came from an OsString and mkdtemp only replaced X's
+        // with ASCII.
+        let path =
+            PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) });
+        Ok(SocketDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Start the run's proxy with its final allowlist and caps, in a new socket
+/// directory.
+pub fn start_proxy(plan: &NetPlan) -> Result<(aisbx_net::Proxy, SocketDir), ServiceError> {
+    let rules = |list: &[String]| -> Result<Vec<aisbx_net::Rule>, ServiceError> {
+        list.iter()
+            .map(|r| {
+                r.parse()
+                    .map_err(|e: aisbx_net::NetError| ServiceError::Refused(e.to_string()))
+            })
+            .collect()
+    };
+    let policy = aisbx_net::NetPolicy {
+        allow: rules(&plan.allow)?,
+        deny: rules(&plan.deny)?,
+        max_connections: plan.max_connections,
+        max_egress_bytes: plan.max_egress,
+    };
+    let dir = SocketDir::new()?;
+    let proxy = aisbx_net::Proxy::start(dir.path(), policy, &plan.secret).map_err(|e| {
+        ServiceError::Internal(format!("cannot start the run's network proxy: {e}"))
+    })?;
+    Ok((proxy, dir))
+}
+
+/// One audit event per connection of a run: the run, destination, the address
+/// dialled, allowed or the rule that refused it, bytes each way, duration.
+pub fn audit(log: &crate::audit::AuditLog, tenant: &str, report: &aisbx_net::NetReport) {
+    let run = crate::new_id("run");
+    for c in &report.connections {
+        let entry = crate::audit::AuditEntry {
+            request_id: run.clone(),
+            front_end: "net".into(),
+            client: Some(tenant.to_string()),
+            tool: "connect".into(),
+            args_digest: crate::audit::digest_args(
+                &serde_json::json!({"host": c.host, "port": c.port}),
+            ),
+            decision: if c.allowed { "allow" } else { "deny" }.into(),
+            reason: c.reason.clone(),
+            result: serde_json::json!({
+                "run_id": run,
+                "host": c.host,
+                "port": c.port,
+                "addr": c.addr,
+                "allowed": c.allowed,
+                "bytes_up": c.bytes_up,
+                "bytes_down": c.bytes_down,
+                "duration_ms": c.duration_ms,
+            }),
+        };
+        if let Err(e) = log.append(entry) {
+            eprintln!("aisbx: warning: could not append to the audit log: {e}");
+            return;
+        }
+    }
+    if report.records_dropped > 0 {
+        let _ = log.append(crate::audit::AuditEntry {
+            request_id: run.clone(),
+            front_end: "net".into(),
+            client: Some(tenant.to_string()),
+            tool: "connect".into(),
+            args_digest: crate::audit::digest_args(&serde_json::json!({})),
+            decision: "error".into(),
+            reason: Some(format!(
+                "{} more connections were not recorded",
+                report.records_dropped
+            )),
+            result: serde_json::json!({"run_id": run, "records_dropped": report.records_dropped}),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -652,6 +652,19 @@ impl Service {
                     Gate::Simulate(_) => None,
                     _ => Some(network::tenant_cache(self.home(), &tenant)?),
                 };
+                // Bound at its host path, which must not lie where the sandbox
+                // has its own directory.
+                let cache = cache.filter(|c| {
+                    let own = ["/tmp", "/run", "/dev", "/proc", "/workspace", "/etc"]
+                        .into_iter()
+                        .find(|d| c.starts_with(d));
+                    if let Some(d) = own {
+                        notices.push(format!(
+                            "downloads are not cached: the state directory lies under {d}, which the sandbox has its own of"
+                        ));
+                    }
+                    own.is_none()
+                });
                 // The proxy's variables come last: the only way out is the proxy.
                 for (k, v) in network::env(&secret, ca.as_deref(), cache.as_deref()) {
                     env.retain(|(ek, _)| *ek != k);
@@ -724,7 +737,42 @@ impl Service {
 
     pub(crate) fn execute(
         &self,
-        p: Prepared,
+        mut p: Prepared,
+        sink: &mut dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> Result<RunResult, ServiceError> {
+        // A run with network: its own proxy, serving in a private directory,
+        // for as long as the run lasts. (Its thread makes this process
+        // multi-threaded: the jail then runs in a helper process.)
+        let net = match &p.net {
+            Some(plan) => {
+                let (proxy, dir) = network::start_proxy(plan)?;
+                p.spec.net = Some(aisbx_jail::NetRelay {
+                    dir: dir.path().to_path_buf(),
+                    port: network::PROXY_PORT,
+                });
+                Some((proxy, dir, plan.tenant.clone()))
+            }
+            None => None,
+        };
+        let result = self.execute_jail(&p, sink, cancel);
+        match net {
+            Some((proxy, dir, tenant)) => {
+                let report = proxy.finish();
+                drop(dir);
+                network::audit(self.audit_log(), &tenant, &report);
+                result.map(|mut r| {
+                    r.network_denied = report.denied;
+                    r
+                })
+            }
+            None => result,
+        }
+    }
+
+    fn execute_jail(
+        &self,
+        p: &Prepared,
         sink: &mut dyn OutputSink,
         cancel: &CancelToken,
     ) -> Result<RunResult, ServiceError> {
@@ -744,7 +792,7 @@ impl Service {
             _ => None,
         };
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel, hold.as_ref())?;
-        let (mut result, note) = to_result(outcome, &p);
+        let (mut result, note) = to_result(outcome, p);
         // The note on a program that could not be executed goes to the live stream too.
         if let Some(note) = note {
             sink.stderr(note.as_bytes());

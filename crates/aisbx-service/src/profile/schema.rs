@@ -750,7 +750,10 @@ pub fn check_host_rule(rule: &str) -> Result<(), String> {
     if host.starts_with("*.") && !name.contains('.') {
         return bad("names every host under a top-level domain");
     }
-    Ok(())
+    // The proxy's own reading of it (crate aisbx-net) must agree.
+    rule.parse::<aisbx_net::Rule>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The closest of `options` to `word`, when close enough to be a likely typo.
