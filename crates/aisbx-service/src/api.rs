@@ -226,6 +226,9 @@ pub struct RunPlan {
     pub policy: String,
     /// What the run chose that the user did not say.
     pub notices: Vec<String>,
+    /// Where the run could connect (its final allowlist, package indexes
+    /// resolved); `null` for a run without network.
+    pub network_allow: Option<Vec<String>>,
 }
 
 /// Which front end a request came through, for the audit log.

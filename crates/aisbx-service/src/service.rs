@@ -283,6 +283,7 @@ impl Service {
                 sandbox_id: p.sandbox_id,
                 policy: self.policy_origin(),
                 notices: p.notices,
+                network_allow: p.net.map(|n| n.allow),
             })
         });
         self.record(meta, &args, &result);

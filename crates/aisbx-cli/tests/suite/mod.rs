@@ -5,6 +5,7 @@ mod contained;
 mod disk;
 mod imports;
 mod limits;
+mod network;
 mod parity;
 mod perimeter;
 mod perimeter_fs;
