@@ -472,10 +472,15 @@ fn cmd_doctor(json: bool) -> u8 {
     let (disk_capped, disk) = aisbx_service::disk::describe();
     if json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
+        let (net_ok, net) = aisbx_service::network::probe();
         if let Some(o) = v.as_object_mut() {
             o.insert(
                 "sandbox_disk".into(),
                 serde_json::json!({"capped": disk_capped, "detail": disk}),
+            );
+            o.insert(
+                "filtered_network".into(),
+                serde_json::json!({"works": net_ok, "detail": net}),
             );
         }
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -507,6 +512,10 @@ fn cmd_doctor(json: bool) -> u8 {
         );
         outln!("  landlock ABI:   {}", report.landlock_abi);
         outln!("  sandbox disks:  {disk}");
+        outln!(
+            "  network:        {} (profiles with [network] mode = \"allowlist\")",
+            aisbx_service::network::probe().1
+        );
         if report.ok() {
             outln!("All required layers are active.");
         } else {

@@ -405,6 +405,96 @@ pub fn audit(log: &crate::audit::AuditLog, tenant: &str, report: &aisbx_net::Net
     }
 }
 
+/// Whether filtered egress works here (`aisbx doctor`): a throwaway proxy that
+/// allows nothing, and a sandbox whose program asks it for a tunnel through the
+/// forwarder without credentials; the proxy's 407 proves the whole path. The
+/// answer, in words, and whether it works.
+pub fn probe() -> (bool, String) {
+    let Some(bash) = ["/bin/bash", "/usr/bin/bash"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())
+    else {
+        return (
+            false,
+            "not checked: the probe needs bash on the host".into(),
+        );
+    };
+    let plan = NetPlan {
+        allow: Vec::new(),
+        deny: Vec::new(),
+        max_connections: 1,
+        max_egress: 1 << 20,
+        secret: match new_secret() {
+            Ok(s) => s,
+            Err(e) => return (false, e.to_string()),
+        },
+        tenant: crate::DEFAULT_TENANT.into(),
+    };
+    let (proxy, dir) = match start_proxy(&plan) {
+        Ok(p) => p,
+        Err(e) => return (false, e.to_string()),
+    };
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{PROXY_PORT} && printf 'CONNECT doctor.invalid:443 HTTP/1.1\\r\\nHost: doctor.invalid:443\\r\\n\\r\\n' >&3 && head -c 12 <&3"
+    );
+    let spec = aisbx_jail::Spec {
+        argv: vec![bash.into(), "-c".into(), script],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/".into(),
+        ro_binds: ["/usr", "/bin", "/lib", "/lib64"]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        rw_binds: Vec::new(),
+        etc_files: Vec::new(),
+        code_files: Vec::new(),
+        workspace: aisbx_jail::Workspace::Tmpfs {
+            size_bytes: 1 << 20,
+        },
+        workspace_files: Vec::new(),
+        limits: aisbx_jail::Limits {
+            wall: Duration::from_secs(10),
+            memory_bytes: 128 << 20,
+            pids: 16,
+            cpus: 1.0,
+            nofile: 64,
+            tmp_bytes: 1 << 20,
+            output_bytes: 4096,
+        },
+        stdin: aisbx_jail::Stdin::Null,
+        hostname: "aisbx".into(),
+        landlock: aisbx_jail::Enforcement::BestEffort,
+        seccomp: aisbx_jail::SeccompLevel::Default,
+        require_cgroups: false,
+        net: Some(aisbx_jail::NetRelay {
+            dir: dir.path().to_path_buf(),
+            port: PROXY_PORT,
+        }),
+    };
+    let outcome = crate::helper::run_jail(
+        &spec,
+        &mut crate::NullSink,
+        &crate::CancelToken::default(),
+        None,
+    );
+    let report = proxy.finish();
+    drop(dir);
+    match outcome {
+        Ok(o) if o.stdout.starts_with(b"HTTP/1.1 407") && !report.connections.is_empty() => (
+            true,
+            "works: a sandbox reached its own proxy through the forwarder".into(),
+        ),
+        Ok(o) => (
+            false,
+            format!(
+                "does not work: the sandbox's request did not reach the proxy ({})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(e) => (false, format!("does not work: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -461,3 +461,76 @@ fn another_user_or_run_cannot_use_a_runs_proxy_socket() {
     // The directory is gone with the run.
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn doctor_says_filtered_egress_works() {
+    let h = home();
+    let out = cmd(h.path())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("doctor");
+    let v = json_of(&out);
+    assert_eq!(v["filtered_network"]["works"], true, "{v:#}");
+    let text = ok(h.path(), &["doctor"]);
+    assert!(text.contains("network:        works:"), "{text}");
+}
+
+#[test]
+fn an_unprivileged_user_gets_filtered_egress_too() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("needs root (to become nobody) and setpriv");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.path().join("home");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(bin_for_nobody())
+            .args(args)
+            .env("AISBX_HOME", &state)
+            .env("HOME", &state)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv")
+    };
+    let dry = json_of(&as_nobody(&[
+        "run",
+        "--dry-run",
+        "--json",
+        "--profile",
+        "python-dev",
+        "--",
+        "true",
+    ]));
+    let index = dry["network_allow"][0]
+        .as_str()
+        .expect("an index")
+        .to_string();
+    let code = format!(
+        "import socket\nprint(len(socket.gethostbyname({index:?}).split('.')))\ntry:\n    socket.create_connection(('1.1.1.1', 443), timeout=5)\nexcept OSError as e:\n    print(e.errno)\n"
+    );
+    let r = json_of(&as_nobody(&[
+        "run",
+        "--json",
+        "--profile",
+        "python-dev",
+        "--",
+        "python3",
+        "-c",
+        &code,
+    ]));
+    assert_eq!(stdout(&r), format!("4\n{}\n", libc::ENETUNREACH), "{r:#}");
+}
