@@ -534,3 +534,52 @@ fn an_unprivileged_user_gets_filtered_egress_too() {
     ]));
     assert_eq!(stdout(&r), format!("4\n{}\n", libc::ENETUNREACH), "{r:#}");
 }
+
+#[test]
+fn a_download_past_the_byte_cap_is_cut_and_recorded() {
+    let h = home();
+    let config = config_with("extends = [\"python-dev\"]\n[network]\nmax_egress = \"1M\"\n");
+    // pip's own wheel is larger than 1 MiB.
+    let out = cmd_cfg(h.path(), config.path())
+        .args([
+            "run",
+            "--json",
+            "--profile",
+            "nettest",
+            "--",
+            "python3",
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--retries",
+            "0",
+            "-d",
+            "/tmp/d",
+            "pip",
+        ])
+        .output()
+        .expect("run");
+    let r = json_of(&out);
+    assert_ne!(r["exit_code"], 0, "the download went through: {r:#}");
+    let conns = connections(h.path());
+    assert!(
+        conns.iter().any(|c| c["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("byte cap")),
+        "no byte cap in {conns:#?}"
+    );
+    let total: u64 = conns
+        .iter()
+        .map(|c| {
+            c["result"]["bytes_up"].as_u64().unwrap_or(0)
+                + c["result"]["bytes_down"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        total <= (1 << 20) + (64 << 10),
+        "{total} bytes passed a 1 MiB cap"
+    );
+}
