@@ -36,7 +36,10 @@
 //!   [`NetReport`] that [`Proxy::finish`] returns.
 //!
 //! What it does not stop: data sent to an allowed destination (or to an allowed
-//! wildcard domain's name servers, through the names the proxy looks up), and timing.
+//! wildcard domain's name servers, through the names the proxy looks up), timing, and
+//! plain HTTP sent through a CONNECT tunnel to a port other than 443 with another Host
+//! header (only a tunnel's first bytes are inspected; absolute-URI requests are
+//! checked one by one).
 //!
 //! [`Proxy::finish`] (and dropping a [`Proxy`]) blocks until the proxy's thread has
 //! stopped, at most about a second; from async code call it in `spawn_blocking`.

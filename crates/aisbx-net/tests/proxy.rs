@@ -640,3 +640,97 @@ fn starts_and_finishes_from_inside_an_async_runtime() {
     assert_eq!(report.connections.len(), 1);
     assert!(report.connections[0].allowed);
 }
+
+#[test]
+fn concurrent_tunnels_carry_their_bytes_intact() {
+    let peer = Peer::start(Mode::Echo);
+    let mut env = Env::start(policy(&[peer.rule()]));
+    let sock = env.proxy_sock();
+    let target = peer.target();
+    const TUNNELS: usize = 16;
+    const SIZE: usize = 256 * 1024;
+    let workers: Vec<_> = (0..TUNNELS)
+        .map(|i| {
+            let sock = sock.clone();
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(sock).unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                write!(
+                    s,
+                    "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+                    good_auth()
+                )
+                .unwrap();
+                assert_eq!(read_head(&mut s).0, 200);
+                // A pattern that differs per tunnel and per position.
+                let data: Vec<u8> = (0..SIZE).map(|j| (j * 31 + i * 7) as u8).collect();
+                let mut writer = s.try_clone().unwrap();
+                let sent = data.clone();
+                let w = std::thread::spawn(move || {
+                    writer.write_all(&sent).unwrap();
+                    writer.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                let back = read_to_end(&mut s);
+                w.join().unwrap();
+                assert!(back == data, "tunnel {i}: {} bytes came back", back.len());
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let report = env.finish();
+    assert_eq!(report.connections.len(), TUNNELS);
+    for r in &report.connections {
+        assert!(r.allowed && r.reason.is_none(), "{r:?}");
+        assert_eq!((r.bytes_up, r.bytes_down), (SIZE as u64, SIZE as u64));
+    }
+}
+
+#[test]
+fn garbage_on_both_sockets_leaves_the_proxy_serving() {
+    let peer = Peer::start(Mode::Echo);
+    let mut env = Env::start(policy(&[peer.rule()]));
+    // A small deterministic generator: the same garbage on every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t = peer.target();
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"CONNECT ",
+        format!("GET http://{t}/ HTTP/1.1\r\n").leak().as_bytes(),
+        b"\x16\x03\x01",
+    ];
+    for i in 0..200 {
+        let len = (next() % 3000) as usize;
+        let mut junk = prefixes[i % prefixes.len()].to_vec();
+        junk.extend((0..len).map(|_| next() as u8));
+        for path in [env.proxy_sock(), env.dns_sock()] {
+            let mut s = UnixStream::connect(path).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let _ = s.write_all(&junk);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+    // Garbage after a valid CONNECT to an IP literal on a non-443 port is just bytes.
+    let (mut s, status) = env.connect(&t);
+    assert_eq!(status, 200);
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    drop(s);
+    let mut d = UnixStream::connect(env.dns_sock()).unwrap();
+    d.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(dns_ask(&mut d, &dns_query(9, "unlisted.test", 1)).rcode, 3);
+    env.finish();
+}
