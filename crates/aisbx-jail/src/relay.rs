@@ -362,11 +362,15 @@ fn step_query(udp: RawFd, q: &mut Query, scratch: &mut [u8]) -> bool {
             Io::Closed => return false,
         }
     }
+    let mut closed = false;
     loop {
         match read_fd(q.sock.as_raw_fd(), scratch) {
             Io::Done(n) => q.answer.extend_from_slice(&scratch[..n]),
             Io::Again => break,
-            Io::Closed => break,
+            Io::Closed => {
+                closed = true;
+                break;
+            }
         }
         if q.answer.len() > 2 + u16::MAX as usize {
             return false;
@@ -389,7 +393,8 @@ fn step_query(udp: RawFd, q: &mut Query, scratch: &mut [u8]) -> bool {
             return false;
         }
     }
-    q.started.elapsed() < QUERY_TIMEOUT
+    // Closed without a whole answer: nothing more will come.
+    !closed && q.started.elapsed() < QUERY_TIMEOUT
 }
 
 fn relay_loop(l: &Listeners) {
@@ -419,8 +424,12 @@ fn relay_loop(l: &Listeners) {
                 }
                 e
             };
-            fds.push(pollfd(c.client.as_raw_fd(), ev(&c.up, &c.down)));
-            fds.push(pollfd(c.upstream.as_raw_fd(), ev(&c.down, &c.up)));
+            // A side with nothing to wait for is left out (a negative fd), so
+            // that its hang-up does not wake the loop again and again while the
+            // other side is slow.
+            let slot = |fd: RawFd, e: libc::c_short| pollfd(if e == 0 { -1 } else { fd }, e);
+            fds.push(slot(c.client.as_raw_fd(), ev(&c.up, &c.down)));
+            fds.push(slot(c.upstream.as_raw_fd(), ev(&c.down, &c.up)));
         }
         for q in &queries {
             let e = if q.out.is_empty() {
