@@ -34,6 +34,9 @@ pub struct NetPlan {
     pub secret: String,
     /// The tenant whose download cache the run uses.
     pub tenant: String,
+    /// The request id of the run's own audit line, which its connection events
+    /// carry as `run_id` (a fresh one for the service's own runs).
+    pub audit_id: Option<String>,
 }
 
 /// The single place where a run's final allowlist is computed: the profile's
@@ -359,11 +362,16 @@ pub fn start_proxy(plan: &NetPlan) -> Result<(aisbx_net::Proxy, SocketDir), Serv
 
 /// One audit event per connection of a run: the run, destination, the address
 /// dialled, allowed or the rule that refused it, bytes each way, duration.
-pub fn audit(log: &crate::audit::AuditLog, tenant: &str, report: &aisbx_net::NetReport) {
-    let run = crate::new_id("run");
+pub fn audit(
+    log: &crate::audit::AuditLog,
+    tenant: &str,
+    run_id: Option<String>,
+    report: &aisbx_net::NetReport,
+) {
+    let run = run_id.unwrap_or_else(|| crate::new_id("run"));
     for c in &report.connections {
         let entry = crate::audit::AuditEntry {
-            request_id: run.clone(),
+            request_id: crate::new_id("conn"),
             front_end: "net".into(),
             client: Some(tenant.to_string()),
             tool: "connect".into(),
@@ -390,7 +398,7 @@ pub fn audit(log: &crate::audit::AuditLog, tenant: &str, report: &aisbx_net::Net
     }
     if report.records_dropped > 0 {
         let _ = log.append(crate::audit::AuditEntry {
-            request_id: run.clone(),
+            request_id: crate::new_id("conn"),
             front_end: "net".into(),
             client: Some(tenant.to_string()),
             tool: "connect".into(),
@@ -429,6 +437,7 @@ pub fn probe() -> (bool, String) {
             Err(e) => return (false, e.to_string()),
         },
         tenant: crate::DEFAULT_TENANT.into(),
+        audit_id: None,
     };
     let (proxy, dir) = match start_proxy(&plan) {
         Ok(p) => p,

@@ -253,10 +253,17 @@ impl Service {
             .caller
             .clone()
             .unwrap_or_else(|| Caller::from_meta(meta));
+        // The run's audit line and its connection events share this id.
+        let request_id = new_id("req");
         let result = self
             .prepare(&req, Gate::Enforce(&caller))
-            .and_then(|p| self.execute(p, sink, cancel));
-        self.record(meta, &args, &result);
+            .and_then(|mut p| {
+                if let Some(n) = &mut p.net {
+                    n.audit_id = Some(request_id.clone());
+                }
+                self.execute(p, sink, cancel)
+            });
+        self.record_as(request_id, meta, &args, &result);
         result
     }
 
@@ -368,6 +375,18 @@ impl Service {
         args: &serde_json::Value,
         result: &Result<T, ServiceError>,
     ) {
+        self.record_as(new_id("req"), meta, args, result)
+    }
+
+    /// [`Service::record`] under a request id chosen beforehand (a run's, which
+    /// its connection events also carry).
+    pub(crate) fn record_as<T: serde::Serialize>(
+        &self,
+        request_id: String,
+        meta: &RequestMeta,
+        args: &serde_json::Value,
+        result: &Result<T, ServiceError>,
+    ) {
         let (decision, reason, summary) = match result {
             Ok(v) => (
                 "allow",
@@ -382,7 +401,7 @@ impl Service {
             Err(e) => ("error", Some(e.to_string()), serde_json::Value::Null),
         };
         let entry = AuditEntry {
-            request_id: new_id("req"),
+            request_id,
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
             tool: meta.tool.clone(),
@@ -680,6 +699,7 @@ impl Service {
                     max_egress: settings.max_egress,
                     secret,
                     tenant,
+                    audit_id: None,
                 })
             }
         };
@@ -752,16 +772,16 @@ impl Service {
                     dir: dir.path().to_path_buf(),
                     port: network::PROXY_PORT,
                 });
-                Some((proxy, dir, plan.tenant.clone()))
+                Some((proxy, dir, plan.tenant.clone(), plan.audit_id.clone()))
             }
             None => None,
         };
         let result = self.execute_jail(&p, sink, cancel);
         match net {
-            Some((proxy, dir, tenant)) => {
+            Some((proxy, dir, tenant, audit_id)) => {
                 let report = proxy.finish();
                 drop(dir);
-                network::audit(self.audit_log(), &tenant, &report);
+                network::audit(self.audit_log(), &tenant, audit_id, &report);
                 result.map(|mut r| {
                     r.network_denied = report.denied;
                     r

@@ -363,6 +363,21 @@ fn every_other_way_out_is_refused_and_recorded() {
     for needle in ["allowlist", "cap", "sni"] {
         assert!(refused(needle), "no refusal for '{needle}' in {conns:#?}");
     }
+    // Each names the run: the request id of the run's own audit line.
+    let runs: Vec<String> = std::fs::read_to_string(h.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["front_end"] == "cli" && v["tool"] == "run")
+        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(runs.len(), 2, "the dry run and the run: {runs:?}");
+    assert!(
+        conns
+            .iter()
+            .all(|c| c["result"]["run_id"] == runs[1].as_str()),
+        "{runs:?} {conns:#?}"
+    );
     assert_eq!(before, host_network(), "the host's network changed");
 }
 
