@@ -74,6 +74,28 @@ fn connections(home: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The directory of the `proxy.sock` that process `pid` listens on (its fds'
+/// socket inodes, looked up in `/proc/net/unix`).
+fn listening_socket_dir(pid: u32) -> Option<std::path::PathBuf> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (inode, path) = (f.get(6)?, f.get(7)?);
+        (inodes.iter().any(|i| i == inode) && path.ends_with("/proxy.sock"))
+            .then(|| Path::new(path).parent().map(Path::to_path_buf))
+            .flatten()
+    })
+}
+
 /// The host's network stack as `ip` shows it (links, addresses, routes).
 fn host_network() -> String {
     let mut s = String::new();
@@ -397,17 +419,6 @@ fn another_user_or_run_cannot_use_a_runs_proxy_socket() {
         eprintln!("needs root and setpriv");
         return;
     }
-    let tmp = std::env::temp_dir();
-    let existing = |tmp: &Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(tmp)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("aisbx-net-"))
-            .map(|e| e.path())
-            .collect()
-    };
-    let before = existing(&tmp);
     let h = home();
     let run = cmd(h.path())
         .args([
@@ -422,13 +433,11 @@ fn another_user_or_run_cannot_use_a_runs_proxy_socket() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // This run's directory: where the socket aisbx itself listens on lies.
     let mut dir = None;
     for _ in 0..400 {
-        if let Some(d) = existing(&tmp)
-            .into_iter()
-            .find(|d| !before.contains(d) && d.join("proxy.sock").exists())
-        {
-            dir = Some(d);
+        dir = listening_socket_dir(run.id());
+        if dir.is_some() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
