@@ -490,6 +490,12 @@ fn run_and_report(svc: &Service, req: RunRequest, json: bool) -> u8 {
                 if r.stdout_truncated || r.stderr_truncated {
                     eprintln!("aisbx: output beyond the limit was dropped");
                 }
+                if !r.network_denied.is_empty() {
+                    eprintln!(
+                        "aisbx: the network refused {} (add them to the profile's [network] allow if they were meant)",
+                        r.network_denied.join(", ")
+                    );
+                }
             }
             r.cli_exit_code().clamp(0, 255) as u8
         }
@@ -540,6 +546,10 @@ fn cmd_doctor(json: bool) -> u8 {
         );
         outln!("  landlock ABI:   {}", report.landlock_abi);
         outln!("  sandbox disks:  {disk}");
+        outln!(
+            "  network:        {} (profiles with [network] mode = \"allowlist\")",
+            d.filtered_network.detail
+        );
         if report.ok() {
             outln!("All required layers are active.");
         } else {

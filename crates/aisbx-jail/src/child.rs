@@ -144,9 +144,17 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), String> {
 impl NsHelper {
     /// Fork the helper. It holds every capability of the sandbox's user namespace
     /// (the init has not changed ids yet) and needs no id mapping for its work.
-    fn start(hostname: &str) -> Result<NsHelper, String> {
+    ///
+    /// With `net`, it then stays as the run's forwarder ([`crate::relay`]): it
+    /// gets the socket directory opened by the init (the host's root is still
+    /// there), binds
+    /// its listeners in the new namespace, and once the init has joined (the id
+    /// maps exist by then) drops every privilege and relays until the init ends.
+    fn start(hostname: &str, net: Option<&crate::NetRelay>) -> Result<NsHelper, String> {
         let (report_r, report_w) = pipe_pair()?;
         let (hold_r, hold_w) = pipe_pair()?;
+        // Opened here, before the init covers the host's /tmp with its new root.
+        let dir = net.map(|n| crate::relay::Listeners::open_dir(&n.dir));
         // SAFETY: the init is single-threaded; the child only makes system calls
         // and exits.
         let pid = unsafe { crate::sys::clone_fork(0) }.map_err(|e| format!("fork: {e}"))?;
@@ -164,15 +172,50 @@ impl NsHelper {
                     .map_err(|e| format!("sethostname: {e}"))
                     .and_then(|()| loopback_up())
             };
-            if let Err(msg) = result {
-                report(report_w.as_raw_fd(), &msg);
-            }
+            let relay = match (result, dir, net) {
+                (Err(msg), _, _) | (Ok(()), Some(Err(msg)), _) => {
+                    report(report_w.as_raw_fd(), &msg);
+                    None
+                }
+                (Ok(()), Some(Ok(dir)), Some(n)) => {
+                    match crate::relay::Listeners::bind(dir, n.port) {
+                        Ok(l) => Some(l),
+                        Err(msg) => {
+                            report(report_w.as_raw_fd(), &msg);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
             drop(report_w);
             let mut b = [0u8; 1];
             // SAFETY: blocking read into a local buffer until the init closes.
             unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            if let Some(l) = relay {
+                // Keep only the relay's fds: the run's stdio and status pipe
+                // belong to the init and the program.
+                let mut keep = l.fds().to_vec();
+                keep.sort_unstable();
+                crate::sys::close_all_but(&keep);
+                // SAFETY: our own fds 0-2 onto /dev/null (the sandbox's: the
+                // init has pivoted, and moved our root with its own).
+                unsafe {
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                    if null > 2 {
+                        libc::close(null);
+                    }
+                }
+                let _ = l.serve(SANDBOX_ID);
+                exit_now(1);
+            }
             exit_now(0);
         }
+        // The directory's fd is the forwarder's alone.
+        drop(dir);
         Ok(NsHelper {
             pid,
             report_r,
@@ -260,7 +303,7 @@ pub fn init_main(ctx: InitCtx<'_>) -> ! {
     // New net, ipc and uts namespaces, made by a helper while the supervisor writes
     // our id maps and we build the root. A failure is reported once the status
     // pipe is ours to use below.
-    let helper = NsHelper::start(&ctx.spec.hostname);
+    let helper = NsHelper::start(&ctx.spec.hostname, ctx.spec.net.as_ref());
     // Wait until the supervisor has written our id maps. EOF means it died first.
     let mut b = [0u8; 1];
     // SAFETY: reading into a local buffer.
@@ -618,7 +661,7 @@ fn exec_candidates(spec: &Spec) -> Vec<CString> {
 
 /// Empty every capability set, the bounding set and the ambient set, and lock the
 /// securebits so that nothing can bring them back.
-fn drop_capabilities() -> Result<(), String> {
+pub(crate) fn drop_capabilities() -> Result<(), String> {
     const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
     const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
     const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;

@@ -24,6 +24,7 @@ mod doctor;
 mod groups;
 mod lsm;
 mod mounts;
+mod relay;
 mod seccomp;
 mod supervisor;
 mod sys;
@@ -37,6 +38,7 @@ use thiserror::Error;
 pub use cgroup::reap_stale;
 pub use doctor::{Layer, LayerState, Report, probe};
 pub use mounts::check_relative;
+pub use relay::{DNS_SOCKET, PROXY_SOCKET};
 pub use supervisor::run;
 
 /// The uid and gid the sandboxed program has inside its user namespace.
@@ -80,6 +82,23 @@ pub struct Spec {
     /// Refuse to run when memory/pids/cpu cannot be limited through cgroups
     /// (otherwise rlimits alone are used).
     pub require_cgroups: bool,
+    /// Filtered network: `None` (the default) leaves the sandbox with `lo` only
+    /// and nothing listening; see [`NetRelay`].
+    #[serde(default)]
+    pub net: Option<NetRelay>,
+}
+
+/// The path out of a run with filtered network. Inside, a forwarder listens on
+/// `127.0.0.1:port` (TCP) and `127.0.0.1:53` (UDP and TCP), IPv4 only, and relays
+/// each connection to [`PROXY_SOCKET`] and each DNS query (framed as over TCP)
+/// to [`DNS_SOCKET`] in `dir`. The directory is never mounted into the sandbox;
+/// the caller made it `0700` and whoever serves the sockets decides what passes.
+/// As root the jail hands the directory to the sandbox's host id (the forwarder
+/// runs as that id, without privileges).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetRelay {
+    pub dir: PathBuf,
+    pub port: u16,
 }
 
 /// What is mounted at `/workspace`.

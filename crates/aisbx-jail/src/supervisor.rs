@@ -88,6 +88,13 @@ fn validate(spec: &Spec) -> Result<(), JailError> {
             "an argument or environment variable contains a NUL byte (or a name contains '=')",
         );
     }
+    if let Some(n) = &spec.net
+        && (!n.dir.is_absolute() || n.port == 0 || n.port == 53)
+    {
+        return bad(
+            "the network relay needs an absolute socket directory and a port other than 0 and 53",
+        );
+    }
     if !spec.cwd.starts_with('/') {
         return bad("the working directory must be an absolute path inside the sandbox");
     }
@@ -206,6 +213,39 @@ fn host_binds(spec: &Spec, host_uid: u32, host_gid: u32) -> Result<Vec<BindPlan>
         }
     }
     Ok(plans)
+}
+
+/// The forwarder of a run with network runs as the sandbox's host id and
+/// connects to the sockets in `dir`: the directory must be that id's and no
+/// one else's (`0700`). Opened without following a link, changed through the fd.
+fn hand_socket_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<(), JailError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| JailError::io(format!("network socket directory {}", dir.display()), e))?;
+    let m = f
+        .metadata()
+        .map_err(|e| JailError::io(format!("network socket directory {}", dir.display()), e))?;
+    if m.mode() & 0o077 != 0 {
+        return Err(JailError::InvalidSpec(format!(
+            "the network socket directory {} is open to other users; it must be 0700",
+            dir.display()
+        )));
+    }
+    if (m.uid(), m.gid()) != (uid, gid) {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| {
+            JailError::io(
+                format!(
+                    "handing the network socket directory {} to the sandbox's id",
+                    dir.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Hand the planned binds to the init, one message per bind (see
@@ -469,6 +509,9 @@ fn run_checked(
         }
     }
     check_rw_binds(spec).map_err(JailError::InvalidSpec)?;
+    if let Some(net) = &spec.net {
+        hand_socket_dir(&net.dir, host_uid, host_gid)?;
+    }
     // As root the binds are planned here, after the clone (see `host_binds`).
     prepared.binds_from_supervisor = root;
 

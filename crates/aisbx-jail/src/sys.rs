@@ -203,6 +203,23 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
         .map(|_| ())
 }
 
+/// Close every fd from 3 up except those in `keep` (sorted).
+pub fn close_all_but(keep: &[RawFd]) {
+    let mut from: u32 = 3;
+    for &k in keep {
+        let k = k as u32;
+        if k >= from {
+            if k > from {
+                // SAFETY: closing fds this process no longer uses.
+                unsafe { libc::syscall(SYS_CLOSE_RANGE, from, k - 1, 0u32) };
+            }
+            from = k + 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(SYS_CLOSE_RANGE, from, u32::MAX, 0u32) };
+}
+
 /// The number of threads of this process.
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")

@@ -1002,6 +1002,12 @@ pub fn run_summary(r: &RunResult) -> String {
         s.push_str(&format!(", sandbox {id}"));
     }
     s.push(')');
+    if !r.network_denied.is_empty() {
+        s.push_str(&format!(
+            "\nnetwork refused: {} (not in the profile's [network] allow)",
+            r.network_denied.join(", ")
+        ));
+    }
     push_stream(&mut s, "stdout", &r.stdout, r.stdout_truncated);
     push_stream(&mut s, "stderr", &r.stderr, r.stderr_truncated);
     s
@@ -1074,6 +1080,7 @@ pub fn run_audit_summary(r: &RunResult) -> Value {
         "duration_ms": r.duration_ms,
         "profile": r.profile,
         "sandbox_id": r.sandbox_id,
+        "network_denied": r.network_denied,
     })
 }
 
@@ -1300,6 +1307,7 @@ mod tests {
             max_rss_kib: 0,
             profile: "default".into(),
             sandbox_id: Some("sb".into()),
+            network_denied: Vec::new(),
         };
         let setup: Vec<String> = ["echo a", "exit 3", "echo never"]
             .map(String::from)
@@ -1336,6 +1344,7 @@ mod tests {
             max_rss_kib: 1000,
             profile: "python".into(),
             sandbox_id: None,
+            network_denied: Vec::new(),
         };
         let s = run_summary(&r);
         assert!(s.starts_with("exit 3 in 12 ms (profile python)"), "{s}");

@@ -187,6 +187,11 @@ pub struct RunResult {
     pub profile: String,
     /// The persistent sandbox the run used, if any.
     pub sandbox_id: Option<String>,
+    /// Destinations (`host:port`) the run tried to reach and was refused, in the
+    /// order first tried: what to allow in the profile's `[network]` if they were
+    /// meant (docs/NETWORK.md). Empty for a run without network.
+    #[serde(default)]
+    pub network_denied: Vec<String>,
 }
 
 impl RunResult {
@@ -223,6 +228,9 @@ pub struct RunPlan {
     pub policy: String,
     /// What the run chose that the user did not say.
     pub notices: Vec<String>,
+    /// Where the run could connect (its final allowlist, package indexes
+    /// resolved); `null` for a run without network.
+    pub network_allow: Option<Vec<String>>,
 }
 
 /// A run's limits, in the policy's units.

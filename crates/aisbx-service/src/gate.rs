@@ -342,6 +342,14 @@ pub struct DoctorReport {
     #[serde(flatten)]
     pub jail: crate::doctor::Report,
     pub sandbox_disk: SandboxDisk,
+    pub filtered_network: FilteredNetwork,
+}
+
+/// Whether runs whose profile allows named destinations reach them here.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilteredNetwork {
+    pub works: bool,
+    pub detail: String,
 }
 
 /// Whether a persistent sandbox gets a capped disk of its own here.
@@ -478,12 +486,19 @@ impl Service {
         .unwrap_or_else(|| Caller::from_meta(meta));
         let tool = request.tool();
         let args = request.normalized();
-        let result = self.decide_request(&caller, request).and_then(|decided| {
+        // The call's audit line and a run's connection events share this id.
+        let request_id = crate::new_id("req");
+        let result = self.decide_request(&caller, request).and_then(|mut decided| {
+            if let Decided::Run(p) = &mut decided
+                && let Some(net) = &mut p.net
+            {
+                net.audit_id = Some(request_id.clone());
+            }
             // A tenant's quota is reserved here, once the request is decided and
             // before anything of it runs; the reservation ends with this call.
             self.execute(decided, io)
         });
-        self.record(meta, tool, &args, &result);
+        self.record(request_id, meta, tool, &args, &result);
         result
     }
 
@@ -525,7 +540,9 @@ impl Service {
     /// The policy's step: a refusal ends the request here.
     fn decide_request(&self, caller: &Caller, request: Request) -> Result<Decided, ServiceError> {
         match request {
-            Request::Run(req) => {
+            Request::Run(mut req) => {
+                // The run counts against (and caches downloads for) this caller.
+                req.caller = Some(caller.clone());
                 // Decided once its profile is resolved, before anything of the run
                 // touches the host; the decision's ceilings lower its limits.
                 let sandbox = self.load_sandbox(&req)?;
@@ -535,7 +552,8 @@ impl Service {
                 let p = self.runner().prepare(&req, sandbox, Some(&mut decide))?;
                 Ok(Decided::Run(Box::new(p)))
             }
-            Request::Plan(req) => {
+            Request::Plan(mut req) => {
+                req.caller = Some(caller.clone());
                 let sandbox = self.load_sandbox(&req)?;
                 let mut decide = |p: &profile::Profile, lang: Option<&str>| {
                     self.decide(&policy::run_input(caller, &req, p, lang))
@@ -554,6 +572,7 @@ impl Service {
                     sandbox_id: p.sandbox_id,
                     policy: self.policy_origin(),
                     notices: p.notices,
+                    network_allow: p.net.map(|n| n.allow),
                 }))
             }
             Request::Build(req) => {
@@ -739,9 +758,14 @@ impl Service {
                 Request::SnapshotVerify => Response::SnapshotVerify(self.snapshot_verify()?),
                 Request::Doctor => {
                     let (capped, detail) = crate::disk::describe();
+                    let (works, net) = crate::network::probe();
                     Response::Doctor(DoctorReport {
                         jail: aisbx_jail::probe(),
                         sandbox_disk: SandboxDisk { capped, detail },
+                        filtered_network: FilteredNetwork {
+                            works,
+                            detail: net,
+                        },
                     })
                 }
                 Request::AuditTail { n } => {
@@ -770,6 +794,7 @@ impl Service {
     /// The audit line of one call.
     fn record(
         &self,
+        request_id: String,
         meta: &RequestMeta,
         tool: &str,
         args: &Value,
@@ -785,7 +810,7 @@ impl Service {
             Err(e) => ("error", Some(e.to_string()), Value::Null),
         };
         self.append(AuditEntry {
-            request_id: crate::new_id("req"),
+            request_id,
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
             tool: tool.to_string(),

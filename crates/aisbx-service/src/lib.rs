@@ -11,6 +11,7 @@ mod error;
 mod gate;
 mod helper;
 pub mod hostpath;
+pub mod network;
 pub mod policy;
 pub mod profile;
 mod profile_api;
@@ -30,7 +31,7 @@ pub mod doctor {
 
 pub use api::*;
 pub use error::ServiceError;
-pub use gate::{CallIo, DoctorReport, Request, Response, SandboxDisk, TOOLS};
+pub use gate::{CallIo, DoctorReport, FilteredNetwork, Request, Response, SandboxDisk, TOOLS};
 pub use helper::maybe_run_helper;
 pub use profile_api::{ProfileDetected, ProfileShown, ValidatedFile};
 pub use sandbox::{

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use aisbx_jail::{CODE_DIR, Outcome, Spec, Stdin, Workspace};
 
 use crate::hostpath::{self, Perimeter, Use};
+use crate::network;
 use crate::policy::Decision;
 use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
@@ -89,6 +90,8 @@ pub(crate) struct Prepared {
     pub notices: Vec<String>,
     /// The policy's decision (`None` for the service's own runs).
     pub decision: Option<Decision>,
+    /// Filtered network (a profile with `[network] mode = "allowlist"`).
+    pub net: Option<crate::network::NetPlan>,
 }
 
 /// The policy's step of a run: given the resolved profile and language, the
@@ -97,17 +100,29 @@ pub(crate) struct Prepared {
 pub(crate) type Decide<'a> =
     &'a mut dyn FnMut(&Profile, Option<&str>) -> Result<Decision, ServiceError>;
 
-/// What runs need from the host: the state directory and the caller's PATH.
+/// What runs need from the host: the state directory, the caller's PATH, and
+/// the audit log that a run's network connections are recorded in.
 #[derive(Debug, Clone)]
 pub(crate) struct Runner {
     home: PathBuf,
     /// The caller's PATH, used to find host runtimes.
     host_path: String,
+    audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
 
 impl Runner {
     pub(crate) fn new(home: PathBuf, host_path: String) -> Runner {
-        Runner { home, host_path }
+        Runner {
+            home,
+            host_path,
+            audit: None,
+        }
+    }
+
+    /// Records each network connection of a run in `audit`.
+    pub(crate) fn with_audit(mut self, audit: std::sync::Arc<crate::audit::AuditLog>) -> Runner {
+        self.audit = Some(audit);
+        self
     }
 
     pub(crate) fn home(&self) -> &Path {
@@ -377,7 +392,56 @@ impl Runner {
             }
         }
 
-        let env = build_env(&profile, &path_var, &req.env)?;
+        let mut env = build_env(&profile, &path_var, &req.env)?;
+        let mut etc = etc_files();
+        let net = match &profile.network {
+            None => None,
+            Some(settings) => {
+                let (allow, deny) =
+                    network::final_allowlist(settings, &profile.name, &self.host_path)?;
+                let tenant = req
+                    .caller
+                    .as_ref()
+                    .map_or_else(|| crate::DEFAULT_TENANT.to_string(), |c| c.tenant.clone());
+                let secret = network::new_secret()?;
+                let ca = network::ca_bundle();
+                if let Some(ca) = &ca
+                    && !ro_binds.iter().any(|b| ca.starts_with(b))
+                {
+                    ro_binds.push(ca.clone());
+                }
+                // Bound at its host path, which must not lie where the sandbox
+                // has its own directory. Made when the run starts (a dry run
+                // makes nothing on the host).
+                let cache = Some(network::cache_dir(self.home(), &tenant)?).filter(|c| {
+                    let own = ["/tmp", "/run", "/dev", "/proc", "/workspace", "/etc"]
+                        .into_iter()
+                        .find(|d| c.starts_with(d));
+                    if let Some(d) = own {
+                        notices.push(format!(
+                            "downloads are not cached: the state directory lies under {d}, which the sandbox has its own of"
+                        ));
+                    }
+                    own.is_none()
+                });
+                // The proxy's variables come last: the only way out is the proxy.
+                for (k, v) in network::env(&secret, ca.as_deref(), cache.as_deref()) {
+                    env.retain(|(ek, _)| *ek != k);
+                    env.push((k, v));
+                }
+                network::etc_files(&mut etc);
+                rw_binds.extend(cache);
+                Some(network::NetPlan {
+                    allow,
+                    deny,
+                    max_connections: settings.max_connections,
+                    max_egress: settings.max_egress,
+                    secret,
+                    tenant,
+                    audit_id: None,
+                })
+            }
+        };
         let workspace = match (&sandbox, &req.workdir) {
             (Some(sb), _) => sb.jail_workspace(),
             (None, Some(dir)) => Workspace::Bind {
@@ -409,7 +473,7 @@ impl Runner {
             cwd: "/workspace".into(),
             ro_binds,
             rw_binds,
-            etc_files: etc_files(),
+            etc_files: etc,
             code_files,
             workspace,
             workspace_files,
@@ -419,6 +483,7 @@ impl Runner {
             landlock: profile.landlock,
             seccomp: profile.seccomp,
             require_cgroups: false,
+            net: None,
         };
         Ok(Prepared {
             spec,
@@ -426,12 +491,54 @@ impl Runner {
             sandbox_id: sandbox.map(|s| s.id),
             notices,
             decision,
+            net,
         })
     }
 
     pub(crate) fn execute(
         &self,
-        p: Prepared,
+        mut p: Prepared,
+        sink: &mut dyn OutputSink,
+        cancel: &CancelToken,
+        hold: Option<RunHold>,
+    ) -> Result<RunResult, ServiceError> {
+        // A run with network: its own proxy, serving in a private directory,
+        // for as long as the run lasts. (Its thread makes this process
+        // multi-threaded: the jail then runs in a helper process.)
+        let net = match &p.net {
+            Some(plan) => {
+                if p.spec.rw_binds.iter().any(|b| b.starts_with(self.home().join("cache"))) {
+                    network::tenant_cache(self.home(), &plan.tenant)?;
+                }
+                let (proxy, dir) = network::start_proxy(plan)?;
+                p.spec.net = Some(aisbx_jail::NetRelay {
+                    dir: dir.path().to_path_buf(),
+                    port: network::PROXY_PORT,
+                });
+                Some((proxy, dir, plan.tenant.clone(), plan.audit_id.clone()))
+            }
+            None => None,
+        };
+        let result = self.execute_jail(&p, sink, cancel, hold);
+        match net {
+            Some((proxy, dir, tenant, audit_id)) => {
+                let report = proxy.finish();
+                drop(dir);
+                if let Some(log) = &self.audit {
+                    network::audit(log, &tenant, audit_id, &report);
+                }
+                result.map(|mut r| {
+                    r.network_denied = report.denied;
+                    r
+                })
+            }
+            None => result,
+        }
+    }
+
+    fn execute_jail(
+        &self,
+        p: &Prepared,
         sink: &mut dyn OutputSink,
         cancel: &CancelToken,
         hold: Option<RunHold>,
@@ -453,7 +560,7 @@ impl Runner {
             _ => None,
         };
         let outcome = crate::helper::run_jail(&p.spec, sink, cancel, hold.as_ref())?;
-        let (mut result, note) = to_result(outcome, &p);
+        let (mut result, note) = to_result(outcome, p);
         // The note on a program that could not be executed goes to the live stream too.
         if let Some(note) = note {
             sink.stderr(note.as_bytes());
@@ -737,6 +844,7 @@ fn to_result(o: Outcome, p: &Prepared) -> (RunResult, Option<String>) {
         max_rss_kib: o.max_rss_kib,
         profile: p.profile.clone(),
         sandbox_id: p.sandbox_id.clone(),
+        network_denied: Vec::new(),
     };
     (r, note)
 }

@@ -45,7 +45,7 @@ pub fn default_home() -> PathBuf {
 struct Inner {
     /// The state directory and the host PATH runs need.
     runner: Runner,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     /// Where the policy comes from: `--policy DIR` / `AISBX_POLICY`, else the
     /// standard directories, else the embedded default.
     policy_dir: Option<PathBuf>,
@@ -89,12 +89,12 @@ impl Service {
                 home.display()
             ))
         })?;
-        let audit = AuditLog::open(home.join("audit.jsonl")).map_err(|e| {
+        let audit = Arc::new(AuditLog::open(home.join("audit.jsonl")).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot open the audit log in {}: {e}",
                 home.display()
             ))
-        })?;
+        })?);
         let host_path = std::env::var("PATH").unwrap_or_else(|_| SANDBOX_PATH.to_string());
         let policy_dir = cfg.policy.or_else(policy::env_dir);
         let sources = policy::Sources::locate(policy_dir.as_deref(), &home);
@@ -113,7 +113,7 @@ impl Service {
         }
         Ok(Service {
             inner: Arc::new(Inner {
-                runner: Runner::new(home, host_path),
+                runner: Runner::new(home, host_path).with_audit(audit.clone()),
                 audit,
                 policy_dir,
                 policy: std::sync::RwLock::new(Arc::new(ActivePolicy { bundle, hash })),

@@ -7,6 +7,7 @@ mod gate;
 mod imports;
 mod layering;
 mod limits;
+mod network;
 mod parity;
 mod perimeter;
 mod perimeter_fs;

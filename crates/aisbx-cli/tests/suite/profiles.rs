@@ -263,7 +263,7 @@ fn validate_lists_every_error_with_lines_and_exits_non_zero() {
     let bad = p.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "extends = [\"base\"]\n[limits]\ntimout = \"5s\"\nmemory = \"lots\"\n[security]\nseccomp = \"off\"\n[filesystem]\nro_binds = [\"/root/.ssh\"]\n[network]\nallow = [\"example.com\"]\n",
+        "extends = [\"base\"]\n[limits]\ntimout = \"5s\"\nmemory = \"lots\"\n[security]\nseccomp = \"off\"\n[filesystem]\nro_binds = [\"/root/.ssh\"]\n[network]\nallow = [\"https://example.com\"]\n",
     )
     .expect("write");
     let out = aisbx_in(p.path(), cfg.path(), &["profile", "validate", "bad.toml"]);
@@ -277,7 +277,10 @@ fn validate_lists_every_error_with_lines_and_exits_non_zero() {
     assert!(t.contains("bad.toml:4:"), "{t}");
     assert!(t.contains("bad.toml:6:"), "{t}");
     assert!(t.contains("/root/.ssh"), "{t}");
-    assert!(t.contains("network.allow is reserved"), "{t}");
+    assert!(
+        t.contains("network.allow: 'https://example.com' is not a destination"),
+        "{t}"
+    );
 
     let good = p.path().join("good.toml");
     std::fs::write(&good, "extends = [\"python\", \"dev\"]\n").expect("write");

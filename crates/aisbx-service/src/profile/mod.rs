@@ -157,8 +157,23 @@ pub struct Profile {
     pub landlock: Enforcement,
     /// Host paths a user profile opened to the host-path check (`[perimeter] allow`).
     pub perimeter_allow: Vec<PathBuf>,
+    /// `[network]`: `None` when `mode = "none"` (no network at all).
+    pub network: Option<NetworkSettings>,
     /// Every effective value by dotted path, with where it came from.
     pub values: BTreeMap<String, Provenanced>,
+}
+
+/// A profile's `[network]` with `mode = "allowlist"`: where a run may connect,
+/// through aisbx's proxy (crate::network turns it into the run's allowlist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Package indexes by ecosystem (`python`, `node`), resolved at run time
+    /// from the host's pip and npm configuration.
+    pub packages: Vec<String>,
+    pub max_connections: u32,
+    pub max_egress: u64,
 }
 
 /// The SPEC's default limits.
@@ -198,6 +213,8 @@ fn spec_defaults() -> BTreeMap<String, Provenanced> {
     put("limits.tmp", Val::Int(l.tmp_bytes));
     put("limits.output", Val::Int(l.output_bytes as u64));
     put("network.mode", Val::Text("none".into()));
+    put("network.max_connections", Val::Int(64));
+    put("network.max_egress", Val::Int(2 << 30));
     put("security.seccomp", Val::Text("default".into()));
     put("security.landlock", Val::Text("best-effort".into()));
     m
@@ -1061,6 +1078,16 @@ fn build(
             .into_iter()
             .map(PathBuf::from)
             .collect(),
+        network: (text(&values, "network.mode").as_deref() == Some("allowlist")).then(|| {
+            NetworkSettings {
+                allow: list(&values, "network.allow"),
+                deny: list(&values, "network.deny"),
+                packages: list(&values, "network.packages"),
+                max_connections: u32::try_from(int(&values, "network.max_connections"))
+                    .unwrap_or(u32::MAX),
+                max_egress: int(&values, "network.max_egress"),
+            }
+        }),
         values,
     })
 }

@@ -88,8 +88,11 @@ enum Kind {
     RwPaths,
     /// Host paths opened to the host-path check (`[perimeter] allow`).
     AllowPaths,
-    /// Reserved list that must stay empty; the message says why.
-    Reserved(&'static str),
+    /// Destinations (`network.allow`, `network.deny`): `host`, `*.domain`,
+    /// either with `:port`, or an IP literal (`10.0.0.5`, `[2001:db8::1]:443`).
+    HostRules,
+    /// Package indexes by ecosystem ([`PACKAGE_INDEXES`]).
+    PackageIndexes,
     /// A table of environment variables.
     Env,
 }
@@ -129,14 +132,17 @@ const LIMITS: &[(&str, Node)] = &[
 ];
 
 const NETWORK: &[(&str, Node)] = &[
-    ("mode", Node::Leaf(Kind::Choice(&["none"]))),
-    (
-        "allow",
-        Node::Leaf(Kind::Reserved(
-            "network.allow is reserved: this version of aisbx runs every sandbox without network, so the list must be empty",
-        )),
-    ),
+    ("mode", Node::Leaf(Kind::Choice(&["none", "allowlist"]))),
+    ("allow", Node::Leaf(Kind::HostRules)),
+    ("deny", Node::Leaf(Kind::HostRules)),
+    ("packages", Node::Leaf(Kind::PackageIndexes)),
+    ("max_connections", Node::Leaf(Kind::Count(1, 4096))),
+    ("max_egress", Node::Leaf(Kind::Bytes(MIB, 1 << 40))),
 ];
+
+/// The symbolic entries of `network.packages`: package indexes resolved at run
+/// time from the host's own configuration (crate::network).
+pub const PACKAGE_INDEXES: &[&str] = &["python", "node"];
 
 const FILESYSTEM: &[(&str, Node)] = &[
     ("ro_binds", Node::Leaf(Kind::RoPaths)),
@@ -375,9 +381,6 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
                 if let Some(sug) = suggest(s, choices.iter().copied()) {
                     msg.push_str(&format!("; did you mean \"{sug}\"?"));
                 }
-                if path == "network.mode" {
-                    msg.push_str(" (this version of aisbx supports only \"none\")");
-                }
                 ctx.err(span, msg);
             }
             None => ctx.err(span, expected(path, "a string", val)),
@@ -458,7 +461,12 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
             }
             _ => ctx.err(span, expected(path, "a list of profile names", val)),
         },
-        Kind::List | Kind::RoPaths | Kind::RwPaths | Kind::AllowPaths | Kind::Reserved(_) => {
+        Kind::List
+        | Kind::RoPaths
+        | Kind::RwPaths
+        | Kind::AllowPaths
+        | Kind::HostRules
+        | Kind::PackageIndexes => {
             let Some((items, append)) = string_list(path, v, ctx) else {
                 return;
             };
@@ -481,7 +489,27 @@ fn leaf(kind: Kind, path: &str, v: &Spanned<DeValue<'_>>, ctx: &mut Ctx<'_>) {
                         }
                     }
                 }
-                Kind::Reserved(why) if !items.is_empty() => ctx.err(span.clone(), why.to_string()),
+                Kind::HostRules => {
+                    for (s, sp) in &items {
+                        if let Err(e) = check_host_rule(s) {
+                            ctx.err(sp.clone(), format!("{path}: {e}"));
+                        }
+                    }
+                }
+                Kind::PackageIndexes => {
+                    for (s, sp) in &items {
+                        if !PACKAGE_INDEXES.contains(&s.as_str()) {
+                            let mut msg = format!(
+                                "{path}: '{s}' is not a package index aisbx knows (known: {})",
+                                PACKAGE_INDEXES.join(", ")
+                            );
+                            if let Some(sug) = suggest(s, PACKAGE_INDEXES.iter().copied()) {
+                                msg.push_str(&format!("; did you mean \"{sug}\"?"));
+                            }
+                            ctx.err(sp.clone(), msg);
+                        }
+                    }
+                }
                 _ => {}
             }
             let list = items.into_iter().map(|(s, _)| s).collect();
@@ -668,6 +696,66 @@ pub fn check_bind(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The form of one `network.allow`/`network.deny` entry: a host name (letters,
+/// digits, `-`, dots between labels), `*.` and a domain for its subdomains, an
+/// IPv4 literal, or an IPv6 literal in brackets; each with an optional `:port`
+/// (1 to 65535). No scheme, path or user.
+pub fn check_host_rule(rule: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "'{rule}' {why}: write a host (\"example.org\"), its subdomains (\"*.example.org\") or an address, with an optional port (\"example.net:8443\")"
+        ))
+    };
+    if rule.contains("://") || rule.contains('/') || rule.contains('@') {
+        return bad("is not a destination (no scheme, path or user)");
+    }
+    let (host, port) = if let Some(rest) = rule.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return bad("has an unclosed '['");
+        };
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("is not an IPv6 address in brackets");
+        }
+        match after {
+            "" => return Ok(()),
+            p => match p.strip_prefix(':') {
+                Some(p) => (None, p),
+                None => return bad("has text after ']'"),
+            },
+        }
+    } else {
+        match rule.rsplit_once(':') {
+            Some((h, p)) => (Some(h), p),
+            None => (Some(rule), ""),
+        }
+    };
+    if !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..)) {
+        return bad("has a port that is not 1 to 65535");
+    }
+    let Some(host) = host else { return Ok(()) };
+    if host.contains(':') {
+        return bad("is an IPv6 address without brackets");
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return bad("is not a host name");
+    }
+    if host.starts_with("*.") && !name.contains('.') {
+        return bad("names every host under a top-level domain");
+    }
+    // The proxy's own reading of it (crate aisbx-net) must agree.
+    rule.parse::<aisbx_net::Rule>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The closest of `options` to `word`, when close enough to be a likely typo.
 pub fn suggest<'a>(word: &str, options: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let w = word.to_ascii_lowercase();
@@ -731,8 +819,12 @@ workspace = "64M"
 tmp = 1048576
 output = "64K"
 [network]
-mode = "none"
-allow = []
+mode = "allowlist"
+allow = ["example.org", "*.example.org", "example.net:8443", "10.0.0.5", "[2001:db8::1]:443"]
+deny = ["bad.example.org"]
+packages = ["python"]
+max_connections = 16
+max_egress = "100M"
 [filesystem]
 ro_binds = ["/opt/data"]
 [env]
@@ -761,6 +853,11 @@ landlock = "required"
         );
         assert_eq!(v("env.FOO"), Some(Val::Text("bar".into())));
         assert_eq!(l.values["limits.pids"].line, 13);
+        assert_eq!(v("network.max_egress"), Some(Val::Int(100 << 20)));
+        assert_eq!(
+            v("network.packages"),
+            Some(Val::List(vec!["python".into()]))
+        );
     }
 
     #[test]
@@ -788,7 +885,7 @@ landlock = "required"
     #[test]
     fn every_error_is_reported() {
         let m = messages(
-            "name = \"other\"\n[limits]\nmemory = \"lots\"\npids = 1\ncpus = -1\n[network]\nmode = \"host\"\nallow = [\"example.com\"]\n[env]\n\"A=B\" = \"x\"\n",
+            "name = \"other\"\n[limits]\nmemory = \"lots\"\npids = 1\ncpus = -1\n[network]\nmode = \"host\"\nallow = [\"http://example.com\"]\n[env]\n\"A=B\" = \"x\"\n",
         );
         assert_eq!(m.len(), 7, "{m:#?}");
         assert!(m[0].contains("does not match the file name"));
@@ -822,6 +919,47 @@ landlock = "required"
             None,
         );
         assert!(user.is_ok(), "{user:?}");
+    }
+
+    #[test]
+    fn network_entries_are_checked() {
+        for ok in [
+            "example.org",
+            "*.example.org",
+            "example.net:8443",
+            "10.0.0.5",
+            "169.254.169.254:80",
+            "[2001:db8::1]",
+            "[::1]:443",
+            "pypi-mirror.internal",
+        ] {
+            assert!(check_host_rule(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://example.org",
+            "example.org/simple",
+            "user@example.org",
+            "*.org",
+            "*",
+            "exa mple.org",
+            "example.org:0",
+            "example.org:99999",
+            "2001:db8::1",
+            "[2001:db8::1",
+            "[nothost]:80",
+            "-bad.example.org",
+            "a..b",
+        ] {
+            assert!(check_host_rule(bad).is_err(), "{bad}");
+        }
+        let m = messages(
+            "[network]\nmode = \"open\"\nallow = [\"https://x.org\"]\npackages = [\"pyton\"]\nmax_connections = 0\n",
+        );
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m[0].contains("\"none\", \"allowlist\""), "{m:?}");
+        assert!(m[1].contains("no scheme"), "{m:?}");
+        assert!(m[2].contains("did you mean \"python\"?"), "{m:?}");
     }
 
     #[test]

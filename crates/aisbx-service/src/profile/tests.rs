@@ -1063,3 +1063,39 @@ fn a_broken_new_language_or_parent_is_found_too() {
         "python"
     );
 }
+
+#[test]
+fn network_is_off_unless_a_profile_opens_an_allowlist() {
+    let c = Catalog::builtin();
+    for name in [
+        "base",
+        "python",
+        "node",
+        "dev",
+        "python-prod",
+        "bash-dev",
+        "strict",
+    ] {
+        assert_eq!(c.resolve(name).unwrap().network, None, "{name}");
+    }
+    for (name, eco) in [("python-dev", "python"), ("node-dev", "node")] {
+        let n = c.resolve(name).unwrap().network.expect(name);
+        assert_eq!(n.packages, [eco]);
+        assert!(n.allow.is_empty() && n.deny.is_empty());
+        assert_eq!((n.max_connections, n.max_egress), (64, 2 << 30));
+    }
+    // A profile's entries add to what it extends; mode = "none" turns it off.
+    let (c, _t) = catalog_with(&[
+        (
+            "web",
+            "extends = [\"python-dev\"]\n[network]\nallow = [\"*.example.org\"]\ndeny = [\"x.example.org\"]\nmax_egress = \"10M\"\n",
+        ),
+        ("off", "extends = [\"web\"]\n[network]\nmode = \"none\"\n"),
+    ]);
+    let web = c.resolve("web").unwrap().network.unwrap();
+    assert_eq!(web.allow, ["*.example.org"]);
+    assert_eq!(web.deny, ["x.example.org"]);
+    assert_eq!(web.packages, ["python"]);
+    assert_eq!(web.max_egress, 10 << 20);
+    assert_eq!(c.resolve("off").unwrap().network, None);
+}
