@@ -248,6 +248,30 @@ impl Rule {
     pub fn port(&self) -> Option<u16> {
         self.port
     }
+
+    /// The ports an allow rule lets through: its own, else 80 and 443.
+    fn allowed_ports(&self) -> Vec<u16> {
+        match self.port {
+            Some(p) => vec![p],
+            None => vec![80, 443],
+        }
+    }
+
+    /// Whether every host this rule matches is matched by `other` too.
+    fn hosts_within(&self, other: &Rule) -> bool {
+        let strictly_below = |name: &str, suffix: &str| {
+            name.len() > suffix.len() + 1
+                && name.ends_with(suffix)
+                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+        };
+        match (&self.target, &other.target) {
+            (Target::Exact(a), Target::Exact(b)) => a == b,
+            (Target::Exact(a), Target::Subdomains(r)) => strictly_below(a, r),
+            (Target::Subdomains(a), Target::Subdomains(r)) => a == r || strictly_below(a, r),
+            (Target::Ip(a), Target::Ip(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl serde::Serialize for Rule {
@@ -314,6 +338,17 @@ impl NetPolicy {
         }
     }
 
+    /// Whether this policy's allow rules let through everything the allow rule
+    /// `rule` lets through (its deny rules are not consulted): how a narrower
+    /// list keeps only the entries of a wider one that it covers.
+    pub fn covers(&self, rule: &Rule) -> bool {
+        rule.allowed_ports().into_iter().all(|port| {
+            self.allow
+                .iter()
+                .any(|a| a.allowed_ports().contains(&port) && rule.hosts_within(a))
+        })
+    }
+
     /// Decides whether a run may connect to `host:port`. `host` is a name, an IPv4
     /// literal, or an IPv6 literal with or without brackets.
     pub fn decide(&self, host: &str, port: u16) -> Verdict {
@@ -362,6 +397,43 @@ impl NetPolicy {
             .iter()
             .any(|r| r.port.is_none() && r.matches_host(&host))
             && self.allow.iter().any(|r| r.matches_host(&host))
+    }
+}
+
+#[cfg(test)]
+mod cover_tests {
+    use super::*;
+
+    fn pol(rules: &[&str]) -> NetPolicy {
+        NetPolicy::new(rules.iter().map(|r| r.parse().unwrap()).collect(), vec![])
+    }
+
+    fn covers(rules: &[&str], rule: &str) -> bool {
+        pol(rules).covers(&rule.parse().unwrap())
+    }
+
+    #[test]
+    fn a_rule_is_covered_only_by_rules_that_let_through_all_it_does() {
+        assert!(covers(&["pypi.org"], "pypi.org"));
+        assert!(covers(&["*.pythonhosted.org"], "files.pythonhosted.org"));
+        assert!(covers(&["*.org"], "*.pythonhosted.org"));
+        assert!(covers(&["*.example.org"], "*.example.org"));
+        assert!(covers(
+            &["example.org:80", "example.org:443"],
+            "example.org"
+        ));
+        assert!(covers(&["example.org"], "example.org:443"));
+        assert!(covers(&["10.0.0.5"], "10.0.0.5"));
+        // Narrower never widens: the apex is not a subdomain, a wildcard is not
+        // covered by one name, another port is not covered by the defaults.
+        assert!(!covers(&["*.example.org"], "example.org"));
+        assert!(!covers(&["files.pythonhosted.org"], "*.pythonhosted.org"));
+        assert!(!covers(&["example.org"], "example.org:8443"));
+        assert!(!covers(&["example.org:443"], "example.org"));
+        assert!(!covers(&["example.org"], "example.net"));
+        assert!(!covers(&["*.ample.org"], "example.org"));
+        assert!(!covers(&[], "example.org"));
+        assert!(!covers(&["10.0.0.5"], "10.0.0.6"));
     }
 }
 

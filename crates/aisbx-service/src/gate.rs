@@ -488,16 +488,18 @@ impl Service {
         let args = request.normalized();
         // The call's audit line and a run's connection events share this id.
         let request_id = crate::new_id("req");
-        let result = self.decide_request(&caller, request).and_then(|mut decided| {
-            if let Decided::Run(p) = &mut decided
-                && let Some(net) = &mut p.net
-            {
-                net.audit_id = Some(request_id.clone());
-            }
-            // A tenant's quota is reserved here, once the request is decided and
-            // before anything of it runs; the reservation ends with this call.
-            self.execute(decided, io)
-        });
+        let result = self
+            .decide_request(&caller, request)
+            .and_then(|mut decided| {
+                if let Decided::Run(p) = &mut decided
+                    && let Some(net) = &mut p.net
+                {
+                    net.audit_id = Some(request_id.clone());
+                }
+                // A tenant's quota is reserved here, once the request is decided and
+                // before anything of it runs; the reservation ends with this call.
+                self.execute(decided, io)
+            });
         self.record(request_id, meta, tool, &args, &result);
         result
     }
@@ -762,10 +764,7 @@ impl Service {
                     Response::Doctor(DoctorReport {
                         jail: aisbx_jail::probe(),
                         sandbox_disk: SandboxDisk { capped, detail },
-                        filtered_network: FilteredNetwork {
-                            works,
-                            detail: net,
-                        },
+                        filtered_network: FilteredNetwork { works, detail: net },
                     })
                 }
                 Request::AuditTail { n } => {

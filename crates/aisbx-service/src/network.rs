@@ -68,6 +68,58 @@ pub fn final_allowlist(
     Ok((allow, settings.deny.clone()))
 }
 
+/// A run's destinations after the policy's `network` obligation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Narrowed {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// The run's entries the policy's `allow` does not cover.
+    pub dropped: Vec<String>,
+}
+
+/// The allowlist and denylist after the policy's `network` obligation: an
+/// `allow` list keeps only the run's entries it covers (the others are
+/// dropped), and its `deny` entries are added. Narrows, never widens.
+pub fn narrow(
+    allow: Vec<String>,
+    mut deny: Vec<String>,
+    ob: &crate::policy::NetworkObligation,
+) -> Result<Narrowed, ServiceError> {
+    let bad = |what: &str, r: &str, e: aisbx_net::NetError| {
+        ServiceError::Refused(format!(
+            "refused by policy: its network.{what} entry \"{r}\" is not a destination: {e}"
+        ))
+    };
+    for d in &ob.deny {
+        d.parse::<aisbx_net::Rule>()
+            .map_err(|e| bad("deny", d, e))?;
+        if !deny.contains(d) {
+            deny.push(d.clone());
+        }
+    }
+    let Some(limit) = &ob.allow else {
+        return Ok(Narrowed {
+            allow,
+            deny,
+            dropped: Vec::new(),
+        });
+    };
+    let rules = limit
+        .iter()
+        .map(|r| r.parse().map_err(|e| bad("allow", r, e)))
+        .collect::<Result<Vec<aisbx_net::Rule>, _>>()?;
+    let within = aisbx_net::NetPolicy::new(rules, Vec::new());
+    let (kept, dropped) = allow.into_iter().partition(|e| {
+        e.parse::<aisbx_net::Rule>()
+            .is_ok_and(|rule| within.covers(&rule))
+    });
+    Ok(Narrowed {
+        allow: kept,
+        deny,
+        dropped,
+    })
+}
+
 /// `scheme://[user@]host[:port]/...` → the allowlist entry for it: `host` when
 /// the port is the scheme's default (80, 443), else `host:port`. `None` for
 /// anything that is not an http(s) URL with a host.

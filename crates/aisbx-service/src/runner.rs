@@ -399,6 +399,20 @@ impl Runner {
             Some(settings) => {
                 let (allow, deny) =
                     network::final_allowlist(settings, &profile.name, &self.host_path)?;
+                // The policy may narrow where the run connects, never widen it.
+                let (allow, deny) = match decision.as_ref().and_then(|d| d.network.as_ref()) {
+                    None => (allow, deny),
+                    Some(ob) => {
+                        let n = network::narrow(allow, deny, ob)?;
+                        if !n.dropped.is_empty() {
+                            notices.push(format!(
+                                "policy: network to {} not allowed",
+                                n.dropped.join(", ")
+                            ));
+                        }
+                        (n.allow, n.deny)
+                    }
+                };
                 let tenant = req
                     .caller
                     .as_ref()
@@ -507,7 +521,11 @@ impl Runner {
         // multi-threaded: the jail then runs in a helper process.)
         let net = match &p.net {
             Some(plan) => {
-                if p.spec.rw_binds.iter().any(|b| b.starts_with(self.home().join("cache"))) {
+                if p.spec
+                    .rw_binds
+                    .iter()
+                    .any(|b| b.starts_with(self.home().join("cache")))
+                {
                     network::tenant_cache(self.home(), &plan.tenant)?;
                 }
                 let (proxy, dir) = network::start_proxy(plan)?;

@@ -547,3 +547,58 @@ fn a_policy_can_force_the_profile_of_runs_and_builds() {
     );
     assert!(o.stdout.is_empty());
 }
+
+/// The policy's `network` rule narrows where a run may connect: the profile's
+/// destinations it does not cover are dropped (the dry run shows what is left),
+/// and a connection to one of them is refused at the proxy and listed.
+#[test]
+fn a_policy_narrows_a_runs_network_and_never_widens_it() {
+    let h = home();
+    let pol = h.path().join("pol");
+    write(
+        &pol,
+        "p.rego",
+        "package aisbx\n\ndefault allow := true\n\nnetwork := {\"allow\": [\"*.example.org\", \"pypi.org:8443\"], \"deny\": [\"www.example.org\"]} if {\n\t\"python\" in input.profile.network_packages\n}\n",
+    );
+    let o = with_policy(h.path(), &pol)
+        .args([
+            "run",
+            "--dry-run",
+            "--json",
+            "--profile",
+            "python-dev",
+            "--code",
+            "print(1)",
+        ])
+        .output()
+        .expect("dry run");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("plan");
+    // python-dev allows its package index (pypi.org, …): none is covered by
+    // "*.example.org" or by pypi.org on another port.
+    assert_eq!(plan["network_allow"], serde_json::json!([]), "{plan}");
+    assert!(
+        plan["notices"]
+            .to_string()
+            .contains("policy: network to pypi.org"),
+        "{plan}"
+    );
+    let code_ = "import urllib.request\ntry:\n    urllib.request.urlopen('https://pypi.org/simple/', timeout=20)\n    print('reached')\nexcept Exception as e:\n    print('refused', type(e).__name__)\n";
+    let o = with_policy(h.path(), &pol)
+        .args(["run", "--json", "--profile", "python-dev", "--code", code_])
+        .output()
+        .expect("run");
+    let r: Value = serde_json::from_slice(&o.stdout).expect("RunResult");
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("refused"),
+        "{r}"
+    );
+    assert_eq!(
+        r["network_denied"],
+        serde_json::json!(["pypi.org:443"]),
+        "{r}"
+    );
+}

@@ -269,8 +269,13 @@ pub struct ProfileDoc {
     pub seccomp: String,
     /// `best-effort` or `required`.
     pub landlock: String,
-    /// The network mode (`none`).
+    /// The network mode: `none`, or `allowlist` (docs/NETWORK.md).
     pub network: String,
+    /// With `allowlist`: the destinations the profile names (before package
+    /// indexes are resolved and before the policy's `network` narrows them).
+    pub network_allow: Vec<String>,
+    /// With `allowlist`: the package indexes it asks for (`python`, `node`).
+    pub network_packages: Vec<String>,
     pub ro_binds: Vec<String>,
     pub rw_binds: Vec<String>,
     /// Where the profile came from (`builtin`, `user`, `project`).

@@ -456,6 +456,18 @@ impl Ceilings {
     }
 }
 
+/// The policy's `network` rule: `allow` (when given) is the most a run may
+/// reach — the profile's destinations it does not cover are dropped — and
+/// `deny` is added to the profile's (deny wins). It can narrow, never widen.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkObligation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
 /// The outcome of evaluating a request.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Decision {
@@ -470,6 +482,9 @@ pub struct Decision {
     /// The profile the policy forces (its `profile` rule), for `run` and `build`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// How the policy narrows a run's network (its `network` rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkObligation>,
     /// The bundle's hash.
     pub bundle: String,
 }
@@ -492,6 +507,7 @@ pub struct Bundle {
     has_deny: bool,
     has_limits: bool,
     has_profile: bool,
+    has_network: bool,
 }
 
 impl fmt::Debug for Bundle {
@@ -563,6 +579,7 @@ impl Bundle {
         let has_deny = declared("deny")?;
         let has_limits = declared("limits")?;
         let has_profile = declared("profile")?;
+        let has_network = declared("network")?;
         // A first evaluation analyses the modules once; clones keep that work.
         e.set_input(regorus::Value::new_object());
         let _ = e.eval_rule("data.aisbx.allow".to_string());
@@ -573,6 +590,7 @@ impl Bundle {
             has_deny,
             has_limits,
             has_profile,
+            has_network,
         })
     }
 
@@ -657,6 +675,28 @@ impl Bundle {
         } else {
             None
         };
+        let network = if self.has_network {
+            match eval_tree(&mut e, "data.aisbx.network") {
+                Ok(regorus::Value::Undefined) => None,
+                Ok(v) => match v.to_json_str().map_err(|e| e.to_string()).and_then(|j| {
+                    serde_json::from_str::<NetworkObligation>(&j).map_err(|e| e.to_string())
+                }) {
+                    Ok(n) => Some(n),
+                    Err(why) => {
+                        deny.push(format!(
+                            "the policy's `network` is {v}, not {{\"allow\": [...], \"deny\": [...]}} of destinations: {why}"
+                        ));
+                        None
+                    }
+                },
+                Err(err) => {
+                    deny.push(failed("network", &err));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !allow && deny.is_empty() {
             deny.push("the policy does not allow this request (`allow` is not true)".to_string());
         }
@@ -666,6 +706,7 @@ impl Bundle {
             deny,
             limits,
             profile,
+            network,
             bundle: self.hash.clone(),
         }
     }
@@ -807,6 +848,16 @@ fn profile_doc(p: &Profile) -> input::ProfileDoc {
         }
         .to_string(),
         network,
+        network_allow: p
+            .network
+            .as_ref()
+            .map(|n| n.allow.clone())
+            .unwrap_or_default(),
+        network_packages: p
+            .network
+            .as_ref()
+            .map(|n| n.packages.clone())
+            .unwrap_or_default(),
         ro_binds: paths(&p.ro_binds),
         rw_binds: paths(&p.rw_binds),
         source: p.source.to_string(),
