@@ -163,6 +163,7 @@ mod tests {
             request_id: format!("r{i}"),
             front_end: "mcp-http".into(),
             client: Some("claude-code".into()),
+            tenant: "default".into(),
             tool: "run".into(),
             args_digest: audit::digest_args(&json!({"i": i})),
             decision: "allow".into(),

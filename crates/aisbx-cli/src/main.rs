@@ -317,7 +317,27 @@ fn cli_meta(tool: &str) -> RequestMeta {
         front_end: "cli".into(),
         client: std::env::var("USER").ok(),
         tool: tool.into(),
+        tenant: cli_tenant(),
     }
+}
+
+/// The CLI user's tenant: the one `tenants.toml` maps the real uid to, else
+/// `default`. A tenants file that cannot be read stops the command (exit 125):
+/// guessing would put the user in another tenant's state.
+fn cli_tenant() -> String {
+    static TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TENANT
+        .get_or_init(|| {
+            match aisbx_service::tenants::load(&aisbx_service::default_home()) {
+                // SAFETY: getter.
+                Ok(t) => t.tenant_of_uid(unsafe { libc::getuid() }),
+                Err(e) => {
+                    eprintln!("aisbx: {e}");
+                    std::process::exit(EXIT_AISBX.into());
+                }
+            }
+        })
+        .clone()
 }
 
 /// Streams the program's output to ours as it comes (or, with `--json`, keeps it for

@@ -37,6 +37,15 @@ pub enum TenantCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Make a local user a tenant: its `aisbx` commands, its Unix-socket
+    /// connections and a stdio server it starts use that tenant's sandboxes,
+    /// snapshots and quotas (`default` maps it back).
+    Map {
+        #[arg(value_name = "UID")]
+        uid: String,
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Revoke one token of a tenant, by the id `tenant list` shows.
     Revoke {
         #[arg(value_name = "NAME")]
@@ -102,6 +111,16 @@ pub fn run(cmd: TenantCmd) -> u8 {
             }
             Err(e) => fail(&e),
         },
+        TenantCmd::Map { uid, name } => {
+            let to = (name != tenants::DEFAULT_TENANT).then_some(name.as_str());
+            match tenants::map_uid(&home, &uid, to) {
+                Ok(()) => {
+                    eprintln!("aisbx: uid {uid} is now the tenant '{name}'");
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
         TenantCmd::Rm { name } => match tenants::remove(&home, &name) {
             Ok(()) => {
                 eprintln!("aisbx: removed the tenant '{name}' and its tokens");

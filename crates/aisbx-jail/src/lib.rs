@@ -80,6 +80,13 @@ pub struct Spec {
     /// Refuse to run when memory/pids/cpu cannot be limited through cgroups
     /// (otherwise rlimits alone are used).
     pub require_cgroups: bool,
+    /// As root: the host uid and gid the sandbox maps to instead of
+    /// [`DEFAULT_HOST_ID`] (one range per tenant, so that one tenant's sandboxes
+    /// cannot touch another's files). At least `DEFAULT_HOST_ID`; refused when
+    /// not root. A workspace owned by another non-root user still maps to its
+    /// owner, as without it.
+    #[serde(default)]
+    pub host_id: Option<u32>,
 }
 
 /// What is mounted at `/workspace`.

@@ -835,6 +835,7 @@ mod tests {
             landlock: crate::Enforcement::BestEffort,
             seccomp: crate::SeccompLevel::Default,
             require_cgroups: false,
+            host_id: None,
         }
     }
 

@@ -351,6 +351,23 @@ pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
+/// A Unix-socket connection's peer, on each of its requests (its uid names its
+/// tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixPeer {
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerCheckedUnix>>
+    for UnixPeer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, PeerCheckedUnix>) -> Self {
+        UnixPeer {
+            uid: s.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
 /// A Unix listener that closes every connection whose peer is not allowed.
 pub struct PeerCheckedUnix {
     inner: tokio::net::UnixListener,
@@ -462,10 +479,13 @@ async fn serve_unix(
         path.display(),
         path.display()
     );
-    let result = axum::serve(PeerCheckedUnix { inner, own_uid }, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(HttpError::Serve);
+    let result = axum::serve(
+        PeerCheckedUnix { inner, own_uid },
+        app.into_make_service_with_connect_info::<UnixPeer>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .map_err(HttpError::Serve);
     // Remove the socket if it is still the one made here.
     if let Ok(m) = std::fs::symlink_metadata(path)
         && Some(m.ino()) == ino

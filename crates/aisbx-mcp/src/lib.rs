@@ -112,6 +112,11 @@ pub struct McpArgs {
     /// docs/POLICY.md).
     #[arg(long, value_name = "DIR")]
     pub policy: Option<PathBuf>,
+    /// The tenant of stdio clients and of the server's own token (default: the
+    /// tenant `tenants.toml` maps your uid to, else `default`). Root may name any
+    /// tenant of the file; another user only the one its uid is mapped to.
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +135,10 @@ pub enum McpError {
     Stdio(String),
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Tenants(#[from] aisbx_service::tenants::TenantError),
+    #[error("{0}")]
+    Tenant(String),
 }
 
 /// The bearer token for `--http`: `--token-file`, else `$AISBX_MCP_TOKEN`, else the
@@ -175,7 +184,44 @@ pub fn open_shared(
     config: ServiceConfig,
     admission: admission::Admission,
 ) -> Result<Arc<Shared>, McpError> {
+    open_shared_as(config, admission, None)
+}
+
+/// The tenant of the server's own user: `--tenant`, when this user may name it,
+/// else the one `tenants.toml` maps the real uid to.
+fn own_tenant(
+    t: &aisbx_service::tenants::Tenants,
+    uid: u32,
+    asked: Option<&str>,
+) -> Result<String, McpError> {
+    let mapped = t.tenant_of_uid(uid);
+    let Some(asked) = asked else {
+        return Ok(mapped);
+    };
+    if !t.exists(asked) {
+        return Err(McpError::Tenant(format!(
+            "--tenant {asked}: there is no such tenant; `aisbx tenant list` shows them"
+        )));
+    }
+    if uid != 0 && asked != mapped {
+        return Err(McpError::Tenant(format!(
+            "--tenant {asked}: uid {uid} is the tenant '{mapped}' and may not act as another; only root may choose"
+        )));
+    }
+    Ok(asked.to_string())
+}
+
+/// [`open_shared`] with the `--tenant` asked for.
+pub fn open_shared_as(
+    config: ServiceConfig,
+    admission: admission::Admission,
+    tenant: Option<&str>,
+) -> Result<Arc<Shared>, McpError> {
     let service = Service::open(config)?;
+    let file = aisbx_service::tenants::load(service.home())?;
+    // SAFETY: getter.
+    let uid = unsafe { libc::getuid() };
+    let tenant = own_tenant(&file, uid, tenant)?;
     if let Err(e) = service.policy() {
         // Runs are refused with this reason; say it once where the operator looks.
         tracing::error!("{e}");
@@ -185,6 +231,8 @@ pub fn open_shared(
         service,
         tools,
         admission,
+        tenant,
+        root_tenant: file.tenant_of_uid(0),
     }))
 }
 
@@ -197,12 +245,13 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
     let max_waiting = args
         .max_queued
         .map_or_else(|| admission::default_max_waiting(max_runs), |n| n as usize);
-    let shared = open_shared(
+    let shared = open_shared_as(
         ServiceConfig {
             home: args.home.clone(),
             policy: args.policy.clone(),
         },
         admission::Admission::new(max_runs, max_waiting),
+        args.tenant.as_deref(),
     )?;
     let listen = match (&args.http, &args.listen) {
         (Some(addr), _) => Some(Listen::Tcp(addr.clone())),

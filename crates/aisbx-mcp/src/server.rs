@@ -61,6 +61,11 @@ pub struct Shared {
     pub tools: Arc<Vec<Tool>>,
     /// How many runs may go on at once, and wait.
     pub admission: Admission,
+    /// The tenant of stdio clients, of the server's own token and of Unix-socket
+    /// peers of the server's own user (`--tenant`, else its uid's).
+    pub tenant: String,
+    /// The tenant of a root peer on the Unix socket (its uid's in `tenants.toml`).
+    pub root_tenant: String,
 }
 
 /// One MCP server instance.
@@ -473,11 +478,13 @@ impl AisbxServer {
         }
     }
 
+    /// Who asks: the tenant comes from the HTTP credential (a tenant token or an
+    /// access token's claim), else from the Unix-socket peer's uid, else it is the
+    /// server's own (stdio, the server's own token).
     fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
         let name = ctx.peer.peer_info().map(|i| i.client_info.name.clone());
-        let tenant = ctx
-            .extensions
-            .get::<axum::http::request::Parts>()
+        let parts = ctx.extensions.get::<axum::http::request::Parts>();
+        let authenticated = parts
             .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
             .and_then(|a| match a {
                 crate::http::Authenticated::Tenant { name, token_id } => {
@@ -485,10 +492,22 @@ impl AisbxServer {
                 }
                 crate::http::Authenticated::ServerToken => None,
             });
+        let peer_uid = parts
+            .and_then(|p| {
+                p.extensions
+                    .get::<axum::extract::ConnectInfo<crate::http::UnixPeer>>()
+            })
+            .and_then(|c| c.0.uid);
+        let tenant = match (authenticated, peer_uid) {
+            (Some((t, _)), _) => t.to_string(),
+            (None, Some(0)) => self.shared.root_tenant.clone(),
+            (None, _) => self.shared.tenant.clone(),
+        };
         RequestMeta {
             front_end: self.front_end.name().to_string(),
-            client: client_field(tenant, name),
+            client: client_field(authenticated, name),
             tool: tool.to_string(),
+            tenant,
         }
     }
 
@@ -500,6 +519,7 @@ impl AisbxServer {
                 request_id: aisbx_service::new_id("req"),
                 front_end: meta.front_end.clone(),
                 client: meta.client.clone(),
+                tenant: meta.tenant.clone(),
                 tool: meta.tool.clone(),
                 args_digest: digest_args(args),
                 decision: "deny".into(),
@@ -535,6 +555,7 @@ impl AisbxServer {
             request_id: aisbx_service::new_id("req"),
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
+            tenant: meta.tenant.clone(),
             tool: meta.tool.clone(),
             args_digest: digest_args(&tools::args_value(arguments)),
             decision: "deny".into(),

@@ -91,7 +91,7 @@ pub(crate) fn load(svc: &Service, id: &str) -> Result<SandboxInfo, ServiceError>
     check_name(id).map_err(|_| {
         ServiceError::invalid("sandbox_id", format!("'{id}' is not a valid sandbox id"))
     })?;
-    let dir = sandboxes_dir(svc.home()).join(id);
+    let dir = sandboxes_dir(svc.store()).join(id);
     let meta = std::fs::read(dir.join("meta.json"))
         .map_err(|_| ServiceError::NoSuchSandbox(id.to_string()))?;
     let mut info: SandboxInfo = serde_json::from_slice(&meta).map_err(|e| {
@@ -121,7 +121,12 @@ fn workspace_path(dir: &Path, disk: bool, overlay: bool) -> PathBuf {
 /// Give a new sandbox in `dir` the place for its files: a capped disk as root (the
 /// profile's workspace size), else a directory. Returns whether it has a disk and the
 /// directories the sandbox writes (handed to its user).
-fn make_storage(dir: &Path, bytes: u64, overlay: bool) -> Result<bool, ServiceError> {
+fn make_storage(
+    dir: &Path,
+    bytes: u64,
+    overlay: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<bool, ServiceError> {
     let disk = crate::disk::support().is_ok();
     let base = if disk {
         crate::disk::create(dir, bytes)?
@@ -142,7 +147,7 @@ fn make_storage(dir: &Path, bytes: u64, overlay: bool) -> Result<bool, ServiceEr
         let d = base.join(n);
         std::fs::create_dir(&d)
             .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", d.display())))?;
-        hand_to_sandbox(&d)?;
+        hand_to_sandbox(&d, owner)?;
     }
     Ok(disk)
 }
@@ -155,7 +160,7 @@ fn discard(dir: &Path) {
 
 /// Every persistent sandbox, oldest first.
 pub fn list_sandboxes(svc: &Service) -> Vec<SandboxInfo> {
-    let mut v: Vec<SandboxInfo> = std::fs::read_dir(sandboxes_dir(svc.home()))
+    let mut v: Vec<SandboxInfo> = std::fs::read_dir(sandboxes_dir(svc.store()))
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| load(svc, &e.file_name().to_string_lossy()).ok())
@@ -208,7 +213,7 @@ impl RunHold {
 /// Take a run's hold on sandbox `id` (waits while the sandbox is being destroyed,
 /// then reports it gone).
 pub(crate) fn hold_for_run(svc: &Service, id: &str) -> Result<RunHold, ServiceError> {
-    let path = sandboxes_dir(svc.home()).join(id).join("meta.json");
+    let path = sandboxes_dir(svc.store()).join(id).join("meta.json");
     let gone = || ServiceError::NoSuchSandbox(id.to_string());
     let meta = rfs::open(
         &path,
@@ -239,20 +244,20 @@ pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
         Err(ServiceError::NoSuchSandbox(_)) if check_name(id).is_ok() => {
             // What an interrupted removal left: a directory without a record, in
             // which no run can start.
-            let root = match snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())) {
+            let root = match snapshot_fs::open_host_dir(&sandboxes_dir(svc.store())) {
                 Ok(r) => r,
                 Err(_) => return Err(ServiceError::NoSuchSandbox(id.to_string())),
             };
             if snapshot_fs::stat_beneath(root.as_fd(), id.as_bytes()).is_err() {
                 return Err(ServiceError::NoSuchSandbox(id.to_string()));
             }
-            crate::disk::unmount(&sandboxes_dir(svc.home()).join(id))?;
+            crate::disk::unmount(&sandboxes_dir(svc.store()).join(id))?;
             snapshot_fs::remove_tree_at(root.as_fd(), id.as_bytes()).map_err(fail)?;
             return crate::snapshot::collect_garbage(svc);
         }
         Err(e) => return Err(e),
     };
-    let root = snapshot_fs::open_host_dir(&sandboxes_dir(svc.home())).map_err(fail)?;
+    let root = snapshot_fs::open_host_dir(&sandboxes_dir(svc.store())).map_err(fail)?;
     let dir = snapshot_fs::open_dir(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
     let meta = snapshot_fs::open_beneath(dir.as_fd(), b"meta.json", OFlags::RDONLY)
         .map_err(|_| ServiceError::NoSuchSandbox(id.to_string()))?;
@@ -292,7 +297,7 @@ pub fn remove_sandbox(svc: &Service, id: &str) -> Result<(), ServiceError> {
     }
     drop(dir);
     if info.disk {
-        crate::disk::unmount(&sandboxes_dir(svc.home()).join(&info.id))?;
+        crate::disk::unmount(&sandboxes_dir(svc.store()).join(&info.id))?;
     }
     snapshot_fs::remove_tree_at(root.as_fd(), info.id.as_bytes()).map_err(fail)?;
     drop(meta);
@@ -369,7 +374,7 @@ pub(crate) fn create(
         let profile = svc.profiles(None).resolve(&pname)?;
         let dir = new_sandbox_dir(svc, &id)?;
         let made = (|| -> Result<SandboxInfo, ServiceError> {
-            let disk = make_storage(&dir, profile.workspace_bytes, true)?;
+            let disk = make_storage(&dir, profile.workspace_bytes, true, svc.sandbox_owner())?;
             let info = SandboxInfo {
                 id: id.clone(),
                 profile: profile.name.clone(),
@@ -390,7 +395,7 @@ pub(crate) fn create(
 }
 
 fn new_sandbox_dir(svc: &Service, id: &str) -> Result<PathBuf, ServiceError> {
-    let root = sandboxes_dir(svc.home());
+    let root = sandboxes_dir(svc.store());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(id);
@@ -408,9 +413,9 @@ fn new_sandbox_dir(svc: &Service, id: &str) -> Result<PathBuf, ServiceError> {
 }
 
 /// As root, a sandbox's writable directories belong to the unprivileged id the
-/// sandbox maps to.
-fn hand_to_sandbox(p: &Path) -> Result<(), ServiceError> {
-    if let Some((u, g)) = crate::snapshot::store_owner() {
+/// sandbox maps to (its tenant's).
+fn hand_to_sandbox(p: &Path, owner: Option<(u32, u32)>) -> Result<(), ServiceError> {
+    if let Some((u, g)) = owner {
         std::os::unix::fs::chown(p, Some(u), Some(g)).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot hand {} to the sandbox user: {e}",
@@ -457,7 +462,7 @@ pub(crate) fn build(
             "more than 64 setup commands",
         ));
     }
-    let root = sandboxes_dir(svc.home());
+    let root = sandboxes_dir(svc.store());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(&id);
@@ -477,7 +482,7 @@ pub(crate) fn build(
         }
     }
     let made = (|| -> Result<SandboxInfo, ServiceError> {
-        let disk = make_storage(&dir, profile.workspace_bytes, false)?;
+        let disk = make_storage(&dir, profile.workspace_bytes, false, svc.sandbox_owner())?;
         let info = SandboxInfo {
             id: id.clone(),
             profile: profile.name.clone(),

@@ -123,6 +123,19 @@ struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+    /// Whose sandboxes and snapshots this handle reaches: the caller's tenant.
+    scope: Arc<Scope>,
+}
+
+/// One tenant's share of the state (see [`Service::for_tenant`]).
+struct Scope {
+    tenant: String,
+    /// Where its sandboxes and snapshot store live: the state directory itself for
+    /// `default`, `tenants/NAME/` in it for any other tenant.
+    root: PathBuf,
+    /// As root, the host id its sandboxes run under and its files belong to
+    /// (`None`: the jail's default id, `DEFAULT_HOST_ID`).
+    host_id: Option<u32>,
 }
 
 /// A file of code for the sandbox: (name, content).
@@ -190,7 +203,13 @@ impl Service {
         if let Some(h) = &policy_hash {
             audit.set_policy(h);
         }
+        let scope = Arc::new(Scope {
+            tenant: crate::tenants::DEFAULT_TENANT.to_string(),
+            root: home.clone(),
+            host_id: None,
+        });
         Ok(Service {
+            scope,
             inner: Arc::new(Inner {
                 home,
                 audit,
@@ -232,6 +251,78 @@ impl Service {
         &self.inner.home
     }
 
+    /// The tenant this handle reaches the sandboxes and snapshots of.
+    pub fn tenant(&self) -> &str {
+        &self.scope.tenant
+    }
+
+    /// Where the tenant's sandboxes (`sandboxes/`) and snapshots (`snapshots/`) are.
+    pub fn store(&self) -> &Path {
+        &self.scope.root
+    }
+
+    /// As root, the owner of the tenant's sandbox files and snapshot trees: the
+    /// host id its sandboxes map to. `None` when not root (files are the user's).
+    pub(crate) fn sandbox_owner(&self) -> Option<(u32, u32)> {
+        // SAFETY: getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let id = self.scope.host_id.unwrap_or(aisbx_jail::DEFAULT_HOST_ID);
+        Some((id, id))
+    }
+
+    /// This service as `tenant` sees it: its own sandboxes, snapshots and host id
+    /// only. `default` keeps the state directory's layout; another tenant's state
+    /// is `tenants/<name>/` in it (made on first use), and as root its sandboxes
+    /// run under `DEFAULT_HOST_ID + index * 65536`, its index recorded in
+    /// `tenants.toml`.
+    pub fn for_tenant(&self, tenant: &str) -> Result<Service, ServiceError> {
+        if tenant == self.scope.tenant {
+            return Ok(self.clone());
+        }
+        let home = &self.inner.home;
+        let (root, host_id) = if tenant == crate::tenants::DEFAULT_TENANT {
+            (home.clone(), None)
+        } else {
+            if tenant.is_empty() || tenant.len() > 256 || tenant.chars().any(|c| c.is_control()) {
+                return Err(ServiceError::Refused(format!(
+                    "'{}' cannot name a tenant",
+                    tenant.escape_debug()
+                )));
+            }
+            let root = home.join("tenants").join(crate::tenants::dir_name(tenant));
+            ensure_private_dir(&root).map_err(|e| {
+                ServiceError::Internal(format!(
+                    "cannot create the state of tenant '{tenant}' in {}: {e}",
+                    root.display()
+                ))
+            })?;
+            // SAFETY: getter.
+            let host_id = if unsafe { libc::geteuid() } == 0 {
+                let index = crate::tenants::host_index(home, tenant)
+                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                Some(aisbx_jail::DEFAULT_HOST_ID + (index << 16))
+            } else {
+                None
+            };
+            (root, host_id)
+        };
+        Ok(Service {
+            inner: self.inner.clone(),
+            scope: Arc::new(Scope {
+                tenant: tenant.to_string(),
+                root,
+                host_id,
+            }),
+        })
+    }
+
+    /// This service as the caller of `meta` sees it ([`Service::for_tenant`]).
+    pub(crate) fn for_meta(&self, meta: &RequestMeta) -> Result<Service, ServiceError> {
+        self.for_tenant(&meta.tenant)
+    }
+
     pub fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
     }
@@ -250,9 +341,10 @@ impl Service {
             .caller
             .clone()
             .unwrap_or_else(|| Caller::from_meta(meta));
-        let result = self
-            .prepare(&req, Gate::Enforce(&caller))
-            .and_then(|p| self.execute(p, sink, cancel));
+        let result = self.for_meta(meta).and_then(|svc| {
+            svc.prepare(&req, Gate::Enforce(&caller))
+                .and_then(|p| svc.execute(p, sink, cancel))
+        });
         self.record(meta, &args, &result);
         result
     }
@@ -266,22 +358,25 @@ impl Service {
             .caller
             .clone()
             .unwrap_or_else(|| Caller::from_meta(meta));
-        let result = self.prepare(&req, Gate::Simulate(&caller)).and_then(|p| {
-            let decision = p.decision.ok_or_else(|| {
-                ServiceError::Internal("the run was not decided by the policy".into())
-            })?;
-            Ok(RunPlan {
-                dry_run: true,
-                allowed: decision.allowed,
-                decision,
-                profile: p.profile,
-                limits: policy::limits_value(&p.spec.limits),
-                argv: p.spec.argv,
-                sandbox_id: p.sandbox_id,
-                policy: self.policy_origin(),
-                notices: p.notices,
-            })
-        });
+        let svc = self.for_meta(meta);
+        let result = svc
+            .and_then(|svc| svc.prepare(&req, Gate::Simulate(&caller)))
+            .and_then(|p| {
+                let decision = p.decision.ok_or_else(|| {
+                    ServiceError::Internal("the run was not decided by the policy".into())
+                })?;
+                Ok(RunPlan {
+                    dry_run: true,
+                    allowed: decision.allowed,
+                    decision,
+                    profile: p.profile,
+                    limits: policy::limits_value(&p.spec.limits),
+                    argv: p.spec.argv,
+                    sandbox_id: p.sandbox_id,
+                    policy: self.policy_origin(),
+                    notices: p.notices,
+                })
+            });
         self.record(meta, &args, &result);
         result
     }
@@ -302,7 +397,9 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<BuildResult, ServiceError> {
         let args = serde_json::to_value(&req).unwrap_or_default();
-        let result = sandbox::build(self, req, cancel, &Caller::from_meta(meta));
+        let result = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::build(&svc, req, cancel, &Caller::from_meta(meta)));
         self.record(meta, &args, &result);
         result
     }
@@ -381,6 +478,7 @@ impl Service {
             request_id: new_id("req"),
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
+            tenant: meta.tenant.clone(),
             tool: meta.tool.clone(),
             args_digest: digest_args(args),
             decision: decision.to_string(),
@@ -668,6 +766,7 @@ impl Service {
             landlock: profile.landlock,
             seccomp: profile.seccomp,
             require_cgroups: false,
+            host_id: self.scope.host_id,
         };
         Ok(Prepared {
             spec,

@@ -293,21 +293,13 @@ pub(crate) struct Store {
     root: PathBuf,
     dir: OwnedFd,
     _lock: OwnedFd,
+    /// As root, the owner of its trees: the host id its tenant's sandboxes map
+    /// to (their overlay must read the tree as its owner).
+    owner: Option<(u32, u32)>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(format!("{what}: {e}"))
-}
-
-/// The owner of everything in the store and of copy-on-write sandboxes: as root,
-/// the unprivileged id sandboxes map to (their overlay must read it as its owner).
-pub(crate) fn store_owner() -> Option<(u32, u32)> {
-    // SAFETY: getter.
-    if unsafe { libc::geteuid() } == 0 {
-        Some((aisbx_jail::DEFAULT_HOST_ID, aisbx_jail::DEFAULT_HOST_ID))
-    } else {
-        None
-    }
 }
 
 fn mkdir_ok(dir: impl AsFd, name: &str, mode: u32) -> io::Result<()> {
@@ -318,9 +310,11 @@ fn mkdir_ok(dir: impl AsFd, name: &str, mode: u32) -> io::Result<()> {
 }
 
 impl Store {
-    /// Open (creating) the store and take its lock: exclusive for writers.
-    pub(crate) fn open(home: &Path, exclusive: bool) -> Result<Store, ServiceError> {
-        let root = home.join("snapshots");
+    /// Open (creating) the store of `svc`'s tenant and take its lock: exclusive
+    /// for writers.
+    pub(crate) fn open(svc: &crate::Service, exclusive: bool) -> Result<Store, ServiceError> {
+        let root = svc.store().join("snapshots");
+        let owner = svc.sandbox_owner();
         let made = (|| -> io::Result<Store> {
             std::fs::create_dir_all(&root)?;
             let dir = sfs::open_host_dir(&root)?;
@@ -348,6 +342,7 @@ impl Store {
                 root: root.clone(),
                 dir,
                 _lock: lock,
+                owner,
             })
         })();
         made.map_err(|e| {
@@ -594,7 +589,7 @@ impl Store {
         let total: u64 = nodes.iter().map(|n| n.size).sum();
         progress.start("snapshot", total);
         let tmp = self.sub("tmp").map_err(|e| internal("tmp", e))?;
-        let owner = store_owner();
+        let owner = self.owner;
         let mut pending: HashMap<String, String> = HashMap::new();
         let mut entries = Vec::with_capacity(nodes.len());
         let mut info = info;
@@ -750,7 +745,7 @@ impl Store {
             .map_err(|e| internal("creating the tree", io_err(e)))?;
         let troot = open_dir(tmp.as_fd(), tname.as_bytes()).map_err(|e| internal("tree", e))?;
         let objects = self.sub("objects").map_err(|e| internal("objects", e))?;
-        let mut w = Writer::new(troot.as_fd(), store_owner(), false);
+        let mut w = Writer::new(troot.as_fd(), self.owner, false);
         for e in &m.entries {
             let node = e
                 .node()
@@ -980,7 +975,7 @@ pub(crate) fn create(
             Layers::single(fd)
         }
     };
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(svc, true)?;
     store.create(info, &layers, progress)
 }
 
@@ -988,7 +983,7 @@ pub(crate) fn list(
     svc: &crate::Service,
     with_sharing: bool,
 ) -> Result<Vec<SnapshotInfo>, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+    let store = Store::open(svc, false)?;
     let bad = store.bad_objects();
     let mut ms = Vec::new();
     let mut out = Vec::new();
@@ -1045,7 +1040,7 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
     check_name(name).map_err(|_| {
         ServiceError::invalid("snapshot", format!("'{name}' is not a valid snapshot name"))
     })?;
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(svc, true)?;
     let was_damaged = match store.load_manifest(name) {
         Ok(m) => Store::known_damage(&m, &store.bad_objects()),
         Err(None) => {
@@ -1064,7 +1059,7 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
     sfs::remove_tree_at(manifests.as_fd(), file.as_bytes())
         .map_err(|e| internal(&format!("cannot remove snapshot '{name}'"), e))?;
     let _ = rfs::fsync(&manifests);
-    let collected = store.collect_garbage(&tree_users(svc.home()))?;
+    let collected = store.collect_garbage(&tree_users(svc.store()))?;
     Ok(Removed {
         collected,
         was_damaged,
@@ -1073,8 +1068,8 @@ pub(crate) fn remove(svc: &crate::Service, name: &str) -> Result<Removed, Servic
 
 /// Free what sandboxes no longer use (after a sandbox is removed).
 pub(crate) fn collect_garbage(svc: &crate::Service) -> Result<(), ServiceError> {
-    let store = Store::open(svc.home(), true)?;
-    store.collect_garbage(&tree_users(svc.home())).map(|_| ())
+    let store = Store::open(svc, true)?;
+    store.collect_garbage(&tree_users(svc.store())).map(|_| ())
 }
 
 /// Materialize a snapshot's tree for a new sandbox. Runs `with` while the store is
@@ -1084,7 +1079,7 @@ pub(crate) fn with_tree<T>(
     name: &str,
     with: impl FnOnce(&SnapshotInfo, &Path) -> Result<T, ServiceError>,
 ) -> Result<T, ServiceError> {
-    let store = Store::open(svc.home(), true)?;
+    let store = Store::open(svc, true)?;
     let m = store.read_manifest(name)?;
     if let Some(why) = Store::known_damage(&m, &store.bad_objects()) {
         return Err(ServiceError::Refused(format!(
@@ -1103,7 +1098,7 @@ pub(crate) fn restore_to_dir(
     progress: &mut dyn Progress,
 ) -> Result<RestoreResult, ServiceError> {
     let start = std::time::Instant::now();
-    let store = Store::open(svc.home(), false)?;
+    let store = Store::open(svc, false)?;
     let m = store.read_manifest(name)?;
     let mut created = false;
     match std::fs::symlink_metadata(dir) {
@@ -1306,7 +1301,7 @@ fn read_object(store: &Store, e: &Entry, max: u64) -> Option<Vec<u8>> {
 }
 
 pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDiff, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+    let store = Store::open(svc, false)?;
     let ma = store.read_manifest(a)?;
     let mb = store.read_manifest(b)?;
     let (ea, eb) = (node_key_map(&ma), node_key_map(&mb));
@@ -1360,7 +1355,7 @@ pub(crate) fn diff(svc: &crate::Service, a: &str, b: &str) -> Result<SnapshotDif
 }
 
 pub(crate) fn verify(svc: &crate::Service) -> Result<VerifyReport, ServiceError> {
-    let store = Store::open(svc.home(), false)?;
+    let store = Store::open(svc, false)?;
     let mut r = VerifyReport {
         ok: true,
         snapshots: 0,

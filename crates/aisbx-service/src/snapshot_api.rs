@@ -61,14 +61,16 @@ impl Service {
         from_snapshot: Option<&str>,
     ) -> Result<SandboxInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "profile": profile, "from": from_snapshot});
-        let r = sandbox::create(self, name, profile, from_snapshot, &Caller::from_meta(meta));
+        let r = self.for_meta(meta).and_then(|svc| {
+            sandbox::create(&svc, name, profile, from_snapshot, &Caller::from_meta(meta))
+        });
         self.record(meta, &args, &r);
         r
     }
 
     pub fn sandbox_list(&self, meta: &RequestMeta) -> Result<SandboxList, ServiceError> {
-        let r = Ok(SandboxList {
-            sandboxes: sandbox::list_sandboxes(self),
+        let r = self.for_meta(meta).map(|svc| SandboxList {
+            sandboxes: sandbox::list_sandboxes(&svc),
         });
         self.record(meta, &serde_json::json!({}), &r);
         r
@@ -79,10 +81,13 @@ impl Service {
         meta: &RequestMeta,
         id: &str,
     ) -> Result<SandboxDestroyed, ServiceError> {
-        let r = sandbox::remove_sandbox(self, id).map(|()| SandboxDestroyed {
-            sandbox_id: id.to_string(),
-            destroyed: true,
-        });
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::remove_sandbox(&svc, id))
+            .map(|()| SandboxDestroyed {
+                sandbox_id: id.to_string(),
+                destroyed: true,
+            });
         self.record(meta, &serde_json::json!({"sandbox_id": id}), &r);
         r
     }
@@ -93,7 +98,9 @@ impl Service {
         id: &str,
         path: &str,
     ) -> Result<FileContent, ServiceError> {
-        let r = sandbox::file_read(self, id, path);
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::file_read(&svc, id, path));
         let summary = match &r {
             Ok(c) => {
                 Ok(serde_json::json!({"path": c.path, "size": c.size, "truncated": c.truncated}))
@@ -115,7 +122,9 @@ impl Service {
         path: &str,
         recursive: bool,
     ) -> Result<FileList, ServiceError> {
-        let r = sandbox::file_list(self, id, path, recursive);
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::file_list(&svc, id, path, recursive));
         let summary = match &r {
             Ok(l) => Ok(serde_json::json!({"entries": l.entries.len(), "truncated": l.truncated})),
             Err(e) => Err(clone_err(e)),
@@ -137,7 +146,9 @@ impl Service {
         cancel: &CancelToken,
     ) -> Result<FileWriteResult, ServiceError> {
         let args = serde_json::json!({"sandbox_id": id, "path": path, "bytes": content.len()});
-        let r = sandbox::file_write(self, id, path, content, cancel);
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::file_write(&svc, id, path, content, cancel));
         self.record(meta, &args, &r);
         r
     }
@@ -150,7 +161,9 @@ impl Service {
         path: &str,
         cancel: &CancelToken,
     ) -> Result<crate::sandbox::FileDeleteResult, ServiceError> {
-        let r = sandbox::file_delete(self, id, path, cancel);
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| sandbox::file_delete(&svc, id, path, cancel));
         self.record(
             meta,
             &serde_json::json!({"sandbox_id": id, "path": path}),
@@ -173,10 +186,10 @@ impl Service {
     ) -> Result<CopyResult, ServiceError> {
         let args = serde_json::json!({"src": src, "dst": dst, "keep_links": keep_links});
         let perimeter = self.perimeter();
-        let r = match (src, dst) {
+        let r = self.for_meta(meta).and_then(|svc| match (src, dst) {
             (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => self
                 .check_host_path("source", s, &perimeter)
-                .and_then(|s| sandbox::copy_in(self, &s, id, path, cancel)),
+                .and_then(|s| sandbox::copy_in(&svc, &s, id, path, cancel)),
             (CopyEnd::Sandbox { id, path }, CopyEnd::Host(d)) => {
                 // What is written: into an existing directory, under the copied
                 // entry's name; else the destination itself.
@@ -204,13 +217,13 @@ impl Service {
                             Ok(checked)
                         }
                     })
-                    .and_then(|d| sandbox::copy_out(self, id, path, &d, keep_links))
+                    .and_then(|d| sandbox::copy_out(&svc, id, path, &d, keep_links))
             }
             _ => Err(ServiceError::invalid(
                 "destination",
                 "exactly one side of a copy must be a sandbox (NAME:path)",
             )),
-        };
+        });
         self.record(meta, &args, &r);
         r
     }
@@ -223,12 +236,12 @@ impl Service {
         progress: &mut dyn Progress,
     ) -> Result<SnapshotInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "source": source});
-        let r = match source {
+        let r = self.for_meta(meta).and_then(|svc| match source {
             SnapSource::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
-                .and_then(|d| snapshot::create(self, name, &SnapSource::Workdir(d), progress)),
-            SnapSource::Sandbox(_) => snapshot::create(self, name, source, progress),
-        };
+                .and_then(|d| snapshot::create(&svc, name, &SnapSource::Workdir(d), progress)),
+            SnapSource::Sandbox(_) => snapshot::create(&svc, name, source, progress),
+        });
         self.record(meta, &args, &r);
         r
     }
@@ -242,7 +255,7 @@ impl Service {
         progress: &mut dyn Progress,
     ) -> Result<RestoreResult, ServiceError> {
         let args = serde_json::json!({"name": name, "target": target, "profile": profile});
-        let r = match target {
+        let r = self.for_meta(meta).and_then(|svc| match target {
             // A directory holds files and runs nothing: a profile would be ignored.
             RestoreTarget::Workdir(_) if profile.is_some() => Err(ServiceError::invalid(
                 "profile",
@@ -250,18 +263,18 @@ impl Service {
             )),
             RestoreTarget::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
-                .and_then(|d| snapshot::restore_to_dir(self, name, &d, progress)),
+                .and_then(|d| snapshot::restore_to_dir(&svc, name, &d, progress)),
             RestoreTarget::Sandbox(id) => {
                 let start = std::time::Instant::now();
                 sandbox::create(
-                    self,
+                    &svc,
                     Some(id),
                     profile,
                     Some(name),
                     &Caller::from_meta(meta),
                 )
                 .and_then(|sb| {
-                    let info = snapshot::list(self, false)?
+                    let info = snapshot::list(&svc, false)?
                         .into_iter()
                         .find(|s| s.name == name);
                     Ok(RestoreResult {
@@ -274,7 +287,7 @@ impl Service {
                     })
                 })
             }
-        };
+        });
         self.record(meta, &args, &r);
         r
     }
@@ -284,7 +297,10 @@ impl Service {
         meta: &RequestMeta,
         with_sharing: bool,
     ) -> Result<SnapshotList, ServiceError> {
-        let r = snapshot::list(self, with_sharing).map(|snapshots| SnapshotList { snapshots });
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| snapshot::list(&svc, with_sharing))
+            .map(|snapshots| SnapshotList { snapshots });
         let summary = match &r {
             Ok(l) => Ok(serde_json::json!({"snapshots": l.snapshots.len()})),
             Err(e) => Err(clone_err(e)),
@@ -299,7 +315,9 @@ impl Service {
         from: &str,
         to: &str,
     ) -> Result<SnapshotDiff, ServiceError> {
-        let r = snapshot::diff(self, from, to);
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| snapshot::diff(&svc, from, to));
         let summary = match &r {
             Ok(d) => Ok(serde_json::json!({
                 "added": d.added.len(), "removed": d.removed.len(), "changed": d.changed.len()
@@ -315,26 +333,29 @@ impl Service {
         meta: &RequestMeta,
         name: &str,
     ) -> Result<SnapshotRemoved, ServiceError> {
-        let r = snapshot::remove(self, name).map(|r| SnapshotRemoved {
-            name: name.to_string(),
-            freed_objects: r.collected.freed_objects,
-            freed_bytes: r.collected.freed_bytes,
-            was_damaged: r.was_damaged,
-            kept: r.collected.kept,
-        });
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| snapshot::remove(&svc, name))
+            .map(|r| SnapshotRemoved {
+                name: name.to_string(),
+                freed_objects: r.collected.freed_objects,
+                freed_bytes: r.collected.freed_bytes,
+                was_damaged: r.was_damaged,
+                kept: r.collected.kept,
+            });
         self.record(meta, &serde_json::json!({"name": name}), &r);
         r
     }
 
     pub fn snapshot_verify(&self, meta: &RequestMeta) -> Result<VerifyReport, ServiceError> {
-        let r = snapshot::verify(self);
+        let r = self.for_meta(meta).and_then(|svc| snapshot::verify(&svc));
         self.record(meta, &serde_json::json!({}), &r);
         r
     }
 
     /// The home of the store, for front ends that print where things are.
     pub fn snapshots_dir(&self) -> std::path::PathBuf {
-        Path::new(self.home()).join("snapshots")
+        Path::new(self.store()).join("snapshots")
     }
 }
 
