@@ -335,3 +335,24 @@ pub fn main_with_args(args: McpArgs) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_tenant_is_its_uids_and_only_root_may_choose() {
+        let d = tempfile::tempdir().expect("tempdir");
+        aisbx_service::tenants::add(d.path(), "acme").expect("add");
+        aisbx_service::tenants::add(d.path(), "globex").expect("add");
+        aisbx_service::tenants::map_uid(d.path(), "1000", Some("acme")).expect("map");
+        let t = aisbx_service::tenants::load(d.path()).expect("load");
+        assert_eq!(own_tenant(&t, 1000, None).expect("mapped"), "acme");
+        assert_eq!(own_tenant(&t, 1001, None).expect("unmapped"), "default");
+        assert_eq!(own_tenant(&t, 1000, Some("acme")).expect("its own"), "acme");
+        assert!(own_tenant(&t, 1000, Some("globex")).is_err());
+        assert!(own_tenant(&t, 1001, Some("acme")).is_err());
+        assert_eq!(own_tenant(&t, 0, Some("globex")).expect("root"), "globex");
+        assert!(own_tenant(&t, 0, Some("nobody")).is_err());
+    }
+}

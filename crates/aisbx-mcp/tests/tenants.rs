@@ -132,7 +132,248 @@ fn a_broken_tenants_file_stops_the_server_at_start() {
         err.contains("tenants.toml") && err.contains("not a valid tenants file"),
         "{err}"
     );
-    // The Unix socket (no tokens there) does not read it.
+    // Nor does a server on the Unix socket or stdio start: the file says which
+    // tenant their users are.
     let sock = home.path().join("s.sock");
-    let _srv = UnixServer::start(home.path(), &sock);
+    for args in [
+        vec!["--listen".to_string(), format!("unix:{}", sock.display())],
+        vec![],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .env("AISBX_HOME", home.path())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not a valid tenants file"),
+            "{args:?}"
+        );
+    }
+}
+
+/// A tool call's outcome as text: the structured result, or the error a client
+/// is shown (a tool error's text, or a JSON-RPC error's message).
+fn outcome(r: &Value) -> Result<Value, String> {
+    if let Some(e) = r.get("error") {
+        return Err(format!("rpc error: {}", e["message"]));
+    }
+    if r["result"]["isError"] == json!(true) {
+        return Err(r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string());
+    }
+    Ok(r["result"]["structuredContent"].clone())
+}
+
+#[test]
+fn a_tenant_sees_and_touches_only_its_own_sandboxes_and_snapshots() {
+    let home = home();
+    let acme = tenants::add(home.path(), "acme").expect("add acme");
+    let globex = tenants::add(home.path(), "globex").expect("add globex");
+    let srv = HttpServer::start(home.path(), &[], &[]);
+    let a = Session::open(srv.addr, Some(&acme));
+    let b = Session::open(srv.addr, Some(&globex));
+    let owner = srv.session();
+    let mut id = 10;
+    let mut call = |s: &Session, tool: &str, args: Value| {
+        id += 1;
+        outcome(&s.call(id, tool, args).rpc())
+    };
+
+    // acme: a sandbox with a file, and a snapshot of it.
+    call(
+        &a,
+        "build",
+        json!({"name": "box", "files": {"secret.txt": "acme's"}}),
+    )
+    .expect("build");
+    call(
+        &a,
+        "snapshot_create",
+        json!({"name": "snap", "sandbox_id": "box"}),
+    )
+    .expect("snap");
+    call(
+        &a,
+        "snapshot_create",
+        json!({"name": "snap2", "sandbox_id": "box"}),
+    )
+    .expect("snap2");
+    assert_eq!(
+        call(
+            &a,
+            "file_read",
+            json!({"sandbox_id": "box", "path": "secret.txt"})
+        )
+        .expect("read")["content"],
+        "acme's"
+    );
+
+    // globex lists nothing of it, and every tool answers for acme's names
+    // exactly as for names that do not exist.
+    let listed = call(&b, "sandbox_list", json!({})).expect("list");
+    assert_eq!(listed["sandboxes"], json!([]), "{listed}");
+    let snaps = call(&b, "snapshot_list", json!({})).expect("list");
+    assert_eq!(snaps["snapshots"], json!([]), "{snaps}");
+    let attempts: Vec<(&str, Value)> = vec![
+        (
+            "file_read",
+            json!({"sandbox_id": "box", "path": "secret.txt"}),
+        ),
+        ("file_list", json!({"sandbox_id": "box"})),
+        (
+            "file_write",
+            json!({"sandbox_id": "box", "path": "x", "content": "globex"}),
+        ),
+        (
+            "file_delete",
+            json!({"sandbox_id": "box", "path": "secret.txt"}),
+        ),
+        (
+            "run",
+            json!({"sandbox_id": "box", "command": ["cat", "secret.txt"]}),
+        ),
+        (
+            "snapshot_create",
+            json!({"name": "stolen", "sandbox_id": "box"}),
+        ),
+        ("sandbox_destroy", json!({"sandbox_id": "box"})),
+        (
+            "snapshot_restore",
+            json!({"name": "snap", "sandbox_id": "mine"}),
+        ),
+        ("snapshot_diff", json!({"from": "snap", "to": "snap2"})),
+        ("snapshot_delete", json!({"name": "snap"})),
+    ];
+    for (tool, args) in &attempts {
+        let theirs = call(&b, tool, args.clone()).expect_err(tool);
+        let ghost: Value = serde_json::from_str(
+            &args
+                .to_string()
+                .replace("\"box\"", "\"ghost\"")
+                .replace("\"snap\"", "\"ghost\"")
+                .replace("\"snap2\"", "\"ghost2\""),
+        )
+        .expect("json");
+        let none = call(&b, tool, ghost).expect_err(tool);
+        assert_eq!(
+            theirs
+                .replace("'box'", "'ghost'")
+                .replace("'snap'", "'ghost'")
+                .replace("'snap2'", "'ghost2'"),
+            none,
+            "{tool}: another tenant's name must answer as a missing one"
+        );
+        assert!(!theirs.contains("acme"), "{tool}: {theirs}");
+        assert!(
+            theirs.contains("no sandbox named") || theirs.contains("no snapshot named"),
+            "{tool}: {theirs}"
+        );
+    }
+    // The server's own user (tenant default) sees none of it either.
+    let listed = call(&owner, "sandbox_list", json!({})).expect("list");
+    assert_eq!(listed["sandboxes"], json!([]), "{listed}");
+
+    // globex has a namespace of its own: the same names are free for it.
+    call(
+        &b,
+        "build",
+        json!({"name": "box", "files": {"secret.txt": "globex's"}}),
+    )
+    .expect("build");
+    call(
+        &b,
+        "snapshot_create",
+        json!({"name": "snap", "sandbox_id": "box"}),
+    )
+    .expect("snap");
+    call(&b, "sandbox_destroy", json!({"sandbox_id": "box"})).expect("destroy");
+    call(&b, "snapshot_delete", json!({"name": "snap"})).expect("rm snap");
+
+    // acme's are untouched.
+    let r = call(
+        &a,
+        "run",
+        json!({"sandbox_id": "box", "command": ["cat", "secret.txt"]}),
+    )
+    .expect("run");
+    assert_eq!(r["stdout"], "acme's");
+    let snaps = call(&a, "snapshot_list", json!({})).expect("list");
+    assert_eq!(
+        snaps["snapshots"].as_array().map(Vec::len),
+        Some(2),
+        "{snaps}"
+    );
+    let d = call(&a, "snapshot_diff", json!({"from": "snap", "to": "snap2"})).expect("diff");
+    assert_eq!(d["changed"], json!([]));
+
+    // On disk: acme's state is under tenants/acme; as root its files belong to
+    // its own host id, not the default one nor globex's.
+    let acme_dir = home.path().join("tenants/acme");
+    assert!(acme_dir.join("sandboxes/box/meta.json").exists());
+    assert!(acme_dir.join("snapshots/manifests").is_dir());
+    assert!(!home.path().join("sandboxes/box").exists());
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let f = call(
+            &a,
+            "run",
+            json!({"sandbox_id": "box", "command": ["sh", "-c", "echo x > made-here"]}),
+        );
+        f.expect("run");
+        let file = walk_find(&acme_dir.join("sandboxes/box"), "made-here").expect("file on host");
+        let uid = std::fs::metadata(&file).expect("stat").uid();
+        let t = tenants::load(home.path()).expect("load");
+        let index = t.settings["acme"].index.expect("acme's index");
+        assert_eq!(
+            uid,
+            aisbx_jail::DEFAULT_HOST_ID + index * 65536,
+            "{}",
+            file.display()
+        );
+        assert_ne!(t.settings["globex"].index, Some(index));
+    }
+    call(&a, "sandbox_destroy", json!({"sandbox_id": "box"})).expect("destroy");
+    drop(srv);
+
+    // Every line names its tenant.
+    let lines = aisbx_service::audit::tail(&home.path().join("audit.jsonl"), 200).expect("tail");
+    let tenants_of = |tool: &str| -> std::collections::BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|l| l["tool"] == tool)
+            .map(|l| l["tenant"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    assert_eq!(
+        tenants_of("sandbox_list"),
+        ["default", "globex"].map(String::from).into()
+    );
+    assert_eq!(
+        tenants_of("file_read"),
+        ["acme", "globex"].map(String::from).into()
+    );
+    assert_eq!(
+        tenants_of("build"),
+        ["acme", "globex"].map(String::from).into()
+    );
+}
+
+/// The first file named `name` under `dir`.
+fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if e.file_name() == name {
+            return Some(p);
+        }
+        if e.file_type().ok()?.is_dir()
+            && let Some(f) = walk_find(&p, name)
+        {
+            return Some(f);
+        }
+    }
+    None
 }

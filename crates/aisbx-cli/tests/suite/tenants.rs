@@ -166,3 +166,86 @@ fn the_http_server_accepts_a_tenant_token_until_it_is_removed() {
     assert_eq!(initialize(srv.1, &other), 401, "rotated while serving");
     assert_eq!(initialize(srv.1, &new), 200);
 }
+
+/// `aisbx COMMAND...` in `home`: (exit status, stdout, stderr).
+fn outcome(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = cmd(home).args(args).output().expect("run aisbx");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_is_the_tenant_of_its_uid_and_sees_only_its_state() {
+    let h = home();
+    let home = h.path();
+    // SAFETY: getter.
+    let uid = unsafe { libc::getuid() }.to_string();
+    ok(home, &["tenant", "add", "acme"]);
+    let (code, _, err) = outcome(home, &["tenant", "map", &uid, "nobody-here"]);
+    assert_eq!(code, 125, "{err}");
+    ok(home, &["tenant", "map", &uid, "acme"]);
+    ok(home, &["create", "box"]);
+    ok(home, &["exec", "box", "--", "sh", "-c", "echo acme > f"]);
+    ok(home, &["snap", "create", "snap", "--sandbox", "box"]);
+    assert!(ok(home, &["ls"]).contains("box"));
+    assert!(home.join("tenants/acme/sandboxes/box").is_dir());
+    assert!(!home.join("sandboxes/box").exists());
+
+    // Back to `default`: acme's names answer as missing ones.
+    ok(home, &["tenant", "map", &uid, "default"]);
+    assert!(!ok(home, &["ls"]).contains("box"));
+    assert!(!ok(home, &["snap", "list"]).contains("snap"));
+    for (theirs, missing) in [
+        (vec!["rm", "box"], vec!["rm", "ghost"]),
+        (
+            vec!["exec", "box", "--", "cat", "f"],
+            vec!["exec", "ghost", "--", "cat", "f"],
+        ),
+        (
+            vec!["cp", "box:f", "/dev/null"],
+            vec!["cp", "ghost:f", "/dev/null"],
+        ),
+        (vec!["snap", "rm", "snap"], vec!["snap", "rm", "ghost"]),
+        (
+            vec!["snap", "diff", "snap", "snap"],
+            vec!["snap", "diff", "ghost", "ghost"],
+        ),
+        (
+            vec!["snap", "restore", "snap", "--sandbox", "mine"],
+            vec!["snap", "restore", "ghost", "--sandbox", "mine"],
+        ),
+    ] {
+        let a = outcome(home, &theirs);
+        let b = outcome(home, &missing);
+        assert_ne!(a.0, 0, "{theirs:?}: {a:?}");
+        assert_eq!(
+            (
+                a.0,
+                a.2.replace("'box'", "'ghost'").replace("'snap'", "'ghost'")
+            ),
+            (b.0, b.2.clone()),
+            "{theirs:?}"
+        );
+    }
+    // And they are still acme's.
+    ok(home, &["tenant", "map", &uid, "acme"]);
+    assert_eq!(ok(home, &["exec", "box", "--", "cat", "f"]), "acme\n");
+    ok(home, &["rm", "box"]);
+    let lines: Vec<Value> = std::fs::read_to_string(home.join("audit.jsonl"))
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let of = |tool: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|l| l["tool"] == tool)
+            .map(|l| l["tenant"].as_str().unwrap_or("?"))
+            .collect()
+    };
+    assert_eq!(of("create"), ["acme"]);
+    assert_eq!(of("ls"), ["acme", "default"]);
+}
