@@ -133,6 +133,11 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     /// (see docs/POLICY.md).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
+    /// Show your tenant's quotas: each one's use, limit and what is left.
+    Quota {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,7 +298,43 @@ fn main() -> ExitCode {
         Cmd::Trust(a) => trust_cmd::run(a),
         Cmd::Tenant(c) => tenant_cmd::run(c),
         Cmd::Policy(c) => policy_cmd::run(c, POLICY_DIR.get().cloned()),
+        Cmd::Quota { json } => cmd_quota(json),
     })
+}
+
+fn cmd_quota(json: bool) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match svc.quota_report(&cli_meta("quota")) {
+        Ok(r) => {
+            if json {
+                print_json(&r);
+            } else {
+                let show = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+                outln!("tenant {}", r.tenant);
+                outln!(
+                    "{:<22} {:>14} {:>14} {:>14}",
+                    "QUOTA",
+                    "USED",
+                    "LIMIT",
+                    "REMAINING"
+                );
+                for q in &r.quotas {
+                    outln!(
+                        "{:<22} {:>14} {:>14} {:>14}",
+                        q.quota,
+                        q.used,
+                        show(q.limit),
+                        show(q.remaining)
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(e: &ServiceError) -> u8 {

@@ -11,6 +11,7 @@ mod helper;
 pub mod hostpath;
 pub mod policy;
 pub mod profile;
+pub mod quota;
 pub mod runtime;
 mod sandbox;
 mod service;

@@ -399,6 +399,7 @@ fn new_sandbox_dir(svc: &Service, id: &str) -> Result<PathBuf, ServiceError> {
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(id);
+    let _turn = crate::quota::sandbox_turn(svc)?;
     match std::fs::create_dir(&dir) {
         Ok(()) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ServiceError::invalid(
@@ -455,18 +456,29 @@ pub(crate) fn build(
     let profile = svc
         .profiles(None)
         .resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
-    svc.enforce(&crate::policy::build_input(caller, &req, &profile))?;
+    let decision = svc.enforce(&crate::policy::build_input(caller, &req, &profile))?;
     if req.setup.len() > 64 {
         return Err(ServiceError::invalid(
             "setup",
             "more than 64 setup commands",
         ));
     }
+    // Counted against the tenant's quotas: a run slot for its setup commands.
+    let svc = &svc.lowered(&decision.quotas);
+    let need = if req.setup.is_empty() {
+        crate::quota::Need::Storage
+    } else {
+        crate::quota::Need::Run
+    };
+    let _reserved = crate::quota::reserve(svc, &svc.quota(), need)?;
     let root = sandboxes_dir(svc.store());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(&id);
-    match std::fs::create_dir(&dir) {
+    let turn = crate::quota::sandbox_turn(svc)?;
+    let made_dir = std::fs::create_dir(&dir);
+    drop(turn);
+    match made_dir {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(ServiceError::invalid(
@@ -530,6 +542,10 @@ pub(crate) fn build(
         if failed || cancel.is_cancelled() {
             break;
         }
+    }
+    let cpu_ms = setup.iter().map(|r| r.cpu_ms).sum();
+    if let Err(e) = crate::quota::record_cpu(svc, &svc.quota(), cpu_ms) {
+        eprintln!("aisbx: warning: the setup's CPU time was not counted: {e}");
     }
     Ok(BuildResult {
         sandbox_id: info.id,

@@ -117,7 +117,11 @@ struct Inner {
     policy: Result<policy::Bundle, PolicyError>,
     /// The bundle's hash (also of one that failed to parse), for the audit log.
     policy_hash: Option<String>,
+    /// `tenants.toml` as last read, and what identified that version.
+    tenants: std::sync::Mutex<Option<TenantsSeen>>,
 }
+
+type TenantsSeen = (Option<crate::tenants::Stamp>, Arc<crate::tenants::Tenants>);
 
 /// The aisbx service. Cheap to clone; safe to share between threads.
 #[derive(Clone)]
@@ -136,6 +140,8 @@ struct Scope {
     /// As root, the host id its sandboxes run under and its files belong to
     /// (`None`: the jail's default id, `DEFAULT_HOST_ID`).
     host_id: Option<u32>,
+    /// Its quotas: tenants.toml's, lowered by the policy's for the request.
+    quota: crate::tenants::Quota,
 }
 
 /// A file of code for the sandbox: (name, content).
@@ -207,6 +213,7 @@ impl Service {
             tenant: crate::tenants::DEFAULT_TENANT.to_string(),
             root: home.clone(),
             host_id: None,
+            quota: crate::tenants::Quota::default(),
         });
         Ok(Service {
             scope,
@@ -216,6 +223,7 @@ impl Service {
                 host_path,
                 policy,
                 policy_hash,
+                tenants: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -272,16 +280,34 @@ impl Service {
         Some((id, id))
     }
 
-    /// This service as `tenant` sees it: its own sandboxes, snapshots and host id
-    /// only. `default` keeps the state directory's layout; another tenant's state
-    /// is `tenants/<name>/` in it (made on first use), and as root its sandboxes
-    /// run under `DEFAULT_HOST_ID + index * 65536`, its index recorded in
-    /// `tenants.toml`.
-    pub fn for_tenant(&self, tenant: &str) -> Result<Service, ServiceError> {
-        if tenant == self.scope.tenant {
-            return Ok(self.clone());
-        }
+    /// `tenants.toml`, re-read only when it changed (one `lstat` otherwise).
+    pub fn tenants_file(&self) -> Result<Arc<crate::tenants::Tenants>, ServiceError> {
         let home = &self.inner.home;
+        let stamp = crate::tenants::stamp(home);
+        let mut seen = match self.inner.tenants.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((s, t)) = seen.as_ref()
+            && *s == stamp
+        {
+            return Ok(t.clone());
+        }
+        let t =
+            Arc::new(crate::tenants::load(home).map_err(|e| ServiceError::Refused(e.to_string()))?);
+        *seen = Some((stamp, t.clone()));
+        Ok(t)
+    }
+
+    /// This service as `tenant` sees it: its own sandboxes, snapshots, host id and
+    /// quotas only. `default` keeps the state directory's layout; another tenant's
+    /// state is `tenants/<name>/` in it (made on first use), and as root its
+    /// sandboxes run under `DEFAULT_HOST_ID + index * 65536`, its index recorded
+    /// in `tenants.toml`.
+    pub fn for_tenant(&self, tenant: &str) -> Result<Service, ServiceError> {
+        let home = &self.inner.home;
+        let file = self.tenants_file()?;
+        let quota = file.quota(tenant);
         let (root, host_id) = if tenant == crate::tenants::DEFAULT_TENANT {
             (home.clone(), None)
         } else {
@@ -300,8 +326,11 @@ impl Service {
             })?;
             // SAFETY: getter.
             let host_id = if unsafe { libc::geteuid() } == 0 {
-                let index = crate::tenants::host_index(home, tenant)
-                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                let index = match file.settings.get(tenant).and_then(|s| s.index) {
+                    Some(i) => i,
+                    None => crate::tenants::host_index(home, tenant)
+                        .map_err(|e| ServiceError::Refused(e.to_string()))?,
+                };
                 Some(aisbx_jail::DEFAULT_HOST_ID + (index << 16))
             } else {
                 None
@@ -314,8 +343,68 @@ impl Service {
                 tenant: tenant.to_string(),
                 root,
                 host_id,
+                quota,
             }),
         })
+    }
+
+    /// The quotas of this handle's tenant (tenants.toml's, lowered by the policy's).
+    pub fn quota(&self) -> crate::tenants::Quota {
+        self.scope.quota
+    }
+
+    /// This handle with its quotas lowered by `by` (a policy's `quotas`).
+    pub(crate) fn lowered(&self, by: &crate::tenants::Quota) -> Service {
+        if by.is_empty() {
+            return self.clone();
+        }
+        Service {
+            inner: self.inner.clone(),
+            scope: Arc::new(Scope {
+                tenant: self.scope.tenant.clone(),
+                root: self.scope.root.clone(),
+                host_id: self.scope.host_id,
+                quota: self.scope.quota.lowered_by(by),
+            }),
+        }
+    }
+
+    /// This handle with the policy's `quotas` for `tool` applied, for requests the
+    /// policy does not otherwise decide (input: the tool and the caller only).
+    pub(crate) fn with_policy_quotas(&self, meta: &RequestMeta) -> Result<Service, ServiceError> {
+        let input = serde_json::json!({
+            "tool": meta.tool,
+            "caller": policy::caller_value(&Caller::from_meta(meta)),
+        });
+        let q = match &self.inner.policy {
+            Ok(b) => b.quotas(&input).map_err(ServiceError::Refused)?,
+            // A policy that cannot be loaded lowers nothing (the requests it
+            // decides are refused with the reason).
+            Err(_) => crate::tenants::Quota::default(),
+        };
+        Ok(self.lowered(&q))
+    }
+
+    /// The caller's tenant's use of each quota and what is left (`aisbx quota`, the
+    /// MCP `quota` tool).
+    pub fn quota_report(
+        &self,
+        meta: &RequestMeta,
+    ) -> Result<crate::quota::QuotaReport, ServiceError> {
+        let r = self
+            .for_meta(meta)
+            .and_then(|svc| svc.with_policy_quotas(meta))
+            .and_then(|svc| crate::quota::report(&svc, &svc.quota()));
+        self.record(meta, &serde_json::json!({}), &r);
+        r
+    }
+
+    /// When the caller's tenant is past its runs-per-minute quota: the seconds
+    /// until a run fits again (the HTTP front end answers 429 with `Retry-After`
+    /// before the request goes further). Nothing is reserved or recorded.
+    pub fn rate_wait(&self, meta: &RequestMeta) -> Result<Option<u64>, ServiceError> {
+        let svc = self.for_meta(meta)?.with_policy_quotas(meta)?;
+        crate::quota::rate_wait(&svc, &svc.quota())
     }
 
     /// This service as the caller of `meta` sees it ([`Service::for_tenant`]).
@@ -342,8 +431,20 @@ impl Service {
             .clone()
             .unwrap_or_else(|| Caller::from_meta(meta));
         let result = self.for_meta(meta).and_then(|svc| {
-            svc.prepare(&req, Gate::Enforce(&caller))
-                .and_then(|p| svc.execute(p, sink, cancel))
+            let p = svc.prepare(&req, Gate::Enforce(&caller))?;
+            // Decided; then counted against the tenant's quotas (the policy may
+            // lower them), held until the run has ended.
+            let svc = match &p.decision {
+                Some(d) => svc.lowered(&d.quotas),
+                None => svc,
+            };
+            let q = svc.quota();
+            let _reserved = crate::quota::reserve(&svc, &q, crate::quota::Need::Run)?;
+            let r = svc.execute(p, sink, cancel)?;
+            if let Err(e) = crate::quota::record_cpu(&svc, &q, r.cpu_ms) {
+                eprintln!("aisbx: warning: the run's CPU time was not counted: {e}");
+            }
+            Ok(r)
         });
         self.record(meta, &args, &result);
         result

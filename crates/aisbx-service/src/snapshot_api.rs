@@ -61,7 +61,7 @@ impl Service {
         from_snapshot: Option<&str>,
     ) -> Result<SandboxInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "profile": profile, "from": from_snapshot});
-        let r = self.for_meta(meta).and_then(|svc| {
+        let r = self.writer(meta).and_then(|svc| {
             sandbox::create(&svc, name, profile, from_snapshot, &Caller::from_meta(meta))
         });
         self.record(meta, &args, &r);
@@ -147,7 +147,7 @@ impl Service {
     ) -> Result<FileWriteResult, ServiceError> {
         let args = serde_json::json!({"sandbox_id": id, "path": path, "bytes": content.len()});
         let r = self
-            .for_meta(meta)
+            .writer(meta)
             .and_then(|svc| sandbox::file_write(&svc, id, path, content, cancel));
         self.record(meta, &args, &r);
         r
@@ -186,7 +186,13 @@ impl Service {
     ) -> Result<CopyResult, ServiceError> {
         let args = serde_json::json!({"src": src, "dst": dst, "keep_links": keep_links});
         let perimeter = self.perimeter();
-        let r = self.for_meta(meta).and_then(|svc| match (src, dst) {
+        let to_sandbox = matches!(dst, CopyEnd::Sandbox { .. });
+        let svc = if to_sandbox {
+            self.writer(meta)
+        } else {
+            self.for_meta(meta)
+        };
+        let r = svc.and_then(|svc| match (src, dst) {
             (CopyEnd::Host(s), CopyEnd::Sandbox { id, path }) => self
                 .check_host_path("source", s, &perimeter)
                 .and_then(|s| sandbox::copy_in(&svc, &s, id, path, cancel)),
@@ -236,7 +242,7 @@ impl Service {
         progress: &mut dyn Progress,
     ) -> Result<SnapshotInfo, ServiceError> {
         let args = serde_json::json!({"name": name, "source": source});
-        let r = self.for_meta(meta).and_then(|svc| match source {
+        let r = self.writer(meta).and_then(|svc| match source {
             SnapSource::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
                 .and_then(|d| snapshot::create(&svc, name, &SnapSource::Workdir(d), progress)),
@@ -255,7 +261,7 @@ impl Service {
         progress: &mut dyn Progress,
     ) -> Result<RestoreResult, ServiceError> {
         let args = serde_json::json!({"name": name, "target": target, "profile": profile});
-        let r = self.for_meta(meta).and_then(|svc| match target {
+        let r = self.writer(meta).and_then(|svc| match target {
             // A directory holds files and runs nothing: a profile would be ignored.
             RestoreTarget::Workdir(_) if profile.is_some() => Err(ServiceError::invalid(
                 "profile",
@@ -351,6 +357,15 @@ impl Service {
         let r = self.for_meta(meta).and_then(|svc| snapshot::verify(&svc));
         self.record(meta, &serde_json::json!({}), &r);
         r
+    }
+
+    /// The caller's view for a request that writes to its tenant's storage: its
+    /// storage quota checked (the policy's `quotas` applied) before anything is
+    /// written.
+    fn writer(&self, meta: &RequestMeta) -> Result<Service, ServiceError> {
+        let svc = self.for_meta(meta)?.with_policy_quotas(meta)?;
+        crate::quota::reserve(&svc, &svc.quota(), crate::quota::Need::Storage)?;
+        Ok(svc)
     }
 
     /// The home of the store, for front ends that print where things are.

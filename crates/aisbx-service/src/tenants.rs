@@ -136,6 +136,21 @@ impl Quota {
     pub fn is_empty(&self) -> bool {
         *self == Quota::default()
     }
+
+    /// Each quota at the lower of the two (a missing one does not raise).
+    pub fn lowered_by(&self, other: &Quota) -> Quota {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        Quota {
+            concurrent_runs: min(self.concurrent_runs, other.concurrent_runs),
+            sandboxes: min(self.sandboxes, other.sandboxes),
+            storage_bytes: min(self.storage_bytes, other.storage_bytes),
+            cpu_seconds_per_hour: min(self.cpu_seconds_per_hour, other.cpu_seconds_per_hour),
+            runs_per_minute: min(self.runs_per_minute, other.runs_per_minute),
+        }
+    }
 }
 
 /// The whole file.
