@@ -270,6 +270,34 @@ pub fn client_field(tenant: Option<(&str, Option<&str>)>, name: Option<String>) 
     Some(s)
 }
 
+/// The tenant and the audit `client` of a request: the tenant comes from the
+/// HTTP credential (a tenant token or an access token's claim), else from the
+/// Unix-socket peer's uid, else it is the server's own (stdio, the server's own
+/// token). `ext`: the HTTP request's extensions (none on stdio).
+pub fn caller_of(
+    ext: Option<&axum::http::Extensions>,
+    shared: &Shared,
+    name: Option<String>,
+) -> (String, Option<String>) {
+    let authenticated = ext
+        .and_then(|e| e.get::<crate::http::Authenticated>())
+        .and_then(|a| match a {
+            crate::http::Authenticated::Tenant { name, token_id } => {
+                Some((name.as_str(), token_id.as_deref()))
+            }
+            crate::http::Authenticated::ServerToken => None,
+        });
+    let peer_uid = ext
+        .and_then(|e| e.get::<axum::extract::ConnectInfo<crate::http::UnixPeer>>())
+        .and_then(|c| c.0.uid);
+    let tenant = match (authenticated, peer_uid) {
+        (Some((t, _)), _) => t.to_string(),
+        (None, Some(0)) => shared.root_tenant.clone(),
+        (None, _) => shared.tenant.clone(),
+    };
+    (tenant, client_field(authenticated, name))
+}
+
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResult::error(vec![ContentBlock::text(text)]).into()
 }
@@ -478,34 +506,17 @@ impl AisbxServer {
         }
     }
 
-    /// Who asks: the tenant comes from the HTTP credential (a tenant token or an
-    /// access token's claim), else from the Unix-socket peer's uid, else it is the
-    /// server's own (stdio, the server's own token).
+    /// Who asks: see [`caller_of`].
     fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
         let name = ctx.peer.peer_info().map(|i| i.client_info.name.clone());
-        let parts = ctx.extensions.get::<axum::http::request::Parts>();
-        let authenticated = parts
-            .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
-            .and_then(|a| match a {
-                crate::http::Authenticated::Tenant { name, token_id } => {
-                    Some((name.as_str(), token_id.as_deref()))
-                }
-                crate::http::Authenticated::ServerToken => None,
-            });
-        let peer_uid = parts
-            .and_then(|p| {
-                p.extensions
-                    .get::<axum::extract::ConnectInfo<crate::http::UnixPeer>>()
-            })
-            .and_then(|c| c.0.uid);
-        let tenant = match (authenticated, peer_uid) {
-            (Some((t, _)), _) => t.to_string(),
-            (None, Some(0)) => self.shared.root_tenant.clone(),
-            (None, _) => self.shared.tenant.clone(),
-        };
+        let ext = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .map(|p| &p.extensions);
+        let (tenant, client) = caller_of(ext, &self.shared, name);
         RequestMeta {
             front_end: self.front_end.name().to_string(),
-            client: client_field(authenticated, name),
+            client,
             tool: tool.to_string(),
             tenant,
         }
@@ -828,6 +839,10 @@ fn run_sandbox_call(
     let (summary, value) = match call {
         C::SandboxList => {
             let v = to_value(&redact::sandbox_list(service.sandbox_list(meta)?))?;
+            (pretty(&v), v)
+        }
+        C::Quota => {
+            let v = to_value(&service.quota_report(meta)?)?;
             (pretty(&v), v)
         }
         C::SandboxDestroy { id } => {

@@ -377,3 +377,138 @@ fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+#[test]
+fn quotas_hold_under_32_concurrent_clients_and_the_rate_limit_answers_429() {
+    let home = home();
+    let acme = tenants::add(home.path(), "acme").expect("add acme");
+    let globex = tenants::add(home.path(), "globex").expect("add globex");
+    tenants::set_quota(home.path(), "acme", |q| q.concurrent_runs = Some(2)).expect("quota");
+    tenants::set_quota(home.path(), "globex", |q| q.runs_per_minute = Some(3)).expect("quota");
+    // The server's own admission is wider than the quota: the quota must be what
+    // holds.
+    let srv = HttpServer::start(
+        home.path(),
+        &["--max-runs", "64", "--max-queued", "256"],
+        &[],
+    );
+
+    let sessions: Vec<Session> = (0..32)
+        .map(|_| Session::open(srv.addr, Some(&acme)))
+        .collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sessions.len()));
+    let threads: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let r = s.call(
+                    100 + i as u64,
+                    "run",
+                    json!({"command": ["sh", "-c", "date +%s%N; sleep 1; date +%s%N"]}),
+                );
+                outcome(&r.rpc())
+            })
+        })
+        .collect();
+    let mut spans = Vec::new();
+    let mut refused = 0;
+    for t in threads {
+        match t.join().expect("join") {
+            Ok(v) => {
+                let stamps: Vec<u128> = v["stdout"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect();
+                assert_eq!(stamps.len(), 2, "{v}");
+                spans.push((stamps[0], stamps[1]));
+            }
+            Err(e) => {
+                assert!(
+                    e.contains("quota concurrent_runs reached for tenant 'acme'")
+                        && e.contains("limit 2"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(spans.len() + refused, 32);
+    assert!(spans.len() >= 2, "{} ran", spans.len());
+    // At no moment were more than two of acme's runs going on.
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 2, "{most} runs at once: {spans:?}");
+    eprintln!(
+        "{} ran, {refused} refused, at most {most} at once",
+        spans.len()
+    );
+
+    // The slots were all given back.
+    let s = Session::open(srv.addr, Some(&acme));
+    let q = outcome(&s.call(1, "quota", json!({})).rpc()).expect("quota");
+    assert_eq!(q["tenant"], "acme");
+    assert_eq!(
+        q["quotas"][0],
+        json!({"quota": "concurrent_runs", "used": 0, "limit": 2, "remaining": 2})
+    );
+
+    // globex: three runs a minute, the fourth is answered 429 with Retry-After
+    // (acme's slots are not globex's concern).
+    let g = Session::open(srv.addr, Some(&globex));
+    for i in 0..3 {
+        outcome(&g.call(200 + i, "run", json!({"command": ["true"]})).rpc()).expect("within");
+    }
+    let r = g.call(210, "run", json!({"command": ["true"]}));
+    assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = serde_json::from_slice(&r.body).expect("json");
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("quota runs_per_minute reached for tenant 'globex': 3 runs started in the last minute, limit 3"),
+        "{body}"
+    );
+    assert_eq!(body["id"], 210);
+    let q = outcome(&g.call(211, "quota", json!({})).rpc()).expect("quota");
+    assert_eq!(
+        q["quotas"][4],
+        json!({"quota": "runs_per_minute", "used": 3, "limit": 3, "remaining": 0})
+    );
+    // Other tools are not rate limited.
+    outcome(&g.call(212, "sandbox_list", json!({})).rpc()).expect("list");
+    drop(srv);
+    let lines = aisbx_service::audit::tail(&home.path().join("audit.jsonl"), 200).expect("tail");
+    assert!(lines.iter().any(|l| {
+        l["tenant"] == "globex"
+            && l["decision"] == "deny"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("runs_per_minute"))
+    }));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["tenant"] == "acme"
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("concurrent_runs")))
+            .count(),
+        refused
+    );
+}

@@ -390,7 +390,10 @@ fn retry_after(starts: &[u64], limit: u64, now: u64) -> u64 {
 /// When the tenant's runs-per-minute quota would refuse a run now: the seconds
 /// until it would not (HTTP answers 429 with `Retry-After` then). Nothing is
 /// reserved.
-pub(crate) fn rate_wait(svc: &Service, q: &Quota) -> Result<Option<u64>, ServiceError> {
+pub(crate) fn rate_wait(
+    svc: &Service,
+    q: &Quota,
+) -> Result<Option<(u64, ServiceError)>, ServiceError> {
     let Some(limit) = q.runs_per_minute else {
         return Ok(None);
     };
@@ -398,7 +401,21 @@ pub(crate) fn rate_wait(svc: &Service, q: &Quota) -> Result<Option<u64>, Service
     let _lock = ledger_lock(dir.as_fd())?;
     let now = now_ms();
     let starts = recent_starts(dir.as_fd(), now)?;
-    Ok((starts.len() as u64 >= limit).then(|| retry_after(&starts, limit, now)))
+    if (starts.len() as u64) < limit {
+        return Ok(None);
+    }
+    let wait = retry_after(&starts, limit, now);
+    Ok(Some((
+        wait,
+        refusal(
+            svc.tenant(),
+            "runs_per_minute",
+            starts.len() as u64,
+            limit,
+            "runs started in the last minute",
+            &format!("try again in {wait} s"),
+        ),
+    )))
 }
 
 /// Counts a finished run's CPU time against the tenant's hourly quota.
@@ -531,11 +548,9 @@ mod tests {
         for _ in 0..3 {
             reserve(&svc, &q, Need::Run).expect("within the rate");
         }
-        assert!(
-            rate_wait(&svc, &q)
-                .expect("wait")
-                .is_some_and(|s| (1..=60).contains(&s))
-        );
+        let (wait, e) = rate_wait(&svc, &q).expect("wait").expect("past the rate");
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(e.to_string().contains("runs_per_minute"), "{e}");
         let e = reserve(&svc, &q, Need::Run).expect_err("past").to_string();
         assert!(
             e.contains("runs_per_minute") && e.contains("3 runs started"),
@@ -545,7 +560,7 @@ mod tests {
         let dir = quota_dir(&svc).expect("dir");
         let old = now_ms() - MINUTE_MS - 1;
         write_ledger(dir.as_fd(), RUNS_LOG, &[vec![old], vec![old], vec![old]]).expect("write");
-        assert_eq!(rate_wait(&svc, &q).expect("wait"), None);
+        assert!(rate_wait(&svc, &q).expect("wait").is_none());
         reserve(&svc, &q, Need::Run).expect("the window moved");
         // CPU: refused once the hour's use reaches the quota.
         record_cpu(&svc, &q, 1500).expect("record");

@@ -399,12 +399,21 @@ impl Service {
         r
     }
 
-    /// When the caller's tenant is past its runs-per-minute quota: the seconds
-    /// until a run fits again (the HTTP front end answers 429 with `Retry-After`
-    /// before the request goes further). Nothing is reserved or recorded.
-    pub fn rate_wait(&self, meta: &RequestMeta) -> Result<Option<u64>, ServiceError> {
-        let svc = self.for_meta(meta)?.with_policy_quotas(meta)?;
-        crate::quota::rate_wait(&svc, &svc.quota())
+    /// When the caller's tenant is past its runs-per-minute quota, the refusal
+    /// (written to the audit log) and the seconds until a run fits again: the
+    /// HTTP front end answers 429 with `Retry-After` before the request goes
+    /// further. Nothing is reserved; the run's own reservation stays the
+    /// authority (this only answers early).
+    pub fn rate_limited(
+        &self,
+        meta: &RequestMeta,
+        args: &serde_json::Value,
+    ) -> Option<(ServiceError, u64)> {
+        let svc = self.for_meta(meta).ok()?.with_policy_quotas(meta).ok()?;
+        let (wait, refusal) = crate::quota::rate_wait(&svc, &svc.quota()).ok()??;
+        let r: Result<(), ServiceError> = Err(ServiceError::Refused(refusal.to_string()));
+        self.record(meta, args, &r);
+        Some((refusal, wait))
     }
 
     /// This service as the caller of `meta` sees it ([`Service::for_tenant`]).

@@ -249,3 +249,75 @@ fn the_cli_is_the_tenant_of_its_uid_and_sees_only_its_state() {
     assert_eq!(of("create"), ["acme"]);
     assert_eq!(of("ls"), ["acme", "default"]);
 }
+
+/// The `used` of one quota in `aisbx quota --json`.
+fn quota_used(home: &std::path::Path, quota: &str) -> u64 {
+    let v: Value = serde_json::from_str(&ok(home, &["quota", "--json"])).expect("json");
+    v["quotas"]
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["quota"] == quota))
+        .and_then(|q| q["used"].as_u64())
+        .expect("quota listed")
+}
+
+#[test]
+fn a_run_slot_is_given_back_when_its_process_is_killed() {
+    let h = home();
+    let home = h.path();
+    ok(home, &["tenant", "quota", "default", "--runs", "1"]);
+    let m = marker();
+    let nap = format!("sleep 3{m}");
+    let mut child = cmd(home)
+        .args([
+            "run",
+            "--timeout",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            &format!("{nap} || true"),
+        ])
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while quota_used(home, "concurrent_runs") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run never took its slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The one slot is taken: another run (another process) is refused.
+    let (code, _, err) = outcome(home, &["run", "--", "true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains(
+            "quota concurrent_runs reached for tenant 'default': 1 runs going on, limit 1"
+        ),
+        "{err}"
+    );
+    // A crash of the process holding it gives it back.
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let start = std::time::Instant::now();
+    loop {
+        let (code, _, err) = outcome(home, &["run", "--", "true"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slot was not given back: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(quota_used(home, "concurrent_runs"), 0);
+    assert!(
+        host_procs_with(&nap).is_empty(),
+        "the sandbox outlived aisbx"
+    );
+    // Removing the quota lifts it.
+    ok(home, &["tenant", "quota", "default", "--runs", "none"]);
+    let v: Value = serde_json::from_str(&ok(home, &["quota", "--json"])).expect("json");
+    assert_eq!(v["quotas"][0]["limit"], Value::Null);
+}
