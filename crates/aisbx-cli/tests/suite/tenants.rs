@@ -321,3 +321,43 @@ fn a_run_slot_is_given_back_when_its_process_is_killed() {
     let v: Value = serde_json::from_str(&ok(home, &["quota", "--json"])).expect("json");
     assert_eq!(v["quotas"][0]["limit"], Value::Null);
 }
+
+#[test]
+fn a_policy_lowers_a_tenants_quotas_and_the_refusal_names_them() {
+    let h = home();
+    let home = h.path();
+    let pol = home.join("pol");
+    std::fs::create_dir(&pol).expect("mkdir");
+    std::fs::write(
+        pol.join("p.rego"),
+        "package aisbx\ndefault allow := true\nquotas := {\"sandboxes\": 1, \"concurrent_runs\": 0} if input.caller.tenant == \"default\"\n",
+    )
+    .expect("write");
+    let p = pol.to_str().expect("utf-8");
+    // tenants.toml allows 5 sandboxes; the policy lowers it to 1.
+    ok(home, &["tenant", "quota", "default", "--sandboxes", "5"]);
+    ok(home, &["--policy", p, "create", "one"]);
+    let (code, _, err) = outcome(home, &["--policy", p, "create", "two"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("quota sandboxes reached for tenant 'default': 1 sandboxes, limit 1"),
+        "{err}"
+    );
+    assert!(!home.join("sandboxes/two").exists());
+    // No run at all under the policy: refused, naming the quota; nothing ran.
+    let (code, out, err) = outcome(home, &["--policy", p, "run", "--", "echo", "ran"]);
+    assert_eq!((code, out.as_str()), (125, ""), "{err}");
+    assert!(
+        err.contains("quota concurrent_runs") && err.contains("limit 0"),
+        "{err}"
+    );
+    let v: Value =
+        serde_json::from_str(&ok(home, &["--policy", p, "quota", "--json"])).expect("json");
+    assert_eq!(
+        v["quotas"][1],
+        serde_json::json!({"quota": "sandboxes", "used": 1, "limit": 1, "remaining": 0})
+    );
+    // Without the policy, the file's quota stands.
+    ok(home, &["create", "two"]);
+    ok(home, &["rm", "one", "two"]);
+}
