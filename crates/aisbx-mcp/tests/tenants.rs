@@ -512,3 +512,84 @@ fn quotas_hold_under_32_concurrent_clients_and_the_rate_limit_answers_429() {
         refused
     );
 }
+
+#[test]
+fn stdio_and_unix_socket_callers_are_the_tenant_of_their_uid() {
+    let home = home();
+    tenants::add(home.path(), "acme").expect("add acme");
+    tenants::add(home.path(), "globex").expect("add globex");
+    // SAFETY: getter.
+    let uid = unsafe { libc::getuid() };
+    tenants::map_uid(home.path(), &uid.to_string(), Some("acme")).expect("map");
+
+    // stdio: the uid's tenant.
+    let mut s = StdioServer::start_initialized(home.path());
+    let r = s.call(1, "build", json!({"name": "mine"}));
+    assert_eq!(structured(&r)["sandbox_id"], "mine");
+    let r = s.call(2, "quota", json!({}));
+    assert_eq!(structured(&r)["tenant"], "acme");
+    drop(s);
+    assert!(home.path().join("tenants/acme/sandboxes/mine").is_dir());
+
+    // --tenant: only a tenant this uid may be (root: any of the file's).
+    let out = std::process::Command::new(BIN)
+        .env("AISBX_HOME", home.path())
+        .args(["--tenant", "globex"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if uid == 0 {
+        let mut s = StdioServer::start_with(home.path(), &["--tenant", "globex"]);
+        s.request(initialize_request(0));
+        s.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        let r = s.call(3, "sandbox_list", json!({}));
+        assert_eq!(structured(&r)["sandboxes"], json!([]), "{r}");
+        let r = s.call(4, "quota", json!({}));
+        assert_eq!(structured(&r)["tenant"], "globex");
+    } else {
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(err.contains("may not act as another"), "{err}");
+    }
+    let out = std::process::Command::new(BIN)
+        .env("AISBX_HOME", home.path())
+        .args(["--tenant", "nobody-here"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such tenant"));
+
+    // The Unix socket: the peer's uid decides, not the server's --tenant.
+    if uid == 0 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("mcp.sock");
+        let _srv = UnixServer::start_with(home.path(), &sock, &["--tenant", "globex"]);
+        let r = http_unix(&sock, "POST", &[], Some(&initialize_request(0)));
+        let id = r.header("mcp-session-id").expect("session").to_string();
+        let h = [
+            ("Mcp-Session-Id", id.as_str()),
+            ("MCP-Protocol-Version", PROTOCOL),
+        ];
+        http_unix(
+            &sock,
+            "POST",
+            &h,
+            Some(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
+        );
+        let r = http_unix(
+            &sock,
+            "POST",
+            &h,
+            Some(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "sandbox_list", "arguments": {}}})),
+        );
+        let ids: Vec<String> = structured(&r.rpc())["sandboxes"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect();
+        assert_eq!(ids, ["mine"], "root's uid is mapped to acme");
+    }
+}

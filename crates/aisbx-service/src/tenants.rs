@@ -555,7 +555,8 @@ pub fn revoke(home: &Path, name: &str, id: &str) -> Result<(), TenantError> {
     })
 }
 
-/// Removes a tenant and its tokens.
+/// Removes a tenant, its tokens and the users mapped to it (they are `default`
+/// again). Its index and quotas are kept: made again, it finds its files.
 pub fn remove(home: &Path, name: &str) -> Result<(), TenantError> {
     modify(home, |t| {
         let before = t.tenants.len();
@@ -563,6 +564,7 @@ pub fn remove(home: &Path, name: &str) -> Result<(), TenantError> {
         if t.tenants.len() == before {
             return Err(TenantError::NoSuchTenant(name.to_string()));
         }
+        t.uids.retain(|_, v| v != name);
         Ok(())
     })
 }
@@ -801,6 +803,14 @@ mod tests {
         assert_eq!(t.tenant_of_uid(1000), "acme");
         assert_eq!(t.tenant_of_uid(1001), DEFAULT_TENANT);
         map_uid(home, "1000", None).expect("unmap");
+        map_uid(home, "1002", Some("globex")).expect("map");
+        remove(home, "globex").expect("rm");
+        assert_eq!(
+            load(home).expect("load").tenant_of_uid(1002),
+            DEFAULT_TENANT
+        );
+        add(home, "globex").expect("add again");
+        assert_eq!(host_index(home, "globex").expect("globex"), 2);
         assert_eq!(
             load(home).expect("load").tenant_of_uid(1000),
             DEFAULT_TENANT
