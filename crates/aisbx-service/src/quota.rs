@@ -12,9 +12,10 @@
 //! - runs per minute and CPU seconds per hour: ledgers (`runs.log`: one start time
 //!   per line; `cpu.log`: an end time and the CPU milliseconds of a run), read and
 //!   rewritten under the exclusive lock of `ledger.lock`. A run's start is counted
-//!   when it is admitted; its CPU time when it ends (it cannot be known before, so a
-//!   tenant may pass its CPU quota by the CPU time of the runs going on when it is
-//!   reached; the next run is then refused).
+//!   when it is admitted; its CPU time when it ends (see [`charged_cpu_ms`] for a
+//!   run whose CPU time could not be measured). A run's time limit is lowered
+//!   so that its CPU time cannot pass what is left of the hour's; runs going on at
+//!   once each get that, so together they may pass it, and the next is refused.
 //! - sandboxes: the entries of the tenant's `sandboxes/`, counted under the same
 //!   lock, which is held until the new sandbox's directory exists.
 //! - storage: the bytes allocated to the tenant's sandboxes and snapshot store, a
@@ -78,6 +79,9 @@ pub struct QuotaReport {
 #[derive(Debug, Default)]
 pub(crate) struct Reservation {
     _slot: Option<OwnedFd>,
+    /// CPU milliseconds left in the hour, when the tenant has a CPU quota: a run's
+    /// time limit is lowered so that it cannot use more.
+    pub(crate) cpu_left_ms: Option<u64>,
 }
 
 /// Held while a new sandbox's directory is made, so that two creations never
@@ -342,11 +346,13 @@ pub(crate) fn reserve(svc: &Service, q: &Quota, need: Need) -> Result<Reservatio
         },
         None => None,
     };
+    let mut cpu_left_ms = None;
     if q.runs_per_minute.is_some() || q.cpu_seconds_per_hour.is_some() {
         let _lock = ledger_lock(dir.as_fd())?;
         let now = now_ms();
         if let Some(limit) = q.cpu_seconds_per_hour {
             let (used_ms, _) = recent_cpu(dir.as_fd(), now)?;
+            cpu_left_ms = Some(limit.saturating_mul(1000).saturating_sub(used_ms));
             if used_ms >= limit.saturating_mul(1000) {
                 return Err(refusal(
                     tenant,
@@ -376,7 +382,10 @@ pub(crate) fn reserve(svc: &Service, q: &Quota, need: Need) -> Result<Reservatio
             write_ledger(dir.as_fd(), RUNS_LOG, &lines)?;
         }
     }
-    Ok(Reservation { _slot: slot })
+    Ok(Reservation {
+        _slot: slot,
+        cpu_left_ms,
+    })
 }
 
 /// Seconds until one more run fits in the minute.
@@ -416,6 +425,18 @@ pub(crate) fn rate_wait(
             &format!("try again in {wait} s"),
         ),
     )))
+}
+
+/// The CPU time a run is charged: what was measured; when it could not be (a run
+/// killed at its time limit or by a signal whose init could not report it, where
+/// the cgroup gives no CPU time either), the most it could have used, its wall
+/// time times its CPUs, so that timing out is never a way around the quota.
+pub(crate) fn charged_cpu_ms(r: &crate::RunResult, cpus: f64) -> u64 {
+    if r.cpu_ms == 0 && (r.timed_out || r.signal == Some(libc::SIGKILL)) {
+        (r.duration_ms as f64 * cpus.max(1.0)).ceil() as u64
+    } else {
+        r.cpu_ms
+    }
 }
 
 /// Counts a finished run's CPU time against the tenant's hourly quota.
@@ -564,7 +585,8 @@ mod tests {
         reserve(&svc, &q, Need::Run).expect("the window moved");
         // CPU: refused once the hour's use reaches the quota.
         record_cpu(&svc, &q, 1500).expect("record");
-        reserve(&svc, &q, Need::Run).expect("1.5 s of 2");
+        let r = reserve(&svc, &q, Need::Run).expect("1.5 s of 2");
+        assert_eq!(r.cpu_left_ms, Some(500));
         record_cpu(&svc, &q, 600).expect("record");
         let e = reserve(&svc, &q, Need::Run).expect_err("past").to_string();
         assert!(
@@ -578,6 +600,26 @@ mod tests {
             .find(|u| u.quota == "cpu_seconds_per_hour")
             .expect("cpu");
         assert_eq!((cpu.used, cpu.limit, cpu.remaining), (2, Some(2), Some(0)));
+    }
+
+    #[test]
+    fn a_run_whose_cpu_time_is_unknown_is_charged_its_most() {
+        let mut r: crate::RunResult = serde_json::from_value(serde_json::json!({
+            "exit_code": 0, "signal": null, "timed_out": false, "oom_killed": false,
+            "stdout": "", "stderr": "", "stdout_truncated": false, "stderr_truncated": false,
+            "duration_ms": 1500, "cpu_ms": 700, "max_rss_kib": 0, "profile": "base",
+            "sandbox_id": null
+        }))
+        .expect("result");
+        assert_eq!(charged_cpu_ms(&r, 2.0), 700);
+        r.cpu_ms = 0;
+        assert_eq!(charged_cpu_ms(&r, 2.0), 0, "an idle run that ended by itself");
+        r.timed_out = true;
+        assert_eq!(charged_cpu_ms(&r, 2.0), 3000);
+        assert_eq!(charged_cpu_ms(&r, 0.5), 1500);
+        r.timed_out = false;
+        r.signal = Some(libc::SIGKILL);
+        assert_eq!(charged_cpu_ms(&r, 1.0), 1500);
     }
 
     #[test]

@@ -543,7 +543,10 @@ pub(crate) fn build(
             break;
         }
     }
-    let cpu_ms = setup.iter().map(|r| r.cpu_ms).sum();
+    let cpu_ms = setup
+        .iter()
+        .map(|r| crate::quota::charged_cpu_ms(r, profile.limits.cpus))
+        .sum();
     if let Err(e) = crate::quota::record_cpu(svc, &svc.quota(), cpu_ms) {
         eprintln!("aisbx: warning: the setup's CPU time was not counted: {e}");
     }

@@ -440,7 +440,7 @@ impl Service {
             .clone()
             .unwrap_or_else(|| Caller::from_meta(meta));
         let result = self.for_meta(meta).and_then(|svc| {
-            let p = svc.prepare(&req, Gate::Enforce(&caller))?;
+            let mut p = svc.prepare(&req, Gate::Enforce(&caller))?;
             // Decided; then counted against the tenant's quotas (the policy may
             // lower them), held until the run has ended.
             let svc = match &p.decision {
@@ -448,9 +448,26 @@ impl Service {
                 None => svc,
             };
             let q = svc.quota();
-            let _reserved = crate::quota::reserve(&svc, &q, crate::quota::Need::Run)?;
+            let reserved = crate::quota::reserve(&svc, &q, crate::quota::Need::Run)?;
+            if let Some(ms) = reserved.cpu_left_ms {
+                // Its CPU time cannot pass what is left of the hour's quota.
+                let cap = std::time::Duration::from_millis(ms)
+                    .div_f64(p.spec.limits.cpus.max(1.0))
+                    .max(std::time::Duration::from_millis(100));
+                if p.spec.limits.wall > cap {
+                    p.spec.limits.wall = cap;
+                    p.notices.push(format!(
+                        "quota: timeout lowered to {:.1} s (the CPU seconds left this hour)",
+                        cap.as_secs_f64()
+                    ));
+                }
+            }
+            let cpus = p.spec.limits.cpus;
             let r = svc.execute(p, sink, cancel)?;
-            if let Err(e) = crate::quota::record_cpu(&svc, &q, r.cpu_ms) {
+            drop(reserved);
+            if let Err(e) =
+                crate::quota::record_cpu(&svc, &q, crate::quota::charged_cpu_ms(&r, cpus))
+            {
                 eprintln!("aisbx: warning: the run's CPU time was not counted: {e}");
             }
             Ok(r)

@@ -361,3 +361,54 @@ fn a_policy_lowers_a_tenants_quotas_and_the_refusal_names_them() {
     ok(home, &["create", "two"]);
     ok(home, &["rm", "one", "two"]);
 }
+
+#[test]
+fn the_cpu_quota_caps_a_run_and_refuses_the_next() {
+    let h = home();
+    let home = h.path();
+    ok(
+        home,
+        &["tenant", "quota", "default", "--cpu-seconds-per-hour", "1"],
+    );
+    // A busy loop asking for 30 s gets at most the second that is left.
+    let start = std::time::Instant::now();
+    let out = cmd(home)
+        .args([
+            "run",
+            "--json",
+            "--timeout",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .output()
+        .expect("run");
+    let took = start.elapsed();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("RunResult");
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quota: timeout lowered"), "{err}");
+    let cpu_ms = v["cpu_ms"].as_u64().expect("cpu_ms");
+    assert!(cpu_ms <= 1500, "{cpu_ms} ms of CPU");
+    // Counted: once the hour's second is used up, runs are refused. (Each busy
+    // run gets at most what is left, so a few more at most use up the rest.)
+    let mut refused = None;
+    for _ in 0..20 {
+        let (code, _, err) = outcome(home, &["run", "--", "sh", "-c", "while :; do :; done"]);
+        if code == 125 {
+            refused = Some(err);
+            break;
+        }
+        assert_eq!(code, 124, "{err}");
+    }
+    let err = refused.expect("the CPU quota never refused");
+    assert!(
+        err.contains("quota cpu_seconds_per_hour reached for tenant 'default'")
+            && err.contains("limit 1"),
+        "{err}"
+    );
+    assert!(quota_used(home, "cpu_seconds_per_hour") >= 1);
+}
