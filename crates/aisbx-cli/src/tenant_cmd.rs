@@ -253,6 +253,10 @@ pub fn run(cmd: TenantCmd) -> u8 {
                             serde_json::json!({
                                 "name": x.name,
                                 "created": x.created,
+                                "index": t.settings.get(&x.name).and_then(|s| s.index),
+                                "quota": t.quota(&x.name),
+                                "uids": t.uids.iter().filter(|(_, v)| **v == x.name)
+                                    .map(|(k, _)| k.clone()).collect::<Vec<_>>(),
                                 "tokens": x.tokens.iter().map(|k| serde_json::json!({
                                     "id": k.id, "created": k.created,
                                 })).collect::<Vec<_>>(),

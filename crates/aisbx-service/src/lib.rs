@@ -18,6 +18,7 @@ mod service;
 pub mod snapshot;
 mod snapshot_api;
 pub mod snapshot_fs;
+mod tenant_scope;
 pub mod tenants;
 
 pub use api::*;

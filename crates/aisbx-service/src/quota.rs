@@ -613,7 +613,11 @@ mod tests {
         .expect("result");
         assert_eq!(charged_cpu_ms(&r, 2.0), 700);
         r.cpu_ms = 0;
-        assert_eq!(charged_cpu_ms(&r, 2.0), 0, "an idle run that ended by itself");
+        assert_eq!(
+            charged_cpu_ms(&r, 2.0),
+            0,
+            "an idle run that ended by itself"
+        );
         r.timed_out = true;
         assert_eq!(charged_cpu_ms(&r, 2.0), 3000);
         assert_eq!(charged_cpu_ms(&r, 0.5), 1500);

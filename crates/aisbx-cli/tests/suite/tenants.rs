@@ -187,6 +187,9 @@ fn the_cli_is_the_tenant_of_its_uid_and_sees_only_its_state() {
     let (code, _, err) = outcome(home, &["tenant", "map", &uid, "nobody-here"]);
     assert_eq!(code, 125, "{err}");
     ok(home, &["tenant", "map", &uid, "acme"]);
+    let v: Value = serde_json::from_str(&ok(home, &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v[0]["uids"], serde_json::json!([uid]));
+    assert_eq!(v[0]["index"], 1);
     ok(home, &["create", "box"]);
     ok(home, &["exec", "box", "--", "sh", "-c", "echo acme > f"]);
     ok(home, &["snap", "create", "snap", "--sandbox", "box"]);
