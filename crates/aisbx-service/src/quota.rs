@@ -427,6 +427,58 @@ pub(crate) fn rate_wait(
     )))
 }
 
+/// A run's hold on its tenant's quotas, from its start ([`RunQuota::start`]) to
+/// its end ([`RunQuota::finish`], or drop: a run that failed to start).
+pub(crate) struct RunQuota {
+    _reserved: Reservation,
+    quota: Quota,
+    cpus: f64,
+}
+
+impl RunQuota {
+    /// Reserves what a run takes of `svc`'s tenant's quotas; when the tenant has
+    /// a CPU quota, lowers the run's time limit so that it cannot use more CPU
+    /// than is left of the hour's (noted).
+    pub(crate) fn start(
+        svc: &Service,
+        limits: &mut aisbx_jail::Limits,
+        notices: &mut Vec<String>,
+    ) -> Result<RunQuota, ServiceError> {
+        let quota = svc.quota();
+        let reserved = reserve(svc, &quota, Need::Run)?;
+        if let Some(ms) = reserved.cpu_left_ms {
+            let cap = std::time::Duration::from_millis(ms)
+                .div_f64(limits.cpus.max(1.0))
+                .max(std::time::Duration::from_millis(100));
+            if limits.wall > cap {
+                limits.wall = cap;
+                notices.push(format!(
+                    "quota: timeout lowered to {:.1} s (the CPU seconds left this hour)",
+                    cap.as_secs_f64()
+                ));
+            }
+        }
+        Ok(RunQuota {
+            _reserved: reserved,
+            quota,
+            cpus: limits.cpus,
+        })
+    }
+
+    /// The run has ended: its slot is given back and its CPU time counted.
+    pub(crate) fn finish(self, svc: &Service, r: &crate::RunResult) {
+        let RunQuota {
+            _reserved,
+            quota,
+            cpus,
+        } = self;
+        drop(_reserved);
+        if let Err(e) = record_cpu(svc, &quota, charged_cpu_ms(r, cpus)) {
+            eprintln!("aisbx: warning: the run's CPU time was not counted: {e}");
+        }
+    }
+}
+
 /// The CPU time a run is charged: what was measured; when it could not be (a run
 /// killed at its time limit or by a signal whose init could not report it, where
 /// the cgroup gives no CPU time either), the most it could have used, its wall

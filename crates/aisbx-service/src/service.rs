@@ -265,35 +265,11 @@ impl Service {
             .unwrap_or_else(|| Caller::from_meta(meta));
         let result = self.for_meta(meta).and_then(|svc| {
             let mut p = svc.prepare(&req, Gate::Enforce(&caller))?;
-            // Decided; then counted against the tenant's quotas (the policy may
-            // lower them), held until the run has ended.
-            let svc = match &p.decision {
-                Some(d) => svc.lowered(&d.quotas),
-                None => svc,
-            };
-            let q = svc.quota();
-            let reserved = crate::quota::reserve(&svc, &q, crate::quota::Need::Run)?;
-            if let Some(ms) = reserved.cpu_left_ms {
-                // Its CPU time cannot pass what is left of the hour's quota.
-                let cap = std::time::Duration::from_millis(ms)
-                    .div_f64(p.spec.limits.cpus.max(1.0))
-                    .max(std::time::Duration::from_millis(100));
-                if p.spec.limits.wall > cap {
-                    p.spec.limits.wall = cap;
-                    p.notices.push(format!(
-                        "quota: timeout lowered to {:.1} s (the CPU seconds left this hour)",
-                        cap.as_secs_f64()
-                    ));
-                }
-            }
-            let cpus = p.spec.limits.cpus;
+            // Decided; then counted against the tenant's quotas, until it ends.
+            let svc = svc.lowered(&p.decision.as_ref().map(|d| d.quotas).unwrap_or_default());
+            let run = crate::quota::RunQuota::start(&svc, &mut p.spec.limits, &mut p.notices)?;
             let r = svc.execute(p, sink, cancel)?;
-            drop(reserved);
-            if let Err(e) =
-                crate::quota::record_cpu(&svc, &q, crate::quota::charged_cpu_ms(&r, cpus))
-            {
-                eprintln!("aisbx: warning: the run's CPU time was not counted: {e}");
-            }
+            run.finish(&svc, &r);
             Ok(r)
         });
         self.record(meta, &args, &result);
