@@ -181,7 +181,7 @@ async def exercise(session: ClientSession, transport: str) -> None:
         "run", "build", "profile_list",
         "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list",
         "file_delete", "snapshot_create", "snapshot_restore", "snapshot_list",
-        "snapshot_diff", "snapshot_delete",
+        "snapshot_diff", "snapshot_delete", "quota",
     ]
     check(f"{t}: tools/list names", sorted(names) == sorted(expected), repr(names))
     for tool in tools.tools:

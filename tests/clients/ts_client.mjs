@@ -32,6 +32,7 @@ const EXPECTED_TOOLS = [
   "run", "build", "profile_list",
   "sandbox_list", "sandbox_destroy", "file_write", "file_read", "file_list", "file_delete",
   "snapshot_create", "snapshot_restore", "snapshot_list", "snapshot_diff", "snapshot_delete",
+  "quota",
 ];
 const CALL_TIMEOUT_MS = 120_000;
 

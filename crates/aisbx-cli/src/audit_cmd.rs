@@ -113,10 +113,18 @@ pub fn format_entry(e: &Value) -> String {
         .and_then(Value::as_u64)
         .map(|n| format!("#{n}"))
         .unwrap_or_else(|| "#?".into());
-    let who = match m.get("client").and_then(Value::as_str) {
+    let mut who = match m.get("client").and_then(Value::as_str) {
         Some(c) => format!("{}({c})", s("front_end")),
         None => s("front_end"),
     };
+    // The tenant, unless it is the one of every unmapped caller.
+    if let Some(t) = m
+        .get("tenant")
+        .and_then(Value::as_str)
+        .filter(|t| *t != aisbx_service::tenants::DEFAULT_TENANT)
+    {
+        who.push_str(&format!(" tenant={t}"));
+    }
     let mut line = format!(
         "{}  {seq}  {who}  {}  {}",
         s("time"),
@@ -183,6 +191,12 @@ mod tests {
         assert_eq!(
             format_entry(&d),
             "t  #8  cli  run  deny  reason: network not allowed"
+        );
+        let t = json!({"time": "t", "seq": 9, "front_end": "mcp-http", "client": null,
+            "tenant": "acme", "tool": "quota", "decision": "allow", "reason": null, "result": null});
+        assert_eq!(
+            format_entry(&t),
+            "t  #9  mcp-http tenant=acme  quota  allow"
         );
         assert_eq!(format_entry(&json!("garbage")), "(malformed) garbage");
     }

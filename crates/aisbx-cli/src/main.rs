@@ -133,6 +133,11 @@ aisbx run --json --memory 256M --timeout 5 -- sh -c 'echo hi'\n  echo data | ais
     /// (see docs/POLICY.md).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
+    /// Show your tenant's quotas: each one's use, limit and what is left.
+    Quota {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,7 +297,44 @@ fn main() -> ExitCode {
         Cmd::Trust(a) => trust_cmd::run(a),
         Cmd::Tenant(c) => tenant_cmd::run(c),
         Cmd::Policy(c) => policy_cmd::run(c, POLICY_DIR.get().cloned()),
+        Cmd::Quota { json } => cmd_quota(json),
     })
+}
+
+fn cmd_quota(json: bool) -> u8 {
+    let svc = match open_service() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match call(&svc, Request::Quota) {
+        Ok(Response::Quota(r)) => {
+            if json {
+                print_json(&r);
+            } else {
+                let show = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+                outln!("tenant {}", r.tenant);
+                outln!(
+                    "{:<22} {:>14} {:>14} {:>14}",
+                    "QUOTA",
+                    "USED",
+                    "LIMIT",
+                    "REMAINING"
+                );
+                for q in &r.quotas {
+                    outln!(
+                        "{:<22} {:>14} {:>14} {:>14}",
+                        q.quota,
+                        q.used,
+                        show(q.limit),
+                        show(q.remaining)
+                    );
+                }
+            }
+            0
+        }
+        Ok(other) => unexpected(other),
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(e: &ServiceError) -> u8 {
@@ -319,6 +361,7 @@ fn cli_meta(tool: &str) -> RequestMeta {
         front_end: "cli".into(),
         client: std::env::var("USER").ok(),
         tool: tool.into(),
+        tenant: cli_tenant(),
     }
 }
 
@@ -350,6 +393,25 @@ fn unexpected(r: Response) -> u8 {
     fail(&ServiceError::Internal(format!(
         "the service answered with an unexpected result: {r:?}"
     )))
+}
+
+/// The CLI user's tenant: the one `tenants.toml` maps the real uid to, else
+/// `default`. A tenants file that cannot be read stops the command (exit 125):
+/// guessing would put the user in another tenant's state.
+fn cli_tenant() -> String {
+    static TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TENANT
+        .get_or_init(|| {
+            match aisbx_service::tenants::load(&aisbx_service::default_home()) {
+                // SAFETY: getter.
+                Ok(t) => t.tenant_of_uid(unsafe { libc::getuid() }),
+                Err(e) => {
+                    eprintln!("aisbx: {e}");
+                    std::process::exit(EXIT_AISBX.into());
+                }
+            }
+        })
+        .clone()
 }
 
 /// Streams the program's output to ours as it comes (or, with `--json`, keeps it for

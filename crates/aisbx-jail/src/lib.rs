@@ -86,6 +86,13 @@ pub struct Spec {
     /// and nothing listening; see [`NetRelay`].
     #[serde(default)]
     pub net: Option<NetRelay>,
+    /// As root: the host uid and gid the sandbox maps to instead of
+    /// [`DEFAULT_HOST_ID`] (one range per tenant, so that one tenant's sandboxes
+    /// cannot touch another's files). At least `DEFAULT_HOST_ID`; refused when
+    /// not root. A workspace owned by another non-root user still maps to its
+    /// owner, as without it.
+    #[serde(default)]
+    pub host_id: Option<u32>,
 }
 
 /// The path out of a run with filtered network. Inside, a forwarder listens on

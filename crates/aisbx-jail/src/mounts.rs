@@ -836,6 +836,7 @@ mod tests {
             seccomp: crate::SeccompLevel::Default,
             require_cgroups: false,
             net: None,
+            host_id: None,
         }
     }
 

@@ -112,10 +112,28 @@ fn validate(spec: &Spec) -> Result<(), JailError> {
     Ok(())
 }
 
+/// The host id a root-run sandbox maps to unless its workspace has another
+/// owner: the spec's, else [`DEFAULT_HOST_ID`].
+fn chosen_host_id(spec: &Spec) -> u32 {
+    spec.host_id.unwrap_or(DEFAULT_HOST_ID)
+}
+
 /// Which host uid/gid the sandbox user maps to.
 fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
     // SAFETY: getters without preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if let Some(id) = spec.host_id {
+        if euid != 0 {
+            return Err(JailError::InvalidSpec(
+                "a host id for the sandbox can be chosen only by root; leave it unset".into(),
+            ));
+        }
+        if id < DEFAULT_HOST_ID || id == u32::MAX {
+            return Err(JailError::InvalidSpec(format!(
+                "host id {id} is not an unused unprivileged id (from {DEFAULT_HOST_ID} up)"
+            )));
+        }
+    }
     if euid != 0 {
         return Ok((euid, egid));
     }
@@ -126,7 +144,8 @@ fn host_ids(spec: &Spec) -> Result<(u32, u32), JailError> {
             return Ok((m.uid(), m.gid()));
         }
     }
-    Ok((DEFAULT_HOST_ID, DEFAULT_HOST_ID))
+    let id = chosen_host_id(spec);
+    Ok((id, id))
 }
 
 /// An idmapped, detached copy of a directory (a root-owned workspace, a
@@ -443,7 +462,7 @@ pub fn run(spec: &Spec, sink: &mut dyn Sink) -> Result<Outcome, JailError> {
     if thread_count() != 1 {
         return Err(JailError::NotSingleThreaded);
     }
-    let mut ids = (DEFAULT_HOST_ID, DEFAULT_HOST_ID);
+    let mut ids = (chosen_host_id(spec), chosen_host_id(spec));
     match run_checked(spec, sink, &mut ids) {
         Err(e @ (JailError::Io { .. } | JailError::Setup(_))) => Err(missing_layer_or(e, ids)),
         other => other,
@@ -495,7 +514,7 @@ fn run_checked(
                 host.display()
             )));
         }
-        if root && host_uid == DEFAULT_HOST_ID {
+        if root && host_uid == chosen_host_id(spec) {
             prepared.workspace = Some(idmapped_workspace(host, host_uid, host_gid)?);
         }
     }

@@ -107,6 +107,7 @@ fn spec(script: &str, net: Option<NetRelay>) -> Spec {
         seccomp: SeccompLevel::Default,
         require_cgroups: false,
         net,
+        host_id: None,
     }
 }
 

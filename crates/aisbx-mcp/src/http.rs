@@ -199,7 +199,10 @@ pub fn router(
     let gate_sessions = sessions.clone();
     let mut router = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn(check_message))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            check_message,
+        ))
         .layer(middleware::from_fn_with_state(sessions, session_delete))
         .layer(middleware::from_fn(disconnect_guard));
     if opts.token.is_some() || oauth.is_some() {
@@ -351,6 +354,23 @@ pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
+/// A Unix-socket connection's peer, on each of its requests (its uid names its
+/// tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixPeer {
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerCheckedUnix>>
+    for UnixPeer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, PeerCheckedUnix>) -> Self {
+        UnixPeer {
+            uid: s.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
 /// A Unix listener that closes every connection whose peer is not allowed.
 pub struct PeerCheckedUnix {
     inner: tokio::net::UnixListener,
@@ -462,10 +482,13 @@ async fn serve_unix(
         path.display(),
         path.display()
     );
-    let result = axum::serve(PeerCheckedUnix { inner, own_uid }, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(HttpError::Serve);
+    let result = axum::serve(
+        PeerCheckedUnix { inner, own_uid },
+        app.into_make_service_with_connect_info::<UnixPeer>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .map_err(HttpError::Serve);
     // Remove the socket if it is still the one made here.
     if let Ok(m) = std::fs::symlink_metadata(path)
         && Some(m.ino()) == ino
@@ -702,7 +725,7 @@ async fn require_bearer(State(gate): State<Arc<Gate>>, mut req: Request, next: N
 /// A POSTed JSON body is checked before the SDK sees it ([`crate::protocol::check`]):
 /// one that is not JSON, not a JSON-RPC message or has impossible `params` is answered
 /// `400 Bad Request` with the JSON-RPC error; one over the size limit `413`, likewise.
-async fn check_message(req: Request, next: Next) -> Response {
+async fn check_message(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -729,8 +752,60 @@ async fn check_message(req: Request, next: Next) -> Response {
     if let Err(reply) = crate::protocol::check(&bytes) {
         return (StatusCode::BAD_REQUEST, axum::Json(reply)).into_response();
     }
+    if let Some(resp) = rate_limited(&shared, &parts, &bytes).await {
+        return resp;
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// A `run` or `build` call from a tenant past its runs-per-minute quota: `429 Too
+/// Many Requests` with `Retry-After`, and the refusal as a JSON-RPC error naming
+/// the quota, its use and its limit. Other quotas are refused by the tool (an
+/// `isError` result); the service's reservation remains the authority.
+async fn rate_limited(
+    shared: &Arc<Shared>,
+    parts: &axum::http::request::Parts,
+    bytes: &[u8],
+) -> Option<Response> {
+    let msg: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if msg.get("method").and_then(|m| m.as_str()) != Some("tools/call") {
+        return None;
+    }
+    let tool = msg.pointer("/params/name").and_then(|n| n.as_str())?;
+    if !matches!(tool, "run" | "build") {
+        return None;
+    }
+    let (tenant, client) = crate::server::caller_of(Some(&parts.extensions), shared, None);
+    let meta = aisbx_service::RequestMeta {
+        front_end: FrontEnd::Http.name().to_string(),
+        client,
+        tool: tool.to_string(),
+        tenant,
+    };
+    let args = msg
+        .pointer("/params/arguments")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let service = shared.service.clone();
+    let (refusal, wait) = tokio::task::spawn_blocking(move || service.rate_limited(&meta, &args))
+        .await
+        .ok()??;
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": msg.get("id").cloned().unwrap_or(serde_json::Value::Null),
+        "error": {
+            "code": -32000,
+            "message": refusal.to_string(),
+            "data": {"quota": "runs_per_minute", "retry_after_secs": wait},
+        },
+    });
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&wait.to_string()).unwrap_or(HeaderValue::from_static("60")),
+    );
+    Some(resp)
 }
 
 /// `DELETE /mcp`: 404 for a session that does not exist (never did, or already

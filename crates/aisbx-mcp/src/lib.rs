@@ -112,6 +112,11 @@ pub struct McpArgs {
     /// docs/POLICY.md).
     #[arg(long, value_name = "DIR")]
     pub policy: Option<PathBuf>,
+    /// The tenant of stdio clients and of the server's own token (default: the
+    /// tenant `tenants.toml` maps your uid to, else `default`). Root may name any
+    /// tenant of the file; another user only the one its uid is mapped to.
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +135,10 @@ pub enum McpError {
     Stdio(String),
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Tenants(#[from] aisbx_service::tenants::TenantError),
+    #[error("{0}")]
+    Tenant(String),
 }
 
 /// The bearer token for `--http`: `--token-file`, else `$AISBX_MCP_TOKEN`, else the
@@ -175,7 +184,44 @@ pub fn open_shared(
     config: ServiceConfig,
     admission: admission::Admission,
 ) -> Result<Arc<Shared>, McpError> {
+    open_shared_as(config, admission, None)
+}
+
+/// The tenant of the server's own user: `--tenant`, when this user may name it,
+/// else the one `tenants.toml` maps the real uid to.
+fn own_tenant(
+    t: &aisbx_service::tenants::Tenants,
+    uid: u32,
+    asked: Option<&str>,
+) -> Result<String, McpError> {
+    let mapped = t.tenant_of_uid(uid);
+    let Some(asked) = asked else {
+        return Ok(mapped);
+    };
+    if !t.exists(asked) {
+        return Err(McpError::Tenant(format!(
+            "--tenant {asked}: there is no such tenant; `aisbx tenant list` shows them"
+        )));
+    }
+    if uid != 0 && asked != mapped {
+        return Err(McpError::Tenant(format!(
+            "--tenant {asked}: uid {uid} is the tenant '{mapped}' and may not act as another; only root may choose"
+        )));
+    }
+    Ok(asked.to_string())
+}
+
+/// [`open_shared`] with the `--tenant` asked for.
+pub fn open_shared_as(
+    config: ServiceConfig,
+    admission: admission::Admission,
+    tenant: Option<&str>,
+) -> Result<Arc<Shared>, McpError> {
     let service = Service::open(config)?;
+    let file = aisbx_service::tenants::load(service.home())?;
+    // SAFETY: getter.
+    let uid = unsafe { libc::getuid() };
+    let tenant = own_tenant(&file, uid, tenant)?;
     if let Err(e) = &service.policy().bundle {
         // Runs are refused with this reason; say it once where the operator looks.
         tracing::error!("{e}");
@@ -185,6 +231,8 @@ pub fn open_shared(
         service,
         tools,
         admission,
+        tenant,
+        root_tenant: file.tenant_of_uid(0),
     }))
 }
 
@@ -197,12 +245,13 @@ pub fn run(args: McpArgs) -> Result<(), McpError> {
     let max_waiting = args
         .max_queued
         .map_or_else(|| admission::default_max_waiting(max_runs), |n| n as usize);
-    let shared = open_shared(
+    let shared = open_shared_as(
         ServiceConfig {
             home: args.home.clone(),
             policy: args.policy.clone(),
         },
         admission::Admission::new(max_runs, max_waiting),
+        args.tenant.as_deref(),
     )?;
     let listen = match (&args.http, &args.listen) {
         (Some(addr), _) => Some(Listen::Tcp(addr.clone())),
@@ -326,5 +375,26 @@ pub fn main_with_args(args: McpArgs) -> i32 {
             eprintln!("aisbx-mcp: {e}");
             125
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_tenant_is_its_uids_and_only_root_may_choose() {
+        let d = tempfile::tempdir().expect("tempdir");
+        aisbx_service::tenants::add(d.path(), "acme").expect("add");
+        aisbx_service::tenants::add(d.path(), "globex").expect("add");
+        aisbx_service::tenants::map_uid(d.path(), "1000", Some("acme")).expect("map");
+        let t = aisbx_service::tenants::load(d.path()).expect("load");
+        assert_eq!(own_tenant(&t, 1000, None).expect("mapped"), "acme");
+        assert_eq!(own_tenant(&t, 1001, None).expect("unmapped"), "default");
+        assert_eq!(own_tenant(&t, 1000, Some("acme")).expect("its own"), "acme");
+        assert!(own_tenant(&t, 1000, Some("globex")).is_err());
+        assert!(own_tenant(&t, 1001, Some("acme")).is_err());
+        assert_eq!(own_tenant(&t, 0, Some("globex")).expect("root"), "globex");
+        assert!(own_tenant(&t, 0, Some("nobody")).is_err());
     }
 }

@@ -358,10 +358,14 @@ fn has_candidate(keys: &[Key], kid: Option<&str>, alg: Algorithm) -> bool {
 }
 
 /// A claim's value as a tenant name: a string of 1 to [`MAX_TENANT_LEN`] visible
-/// ASCII characters (no spaces or control characters: it is written to logs).
+/// ASCII characters (no spaces or control characters: it is written to logs), and
+/// not `default`, the tenant of the server's own user and unmapped callers.
 pub fn tenant_name(v: &Value) -> Option<String> {
     let s = v.as_str()?;
-    let ok = !s.is_empty() && s.len() <= MAX_TENANT_LEN && s.bytes().all(|b| b.is_ascii_graphic());
+    let ok = !s.is_empty()
+        && s.len() <= MAX_TENANT_LEN
+        && s.bytes().all(|b| b.is_ascii_graphic())
+        && s != aisbx_service::tenants::DEFAULT_TENANT;
     ok.then(|| s.to_string())
 }
 
@@ -539,6 +543,7 @@ mod tests {
             Some("auth0|1234".into())
         );
         assert_eq!(tenant_name(&Value::from("")), None);
+        assert_eq!(tenant_name(&Value::from("default")), None);
         assert_eq!(tenant_name(&Value::from("a b")), None);
         assert_eq!(tenant_name(&Value::from("a\nb")), None);
         assert_eq!(tenant_name(&Value::from("é")), None);

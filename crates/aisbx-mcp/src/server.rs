@@ -63,6 +63,11 @@ pub struct Shared {
     pub tools: Arc<Vec<Tool>>,
     /// How many runs may go on at once, and wait.
     pub admission: Admission,
+    /// The tenant of stdio clients, of the server's own token and of Unix-socket
+    /// peers of the server's own user (`--tenant`, else its uid's).
+    pub tenant: String,
+    /// The tenant of a root peer on the Unix socket (its uid's in `tenants.toml`).
+    pub root_tenant: String,
 }
 
 /// One MCP server instance.
@@ -265,6 +270,34 @@ pub fn client_field(tenant: Option<(&str, Option<&str>)>, name: Option<String>) 
         s.push_str(&format!("; client={n}"));
     }
     Some(s)
+}
+
+/// The tenant and the audit `client` of a request: the tenant comes from the
+/// HTTP credential (a tenant token or an access token's claim), else from the
+/// Unix-socket peer's uid, else it is the server's own (stdio, the server's own
+/// token). `ext`: the HTTP request's extensions (none on stdio).
+pub fn caller_of(
+    ext: Option<&axum::http::Extensions>,
+    shared: &Shared,
+    name: Option<String>,
+) -> (String, Option<String>) {
+    let authenticated = ext
+        .and_then(|e| e.get::<crate::http::Authenticated>())
+        .and_then(|a| match a {
+            crate::http::Authenticated::Tenant { name, token_id } => {
+                Some((name.as_str(), token_id.as_deref()))
+            }
+            crate::http::Authenticated::ServerToken => None,
+        });
+    let peer_uid = ext
+        .and_then(|e| e.get::<axum::extract::ConnectInfo<crate::http::UnixPeer>>())
+        .and_then(|c| c.0.uid);
+    let tenant = match (authenticated, peer_uid) {
+        (Some((t, _)), _) => t.to_string(),
+        (None, Some(0)) => shared.root_tenant.clone(),
+        (None, _) => shared.tenant.clone(),
+    };
+    (tenant, client_field(authenticated, name))
 }
 
 fn tool_error(text: String) -> CallToolResponse {
@@ -475,22 +508,19 @@ impl AisbxServer {
         }
     }
 
+    /// Who asks: see [`caller_of`].
     fn meta(&self, tool: &str, ctx: &RequestContext<RoleServer>) -> RequestMeta {
         let name = ctx.peer.peer_info().map(|i| i.client_info.name.clone());
-        let tenant = ctx
+        let ext = ctx
             .extensions
             .get::<axum::http::request::Parts>()
-            .and_then(|p| p.extensions.get::<crate::http::Authenticated>())
-            .and_then(|a| match a {
-                crate::http::Authenticated::Tenant { name, token_id } => {
-                    Some((name.as_str(), token_id.as_deref()))
-                }
-                crate::http::Authenticated::ServerToken => None,
-            });
+            .map(|p| &p.extensions);
+        let (tenant, client) = caller_of(ext, &self.shared, name);
         RequestMeta {
             front_end: self.front_end.name().to_string(),
-            client: client_field(tenant, name),
+            client,
             tool: tool.to_string(),
+            tenant,
         }
     }
 
@@ -863,10 +893,15 @@ fn run_sandbox_call(
         },
         C::SnapshotList => Request::SnapshotList { with_sharing: true },
         C::SnapshotDiff { from, to } => Request::SnapshotDiff { from, to },
+        C::Quota => Request::Quota,
     };
     let (summary, value) = match service.call_quiet(meta, request, cancel)? {
         Response::SandboxList(l) => {
             let v = to_value(&redact::sandbox_list(l))?;
+            (pretty(&v), v)
+        }
+        Response::Quota(q) => {
+            let v = to_value(&q)?;
             (pretty(&v), v)
         }
         Response::SandboxDestroy(d) => {

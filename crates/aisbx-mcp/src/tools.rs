@@ -411,6 +411,7 @@ pub const SANDBOX_TOOLS: &[&str] = &[
     "snapshot_list",
     "snapshot_diff",
     "snapshot_delete",
+    "quota",
 ];
 
 /// A checked call of one of [`SANDBOX_TOOLS`].
@@ -455,6 +456,7 @@ pub enum SandboxCall {
     SnapshotDelete {
         name: String,
     },
+    Quota,
 }
 
 impl SandboxCall {
@@ -541,6 +543,10 @@ pub fn parse_sandbox_call(
         "snapshot_delete" => SandboxCall::SnapshotDelete {
             name: parse::<SnapshotNameArgs>(arguments)?.name,
         },
+        "quota" => {
+            parse::<NoArgs>(arguments)?;
+            SandboxCall::Quota
+        }
         other => return Err(bad("name", format!("unknown tool '{}'", cut(other)))),
     })
 }
@@ -883,6 +889,16 @@ pub fn definitions() -> Result<Vec<Tool>, String> {
              Sandboxes restored from it keep working.",
             false,
             true,
+        )?,
+        tool::<NoArgs, aisbx_service::quota::QuotaReport>(
+            "quota",
+            "Show your quotas",
+            "Your tenant's quotas: for each (concurrent_runs, sandboxes, storage_bytes, \
+             cpu_seconds_per_hour, runs_per_minute) what is used, the limit and what \
+             remains (null: no limit). A call past a quota is refused naming it; plan \
+             with what remains.",
+            true,
+            false,
         )?,
     ])
 }

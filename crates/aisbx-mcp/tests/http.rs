@@ -26,7 +26,7 @@ fn session_lifecycle() {
     assert_eq!(list.status, 200);
     assert_eq!(
         list.rpc()["result"]["tools"].as_array().map(Vec::len),
-        Some(14)
+        Some(15)
     );
 
     // No session id: 400. Unknown session id: 404.

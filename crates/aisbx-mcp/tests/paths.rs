@@ -44,6 +44,7 @@ fn listings_and_errors_name_no_host_path() {
             front_end: "cli".into(),
             client: None,
             tool: "snap create".into(),
+            tenant: "default".into(),
         };
         let request = aisbx_service::Request::SnapshotCreate {
             name: "from-dir".into(),

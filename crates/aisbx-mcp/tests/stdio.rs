@@ -50,7 +50,8 @@ fn initialize_lists_tools_with_schemas() {
             "snapshot_restore",
             "snapshot_list",
             "snapshot_diff",
-            "snapshot_delete"
+            "snapshot_delete",
+            "quota"
         ]
     );
     for t in tools {

@@ -136,15 +136,16 @@ pub enum Transport {
 /// Who asks: the policy's `input.caller`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
-    /// The tenant the request counts against (`default` until tenants are configured).
+    /// The tenant the request counts against and whose sandboxes and snapshots it
+    /// sees (`default` unless the caller is mapped to another).
     pub tenant: String,
     pub transport: Transport,
     /// The client's self-reported name (MCP clientInfo), or the user for the CLI.
     pub client: Option<String>,
 }
 
-/// The tenant of every caller until tenants are configured.
-pub const DEFAULT_TENANT: &str = "default";
+/// The tenant of every caller nothing maps to another tenant.
+pub const DEFAULT_TENANT: &str = crate::tenants::DEFAULT_TENANT;
 
 impl Caller {
     /// The caller a front end's [`RequestMeta`] describes.
@@ -156,7 +157,7 @@ impl Caller {
             _ => Transport::Cli,
         };
         Caller {
-            tenant: DEFAULT_TENANT.to_string(),
+            tenant: meta.tenant.clone(),
             transport,
             client: meta.client.clone(),
         }
@@ -262,6 +263,14 @@ pub struct RequestMeta {
     pub client: Option<String>,
     /// The MCP tool or CLI command (`run`, `build`, ...).
     pub tool: String,
+    /// The tenant the front end authenticated the caller as: its sandboxes,
+    /// snapshots and quotas are the only ones the request reaches.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_string()
 }
 
 /// Receives a run's output as it is produced.

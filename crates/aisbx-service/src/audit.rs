@@ -6,7 +6,7 @@
 //! ```text
 //! {"args_digest":"…","client":…,"decision":"allow","front_end":"cli","hash":"…",
 //!  "prev":"…","reason":null,"request_id":"…","result":{…},"seq":7,
-//!  "time":"2026-11-24T10:00:00.123Z","tool":"run"}
+//!  "tenant":"default","time":"2026-11-24T10:00:00.123Z","tool":"run"}
 //! ```
 //!
 //! `seq` counts from 1; `prev` is the previous line's `hash` (64 zeros for the first
@@ -46,6 +46,8 @@ pub(crate) struct AuditEntry {
     /// `cli`, `mcp-stdio` or `mcp-http`.
     pub front_end: String,
     pub client: Option<String>,
+    /// The tenant the request counted against.
+    pub tenant: String,
     pub tool: String,
     /// SHA-256 hex of the canonical JSON of the arguments (see [`digest_args`]).
     pub args_digest: String,
@@ -144,6 +146,7 @@ impl AuditLog {
         obj.insert("request_id".into(), Value::String(entry.request_id));
         obj.insert("front_end".into(), Value::String(entry.front_end));
         obj.insert("client".into(), opt_str(entry.client));
+        obj.insert("tenant".into(), Value::String(entry.tenant));
         obj.insert("tool".into(), Value::String(entry.tool));
         obj.insert("args_digest".into(), Value::String(entry.args_digest));
         obj.insert("decision".into(), Value::String(entry.decision));
@@ -674,6 +677,7 @@ mod tests {
             request_id: format!("req-{i}"),
             front_end: "cli".into(),
             client: Some("tester".into()),
+            tenant: "default".into(),
             tool: "run".into(),
             args_digest: digest_args(&json!({"command": ["echo", i]})),
             decision: "allow".into(),

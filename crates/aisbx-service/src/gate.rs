@@ -9,9 +9,14 @@
 //!    the same name for a CLI command and its MCP tool; docs/POLICY.md). A run
 //!    and a build are decided with their resolved profile, every other tool with
 //!    its normalized request; a refusal ends the request here;
-//! 3. (a tenant's quota is reserved here, between the decision and the work);
+//! 3. **reserves** what the request takes of its tenant's quotas (tenants.toml's,
+//!    lowered by the decision's `quotas`): a run slot, a start in the minute and
+//!    CPU time left for a run or a build with setup commands, storage left for a
+//!    request that writes; a refusal ends the request here, and the reservation
+//!    ends with the work (a run's CPU time is counted when it ends);
 //! 4. **executes** it on the layers below (runs, sandboxes, snapshots, profiles,
-//!    the audit log, the jail's probe);
+//!    the audit log, the jail's probe), on the caller's tenant's state only (its
+//!    storage root, `tenant_scope.rs`): another tenant's names answer as not found;
 //! 5. **records** one audit line: the tool, the digest of the arguments, allow,
 //!    deny (with the policy's reasons) or error.
 
@@ -132,6 +137,9 @@ pub enum Request {
         n: usize,
     },
     AuditVerify,
+    /// The caller's tenant's use of each quota and what is left (`aisbx quota`;
+    /// MCP `quota`).
+    Quota,
 }
 
 /// The names every tool has in the policy's `input.tool` and the audit log,
@@ -160,6 +168,7 @@ pub const TOOLS: &[&str] = &[
     "doctor",
     "audit_tail",
     "audit_verify",
+    "quota",
 ];
 
 impl Request {
@@ -198,6 +207,7 @@ impl Request {
             Request::Doctor => "doctor",
             Request::AuditTail { .. } => "audit_tail",
             Request::AuditVerify => "audit_verify",
+            Request::Quota => "quota",
         }
     }
 
@@ -273,7 +283,8 @@ impl Request {
             Request::SandboxList
             | Request::SnapshotVerify
             | Request::Doctor
-            | Request::AuditVerify => RequestDoc::Empty(EmptyDoc {}),
+            | Request::AuditVerify
+            | Request::Quota => RequestDoc::Empty(EmptyDoc {}),
             Request::SandboxDestroy { id } => RequestDoc::SandboxDestroy(SandboxDoc {
                 sandbox_id: id.clone(),
             }),
@@ -360,6 +371,8 @@ pub struct SandboxDisk {
 }
 
 /// The result of one [`Request`], the variant of the same name.
+// One per call, moved once to its front end: boxing the plan would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Response {
     Run(RunResult),
@@ -390,6 +403,7 @@ pub enum Response {
     Doctor(DoctorReport),
     AuditTail(Vec<Value>),
     AuditVerify(audit::VerifyReport),
+    Quota(crate::quota::QuotaReport),
 }
 
 impl Response {
@@ -431,6 +445,7 @@ impl Response {
             Response::Doctor(d) => json!({"ok": d.jail.ok()}),
             Response::AuditTail(lines) => json!({"lines": lines.len()}),
             Response::AuditVerify(r) => json!({"lines": r.lines, "ok": r.problem.is_none()}),
+            Response::Quota(q) => json!({"tenant": q.tenant, "quotas": q.quotas.len()}),
         }
     }
 }
@@ -468,6 +483,34 @@ enum Decided {
     Other(Request),
 }
 
+impl Request {
+    /// Whether the request writes to its tenant's storage (its storage quota is
+    /// checked first). Runs and builds are reserved for as such.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::SandboxCreate { .. }
+                | Request::FileWrite { .. }
+                | Request::Copy {
+                    dst: CopyEnd::Sandbox { .. },
+                    ..
+                }
+                | Request::SnapshotCreate { .. }
+                | Request::SnapshotRestore { .. }
+        )
+    }
+}
+
+/// What a request holds of its tenant's quotas while it is carried out (given
+/// back when dropped).
+enum Held {
+    Nothing,
+    /// A run's: finished with its result (its CPU time counted).
+    Run(crate::quota::RunQuota),
+    /// A build's run slot, or a writer's storage check.
+    Reserved(#[allow(dead_code)] crate::quota::Reservation),
+}
+
 impl Service {
     /// The one entry of every front end: authenticate, decide, execute, record
     /// (see the module's documentation). Blocking; safe from any thread.
@@ -488,20 +531,41 @@ impl Service {
         let args = request.normalized();
         // The call's audit line and a run's connection events share this id.
         let request_id = crate::new_id("req");
-        let result = self
-            .decide_request(&caller, request)
-            .and_then(|mut decided| {
-                if let Decided::Run(p) = &mut decided
-                    && let Some(net) = &mut p.net
-                {
-                    net.audit_id = Some(request_id.clone());
-                }
-                // A tenant's quota is reserved here, once the request is decided and
-                // before anything of it runs; the reservation ends with this call.
-                self.execute(decided, io)
-            });
-        self.record(request_id, meta, tool, &args, &result);
+        // Everything below reaches the caller's tenant's state only.
+        let result = self.for_tenant(&caller.tenant).and_then(|svc| {
+            let (mut decided, quotas) = svc.decide_request(&caller, request)?;
+            if let Decided::Run(p) = &mut decided
+                && let Some(net) = &mut p.net
+            {
+                net.audit_id = Some(request_id.clone());
+            }
+            // The tenant's quota is reserved here, once the request is decided and
+            // before anything of it runs; the reservation ends with the work.
+            let svc = svc.lowered(&quotas);
+            let held = svc.reserve(&mut decided)?;
+            svc.execute(decided, io, held)
+        });
+        self.record(request_id, meta, &caller.tenant, tool, &args, &result);
         result
+    }
+
+    /// The quota step: what the decided request takes of the tenant's quotas.
+    fn reserve(&self, decided: &mut Decided) -> Result<Held, ServiceError> {
+        use crate::quota::{Need, RunQuota};
+        let scope = self.scope();
+        let need = match decided {
+            Decided::Run(p) => {
+                let p = &mut **p;
+                return RunQuota::start(scope, &mut p.spec.limits, &mut p.notices).map(Held::Run);
+            }
+            Decided::Plan(_) => return Ok(Held::Nothing),
+            // A build's setup commands run in the one slot it holds.
+            Decided::Build(req, _, _) if req.setup.is_empty() => Need::Storage,
+            Decided::Build(..) => Need::Run,
+            Decided::Other(r) if r.writes() => Need::Storage,
+            Decided::Other(_) => return Ok(Held::Nothing),
+        };
+        crate::quota::reserve(scope, &scope.quota(), need).map(Held::Reserved)
     }
 
     /// [`Service::call`] for a request that streams nothing: its output is in its
@@ -531,6 +595,7 @@ impl Service {
             request_id: crate::new_id("req"),
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
+            tenant: meta.tenant.clone(),
             tool: meta.tool.clone(),
             args_digest: digest_args(args),
             decision: "deny".into(),
@@ -540,8 +605,13 @@ impl Service {
     }
 
     /// The policy's step: a refusal ends the request here.
-    fn decide_request(&self, caller: &Caller, request: Request) -> Result<Decided, ServiceError> {
-        match request {
+    /// Also the decision's `quotas`, which lower the tenant's for this request.
+    fn decide_request(
+        &self,
+        caller: &Caller,
+        request: Request,
+    ) -> Result<(Decided, crate::tenants::Quota), ServiceError> {
+        let decided = match request {
             Request::Run(mut req) => {
                 // The run counts against (and caches downloads for) this caller.
                 req.caller = Some(caller.clone());
@@ -552,7 +622,8 @@ impl Service {
                     self.enforce(&policy::run_input(caller, &req, p, lang))
                 };
                 let p = self.runner().prepare(&req, sandbox, Some(&mut decide))?;
-                Ok(Decided::Run(Box::new(p)))
+                let quotas = p.decision.as_ref().map(|d| d.quotas).unwrap_or_default();
+                return Ok((Decided::Run(Box::new(p)), quotas));
             }
             Request::Plan(mut req) => {
                 req.caller = Some(caller.clone());
@@ -564,7 +635,7 @@ impl Service {
                 let decision = p.decision.ok_or_else(|| {
                     ServiceError::Internal("the run was not decided by the policy".into())
                 })?;
-                Ok(Decided::Plan(RunPlan {
+                Decided::Plan(RunPlan {
                     dry_run: true,
                     allowed: decision.allowed,
                     decision,
@@ -575,11 +646,11 @@ impl Service {
                     policy: self.policy_origin(),
                     notices: p.notices,
                     network_allow: p.net.map(|n| n.allow),
-                }))
+                })
             }
             Request::Build(req) => {
-                let profile = self.decide_build(caller, &req)?;
-                Ok(Decided::Build(req, profile, false))
+                let (profile, quotas) = self.decide_build(caller, &req)?;
+                return Ok((Decided::Build(req, profile, false), quotas));
             }
             Request::SandboxCreate {
                 name,
@@ -591,15 +662,16 @@ impl Service {
                     name,
                     ..BuildRequest::default()
                 };
-                let profile = self.decide_build(caller, &req)?;
-                Ok(Decided::Build(req, profile, true))
+                let (profile, quotas) = self.decide_build(caller, &req)?;
+                return Ok((Decided::Build(req, profile, true), quotas));
             }
             other => {
                 let input = policy::tool_input(other.tool(), caller, other.request_doc());
-                self.enforce(&input)?;
-                Ok(Decided::Other(other))
+                let d = self.enforce(&input)?;
+                return Ok((Decided::Other(other), d.quotas));
             }
-        }
+        };
+        Ok((decided, crate::tenants::Quota::default()))
     }
 
     /// A build is decided with the profile it would use.
@@ -607,19 +679,19 @@ impl Service {
         &self,
         caller: &Caller,
         req: &BuildRequest,
-    ) -> Result<Box<profile::Profile>, ServiceError> {
+    ) -> Result<(Box<profile::Profile>, crate::tenants::Quota), ServiceError> {
         let catalog = self.profiles(None);
         let profile =
             catalog.resolve(req.profile.as_deref().unwrap_or(profile::DEFAULT_PROFILE))?;
         let d = self.enforce(&policy::build_input(caller, req, &profile))?;
         // A profile the policy requires: the sandbox gets it, decided again.
         match d.profile.filter(|p| *p != profile.name) {
-            None => Ok(Box::new(profile)),
+            None => Ok((Box::new(profile), d.quotas)),
             Some(forced) => {
                 let profile = catalog.resolve(&forced)?;
                 let d = self.enforce(&policy::build_input(caller, req, &profile))?;
                 match d.profile.filter(|p| *p != profile.name) {
-                    None => Ok(Box::new(profile)),
+                    None => Ok((Box::new(profile), d.quotas)),
                     Some(other) => Err(ServiceError::Refused(format!(
                         "refused by policy: it requires profile {forced}, and then profile {other} for a sandbox with {forced}; make the policy's `profile` rule agree with itself"
                     ))),
@@ -631,12 +703,12 @@ impl Service {
     fn load_sandbox(&self, req: &RunRequest) -> Result<Option<SandboxInfo>, ServiceError> {
         req.sandbox_id
             .as_deref()
-            .map(|id| sandbox::load(self.home(), id))
+            .map(|id| sandbox::load(self.store(), id))
             .transpose()
     }
 
     /// The work of a decided request, on the layers below the gate.
-    fn execute(&self, decided: Decided, io: CallIo) -> Result<Response, ServiceError> {
+    fn execute(&self, decided: Decided, io: CallIo, held: Held) -> Result<Response, ServiceError> {
         let CallIo {
             sink,
             cancel,
@@ -649,15 +721,19 @@ impl Service {
                 let hold = p
                     .sandbox_id
                     .as_deref()
-                    .map(|id| sandbox::hold_for_run(self.home(), id))
+                    .map(|id| sandbox::hold_for_run(self.store(), id))
                     .transpose()?;
-                Response::Run(self.runner().execute(*p, sink, cancel, hold)?)
+                let r = self.runner().execute(*p, sink, cancel, hold)?;
+                if let Held::Run(q) = held {
+                    q.finish(self.scope(), &r);
+                }
+                Response::Run(r)
             }
             Decided::Plan(plan) => Response::Plan(plan),
             Decided::Build(req, profile, create) => {
                 let b = sandbox::build(self.runner(), req, &profile, cancel)?;
                 if create {
-                    Response::SandboxCreate(sandbox::load(self.home(), &b.sandbox_id)?)
+                    Response::SandboxCreate(sandbox::load(self.store(), &b.sandbox_id)?)
                 } else {
                     Response::Build(b)
                 }
@@ -776,6 +852,9 @@ impl Service {
                         ))
                     })?)
                 }
+                Request::Quota => {
+                    Response::Quota(crate::quota::report(self.scope(), &self.quota())?)
+                }
                 Request::AuditVerify => {
                     let path = self.audit_log().path();
                     Response::AuditVerify(audit::verify(path).map_err(|e| {
@@ -795,6 +874,7 @@ impl Service {
         &self,
         request_id: String,
         meta: &RequestMeta,
+        tenant: &str,
         tool: &str,
         args: &Value,
         result: &Result<Response, ServiceError>,
@@ -812,6 +892,7 @@ impl Service {
             request_id,
             front_end: meta.front_end.clone(),
             client: meta.client.clone(),
+            tenant: tenant.to_string(),
             tool: tool.to_string(),
             args_digest: digest_args(args),
             decision: decision.to_string(),
@@ -836,6 +917,7 @@ mod tests {
             front_end: front_end.into(),
             client: Some("tester".into()),
             tool: "ignored: the gate names the tool".into(),
+            tenant: "default".into(),
         }
     }
 
@@ -939,6 +1021,7 @@ mod tests {
             Request::Doctor,
             Request::AuditTail { n: 1 },
             Request::AuditVerify,
+            Request::Quota,
         ]
     }
 

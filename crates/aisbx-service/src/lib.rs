@@ -15,6 +15,7 @@ pub mod network;
 pub mod policy;
 pub mod profile;
 mod profile_api;
+pub mod quota;
 mod runner;
 pub mod runtime;
 mod sandbox;
@@ -22,6 +23,7 @@ mod service;
 pub mod snapshot;
 mod snapshot_api;
 pub(crate) mod snapshot_fs;
+mod tenant_scope;
 pub mod tenants;
 
 /// The host's sandboxing layers, as `aisbx doctor` reports them.

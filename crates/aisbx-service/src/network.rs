@@ -432,6 +432,7 @@ pub(crate) fn audit(
             request_id: crate::new_id("conn"),
             front_end: "net".into(),
             client: Some(tenant.to_string()),
+            tenant: tenant.to_string(),
             tool: "connect".into(),
             args_digest: crate::audit::digest_args(
                 &serde_json::json!({"host": c.host, "port": c.port}),
@@ -459,6 +460,7 @@ pub(crate) fn audit(
             request_id: crate::new_id("conn"),
             front_end: "net".into(),
             client: Some(tenant.to_string()),
+            tenant: tenant.to_string(),
             tool: "connect".into(),
             args_digest: crate::audit::digest_args(&serde_json::json!({})),
             decision: "error".into(),
@@ -537,6 +539,7 @@ pub fn probe() -> (bool, String) {
             dir: dir.path().to_path_buf(),
             port: PROXY_PORT,
         }),
+        host_id: None,
     };
     let outcome = crate::helper::run_jail(
         &spec,

@@ -14,6 +14,7 @@ use crate::policy::Decision;
 use crate::profile::{self, Profile};
 use crate::runtime::{self, Language};
 use crate::sandbox::{RunHold, SandboxInfo};
+use crate::tenant_scope::Scope;
 use crate::{
     CancelToken, OutputSink, Program, ProjectProfiles, RunRequest, RunResult, ServiceError,
 };
@@ -100,23 +101,50 @@ pub(crate) struct Prepared {
 pub(crate) type Decide<'a> =
     &'a mut dyn FnMut(&Profile, Option<&str>) -> Result<Decision, ServiceError>;
 
-/// What runs need from the host: the state directory, the caller's PATH, and
-/// the audit log that a run's network connections are recorded in.
+/// What runs need from the host: the state directory, the caller's PATH, the
+/// audit log that a run's network connections are recorded in, and the tenant
+/// whose sandboxes and snapshots it reaches (its storage root and host id).
 #[derive(Debug, Clone)]
 pub(crate) struct Runner {
     home: PathBuf,
     /// The caller's PATH, used to find host runtimes.
     host_path: String,
     audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
+    scope: std::sync::Arc<Scope>,
 }
 
 impl Runner {
+    /// A runner for the `default` tenant, whose state is the state directory's.
     pub(crate) fn new(home: PathBuf, host_path: String) -> Runner {
         Runner {
+            scope: std::sync::Arc::new(Scope::default_in(&home)),
             home,
             host_path,
             audit: None,
         }
+    }
+
+    /// This runner for the tenant of `scope`.
+    pub(crate) fn with_scope(&self, scope: Scope) -> Runner {
+        Runner {
+            scope: std::sync::Arc::new(scope),
+            ..self.clone()
+        }
+    }
+
+    /// The tenant this runner reaches the state of.
+    pub(crate) fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Where the tenant's sandboxes (`sandboxes/`) and snapshots (`snapshots/`) are.
+    pub(crate) fn store(&self) -> &Path {
+        &self.scope.root
+    }
+
+    /// As root, the owner of the tenant's sandbox files and snapshot trees.
+    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+        self.scope.owner()
     }
 
     /// Records each network connection of a run in `audit`.
@@ -498,6 +526,7 @@ impl Runner {
             seccomp: profile.seccomp,
             require_cgroups: false,
             net: None,
+            host_id: self.scope.host_id,
         };
         Ok(Prepared {
             spec,

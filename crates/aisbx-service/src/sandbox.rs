@@ -122,7 +122,12 @@ fn workspace_path(dir: &Path, disk: bool, overlay: bool) -> PathBuf {
 /// Give a new sandbox in `dir` the place for its files: a capped disk as root (the
 /// profile's workspace size), else a directory. Returns whether it has a disk and the
 /// directories the sandbox writes (handed to its user).
-fn make_storage(dir: &Path, bytes: u64, overlay: bool) -> Result<bool, ServiceError> {
+fn make_storage(
+    dir: &Path,
+    bytes: u64,
+    overlay: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<bool, ServiceError> {
     let disk = crate::disk::support().is_ok();
     let base = if disk {
         crate::disk::create(dir, bytes)?
@@ -143,7 +148,7 @@ fn make_storage(dir: &Path, bytes: u64, overlay: bool) -> Result<bool, ServiceEr
         let d = base.join(n);
         std::fs::create_dir(&d)
             .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", d.display())))?;
-        hand_to_sandbox(&d)?;
+        hand_to_sandbox(&d, owner)?;
     }
     Ok(disk)
 }
@@ -352,15 +357,15 @@ pub(crate) fn create(
         }
         None => new_id("sbx"),
     };
-    crate::snapshot::with_tree(runner.home(), from, |snap, tree| {
+    crate::snapshot::with_tree(runner.store(), runner.owner(), from, |snap, tree| {
         let pname = profile_name
             .map(str::to_string)
             .or_else(|| snap.profile.clone())
             .unwrap_or_else(|| profile::DEFAULT_PROFILE.to_string());
         let profile = runner.profiles(None).resolve(&pname)?;
-        let dir = new_sandbox_dir(runner.home(), &id)?;
+        let dir = new_sandbox_dir(runner, &id)?;
         let made = (|| -> Result<SandboxInfo, ServiceError> {
-            let disk = make_storage(&dir, profile.workspace_bytes, true)?;
+            let disk = make_storage(&dir, profile.workspace_bytes, true, runner.owner())?;
             let info = SandboxInfo {
                 id: id.clone(),
                 profile: profile.name.clone(),
@@ -380,11 +385,13 @@ pub(crate) fn create(
     })
 }
 
-fn new_sandbox_dir(home: &Path, id: &str) -> Result<PathBuf, ServiceError> {
-    let root = sandboxes_dir(home);
+fn new_sandbox_dir(runner: &Runner, id: &str) -> Result<PathBuf, ServiceError> {
+    let root = sandboxes_dir(runner.store());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(id);
+    // Counted against the tenant's sandboxes until its directory exists.
+    let _turn = crate::quota::sandbox_turn(runner.scope())?;
     match std::fs::create_dir(&dir) {
         Ok(()) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ServiceError::invalid(
@@ -399,9 +406,9 @@ fn new_sandbox_dir(home: &Path, id: &str) -> Result<PathBuf, ServiceError> {
 }
 
 /// As root, a sandbox's writable directories belong to the unprivileged id the
-/// sandbox maps to.
-fn hand_to_sandbox(p: &Path) -> Result<(), ServiceError> {
-    if let Some((u, g)) = crate::snapshot::store_owner() {
+/// sandbox maps to (its tenant's).
+fn hand_to_sandbox(p: &Path, owner: Option<(u32, u32)>) -> Result<(), ServiceError> {
+    if let Some((u, g)) = owner {
         std::os::unix::fs::chown(p, Some(u), Some(g)).map_err(|e| {
             ServiceError::Internal(format!(
                 "cannot hand {} to the sandbox user: {e}",
@@ -444,7 +451,7 @@ fn run_prepared(
     p: crate::runner::Prepared,
     cancel: &CancelToken,
 ) -> Result<RunResult, ServiceError> {
-    let hold = hold_for_run(runner.home(), &sb.id)?;
+    let hold = hold_for_run(runner.store(), &sb.id)?;
     runner.execute(p, &mut NullSink, cancel, Some(hold))
 }
 
@@ -467,11 +474,14 @@ pub(crate) fn build(
             "more than 64 setup commands",
         ));
     }
-    let root = sandboxes_dir(runner.home());
+    let root = sandboxes_dir(runner.store());
     std::fs::create_dir_all(&root)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", root.display())))?;
     let dir = root.join(&id);
-    match std::fs::create_dir(&dir) {
+    let turn = crate::quota::sandbox_turn(runner.scope())?;
+    let made_dir = std::fs::create_dir(&dir);
+    drop(turn);
+    match made_dir {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(ServiceError::invalid(
@@ -487,7 +497,7 @@ pub(crate) fn build(
         }
     }
     let made = (|| -> Result<SandboxInfo, ServiceError> {
-        let disk = make_storage(&dir, profile.workspace_bytes, false)?;
+        let disk = make_storage(&dir, profile.workspace_bytes, false, runner.owner())?;
         let info = SandboxInfo {
             id: id.clone(),
             profile: profile.name.clone(),
@@ -515,7 +525,7 @@ pub(crate) fn build(
         r.files = req.files.clone();
         let res = internal_run(runner, &info, &r, cancel);
         if let Err(e) = res {
-            let _ = remove_sandbox(runner.home(), &info.id);
+            let _ = remove_sandbox(runner.store(), &info.id);
             return Err(e);
         }
     }
@@ -532,6 +542,16 @@ pub(crate) fn build(
         if failed || cancel.is_cancelled() {
             break;
         }
+    }
+    // The setup's CPU time counts against the tenant's hourly quota (the build
+    // holds one run slot for all of it, reserved at the gate).
+    let cpu_ms = setup
+        .iter()
+        .map(|r| crate::quota::charged_cpu_ms(r, profile.limits.cpus))
+        .sum();
+    let scope = runner.scope();
+    if let Err(e) = crate::quota::record_cpu(scope, &scope.quota(), cpu_ms) {
+        eprintln!("aisbx: warning: the setup's CPU time was not counted: {e}");
     }
     Ok(BuildResult {
         sandbox_id: info.id,
@@ -662,7 +682,7 @@ pub(crate) fn file_read(
     id: &str,
     path: &str,
 ) -> Result<FileContent, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let node = layers
@@ -708,7 +728,7 @@ pub(crate) fn file_list(
     path: &str,
     recursive: bool,
 ) -> Result<FileList, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let nodes: Vec<snapshot_fs::Node> = if recursive {
@@ -773,7 +793,7 @@ pub(crate) fn file_write(
     content: Vec<u8>,
     cancel: &CancelToken,
 ) -> Result<FileWriteResult, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     if rel.is_empty() {
         return Err(ServiceError::invalid(
@@ -827,7 +847,7 @@ pub(crate) fn file_delete(
     path: &str,
     cancel: &CancelToken,
 ) -> Result<FileDeleteResult, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     if rel.is_empty() {
         return Err(ServiceError::invalid(
@@ -875,7 +895,7 @@ pub(crate) fn copy_out(
     dst: &Path,
     keep_links: bool,
 ) -> Result<CopyResult, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     let layers = layers(&sb)?;
     let mut warnings = Vec::new();
@@ -987,7 +1007,7 @@ pub(crate) fn copy_in(
     path: &str,
     cancel: &CancelToken,
 ) -> Result<CopyResult, ServiceError> {
-    let sb = load(runner.home(), id)?;
+    let sb = load(runner.store(), id)?;
     let rel = rel_arg("path", path)?;
     let rel = String::from_utf8(rel).map_err(|_| ServiceError::invalid("path", "not UTF-8"))?;
     let parent = match src.parent() {

@@ -42,9 +42,7 @@ pub fn default_home() -> PathBuf {
     home.join(".local/share/aisbx")
 }
 
-struct Inner {
-    /// The state directory and the host PATH runs need.
-    runner: Runner,
+pub(crate) struct Inner {
     audit: Arc<AuditLog>,
     /// Where the policy comes from: `--policy DIR` / `AISBX_POLICY`, else the
     /// standard directories, else the embedded default.
@@ -52,6 +50,8 @@ struct Inner {
     /// The active policy: read and parsed by `open`, replaced as a whole by a
     /// successful `reload_policy`.
     policy: std::sync::RwLock<Arc<ActivePolicy>>,
+    /// `tenants.toml` as last read, and what identified that version.
+    pub(crate) tenants: std::sync::Mutex<Option<crate::tenant_scope::TenantsSeen>>,
 }
 
 /// The policy that decides requests now.
@@ -69,7 +69,10 @@ pub struct ActivePolicy {
 /// gate's to call.
 #[derive(Clone)]
 pub struct Service {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+    /// The state directory, the host PATH runs need, and whose sandboxes and
+    /// snapshots this handle reaches: the caller's tenant (`tenant_scope.rs`).
+    pub(crate) runner: Arc<Runner>,
 }
 
 impl Service {
@@ -112,11 +115,12 @@ impl Service {
             audit.set_policy(h);
         }
         Ok(Service {
+            runner: Arc::new(Runner::new(home, host_path).with_audit(audit.clone())),
             inner: Arc::new(Inner {
-                runner: Runner::new(home, host_path).with_audit(audit.clone()),
                 audit,
                 policy_dir,
                 policy: std::sync::RwLock::new(Arc::new(ActivePolicy { bundle, hash })),
+                tenants: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -188,7 +192,7 @@ impl Service {
     /// The state directory (read-only: front ends find the tenants file and the
     /// server's token there).
     pub fn home(&self) -> &Path {
-        self.inner.runner.home()
+        self.runner.home()
     }
 
     pub(crate) fn audit_log(&self) -> &AuditLog {
@@ -196,7 +200,7 @@ impl Service {
     }
 
     pub(crate) fn runner(&self) -> &Runner {
-        &self.inner.runner
+        &self.runner
     }
 
     /// Where the policy came from, in words.
@@ -211,14 +215,14 @@ impl Service {
     /// looked up on the caller's PATH. A project's profiles are in it only when
     /// approved (`aisbx trust`); otherwise they are listed as untrusted.
     pub(crate) fn profiles(&self, project_start: Option<&Path>) -> profile::Catalog {
-        self.inner.runner.profiles(project_start)
+        self.runner.profiles(project_start)
     }
 
     /// As [`Service::profiles`], with a project's unapproved profiles in it too,
     /// for review (`aisbx profile show|validate`); runs never use this.
     pub(crate) fn profiles_for_review(&self, project_start: Option<&Path>) -> profile::Catalog {
         profile::Catalog::load_for_review(project_start, self.home())
-            .with_host_path(self.inner.runner.host_path())
+            .with_host_path(self.runner.host_path())
     }
 
     /// The caller's perimeter for the host-path check (no profile widening).
@@ -241,7 +245,7 @@ impl Service {
 
 /// Make `dir` (and its parents) if it is missing, and leave it readable by its
 /// owner alone: it holds the audit log and the sandboxes.
-fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {

@@ -293,21 +293,13 @@ pub(crate) struct Store {
     root: PathBuf,
     dir: OwnedFd,
     _lock: OwnedFd,
+    /// As root, the owner of the trees it writes: the host id its tenant's
+    /// sandboxes map to (their overlay must read the tree as its owner).
+    owner: Option<(u32, u32)>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(format!("{what}: {e}"))
-}
-
-/// The owner of everything in the store and of copy-on-write sandboxes: as root,
-/// the unprivileged id sandboxes map to (their overlay must read it as its owner).
-pub(crate) fn store_owner() -> Option<(u32, u32)> {
-    // SAFETY: getter.
-    if unsafe { libc::geteuid() } == 0 {
-        Some((aisbx_jail::DEFAULT_HOST_ID, aisbx_jail::DEFAULT_HOST_ID))
-    } else {
-        None
-    }
 }
 
 fn mkdir_ok(dir: impl AsFd, name: &str, mode: u32) -> io::Result<()> {
@@ -348,6 +340,7 @@ impl Store {
                 root: root.clone(),
                 dir,
                 _lock: lock,
+                owner: None,
             })
         })();
         made.map_err(|e| {
@@ -356,6 +349,12 @@ impl Store {
                 e,
             )
         })
+    }
+
+    /// The store writing its trees as `owner` (see [`Store::owner`]).
+    fn owned_by(mut self, owner: Option<(u32, u32)>) -> Store {
+        self.owner = owner;
+        self
     }
 
     fn sub(&self, rel: &str) -> io::Result<OwnedFd> {
@@ -594,7 +593,7 @@ impl Store {
         let total: u64 = nodes.iter().map(|n| n.size).sum();
         progress.start("snapshot", total);
         let tmp = self.sub("tmp").map_err(|e| internal("tmp", e))?;
-        let owner = store_owner();
+        let owner = self.owner;
         let mut pending: HashMap<String, String> = HashMap::new();
         let mut entries = Vec::with_capacity(nodes.len());
         let mut info = info;
@@ -750,7 +749,7 @@ impl Store {
             .map_err(|e| internal("creating the tree", io_err(e)))?;
         let troot = open_dir(tmp.as_fd(), tname.as_bytes()).map_err(|e| internal("tree", e))?;
         let objects = self.sub("objects").map_err(|e| internal("objects", e))?;
-        let mut w = Writer::new(troot.as_fd(), store_owner(), false);
+        let mut w = Writer::new(troot.as_fd(), self.owner, false);
         for e in &m.entries {
             let node = e
                 .node()
@@ -929,6 +928,7 @@ fn lossy(p: &[u8]) -> String {
 
 pub(crate) fn create(
     home: &Path,
+    owner: Option<(u32, u32)>,
     name: &str,
     source: &SnapSource,
     progress: &mut dyn Progress,
@@ -980,7 +980,7 @@ pub(crate) fn create(
             Layers::single(fd)
         }
     };
-    let store = Store::open(home, true)?;
+    let store = Store::open(home, true)?.owned_by(owner);
     store.create(info, &layers, progress)
 }
 
@@ -1078,10 +1078,11 @@ pub(crate) fn collect_garbage(home: &Path) -> Result<(), ServiceError> {
 /// locked, so that the tree cannot be collected before the sandbox records it.
 pub(crate) fn with_tree<T>(
     home: &Path,
+    owner: Option<(u32, u32)>,
     name: &str,
     with: impl FnOnce(&SnapshotInfo, &Path) -> Result<T, ServiceError>,
 ) -> Result<T, ServiceError> {
-    let store = Store::open(home, true)?;
+    let store = Store::open(home, true)?.owned_by(owner);
     let m = store.read_manifest(name)?;
     if let Some(why) = Store::known_damage(&m, &store.bad_objects()) {
         return Err(ServiceError::Refused(format!(

@@ -53,12 +53,12 @@ pub enum CopyEnd {
 impl Service {
     pub(crate) fn sandbox_list(&self) -> SandboxList {
         SandboxList {
-            sandboxes: sandbox::list_sandboxes(self.home()),
+            sandboxes: sandbox::list_sandboxes(self.store()),
         }
     }
 
     pub(crate) fn sandbox_destroy(&self, id: &str) -> Result<SandboxDestroyed, ServiceError> {
-        sandbox::remove_sandbox(self.home(), id).map(|()| SandboxDestroyed {
+        sandbox::remove_sandbox(self.store(), id).map(|()| SandboxDestroyed {
             sandbox_id: id.to_string(),
             destroyed: true,
         })
@@ -159,9 +159,17 @@ impl Service {
             SnapSource::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
                 .and_then(|d| {
-                    snapshot::create(self.home(), name, &SnapSource::Workdir(d), progress)
+                    snapshot::create(
+                        self.store(),
+                        self.sandbox_owner(),
+                        name,
+                        &SnapSource::Workdir(d),
+                        progress,
+                    )
                 }),
-            SnapSource::Sandbox(_) => snapshot::create(self.home(), name, source, progress),
+            SnapSource::Sandbox(_) => {
+                snapshot::create(self.store(), self.sandbox_owner(), name, source, progress)
+            }
         }
     }
 
@@ -180,11 +188,11 @@ impl Service {
             )),
             RestoreTarget::Workdir(dir) => self
                 .check_host_path("workdir", dir, &self.perimeter())
-                .and_then(|d| snapshot::restore_to_dir(self.home(), name, &d, progress)),
+                .and_then(|d| snapshot::restore_to_dir(self.store(), name, &d, progress)),
             RestoreTarget::Sandbox(id) => {
                 let start = std::time::Instant::now();
                 sandbox::create(self.runner(), Some(id), profile, name).and_then(|sb| {
-                    let info = snapshot::list(self.home(), false)?
+                    let info = snapshot::list(self.store(), false)?
                         .into_iter()
                         .find(|s| s.name == name);
                     Ok(RestoreResult {
@@ -201,15 +209,15 @@ impl Service {
     }
 
     pub(crate) fn snapshot_list(&self, with_sharing: bool) -> Result<SnapshotList, ServiceError> {
-        snapshot::list(self.home(), with_sharing).map(|snapshots| SnapshotList { snapshots })
+        snapshot::list(self.store(), with_sharing).map(|snapshots| SnapshotList { snapshots })
     }
 
     pub(crate) fn snapshot_diff(&self, from: &str, to: &str) -> Result<SnapshotDiff, ServiceError> {
-        snapshot::diff(self.home(), from, to)
+        snapshot::diff(self.store(), from, to)
     }
 
     pub(crate) fn snapshot_remove(&self, name: &str) -> Result<SnapshotRemoved, ServiceError> {
-        snapshot::remove(self.home(), name).map(|r| SnapshotRemoved {
+        snapshot::remove(self.store(), name).map(|r| SnapshotRemoved {
             name: name.to_string(),
             freed_objects: r.collected.freed_objects,
             freed_bytes: r.collected.freed_bytes,
@@ -219,6 +227,6 @@ impl Service {
     }
 
     pub(crate) fn snapshot_verify(&self) -> Result<VerifyReport, ServiceError> {
-        snapshot::verify(self.home())
+        snapshot::verify(self.store())
     }
 }

@@ -22,6 +22,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,11 @@ const MAX_FILE: u64 = 4 * 1024 * 1024;
 pub const TOKEN_PREFIX: &str = "aisbx_";
 /// Longest tenant name.
 pub const MAX_NAME: usize = 64;
+/// The tenant of every caller nothing maps to another; its state is the state
+/// directory's own (no `tenants/` subdirectory), as before tenants existed.
+pub const DEFAULT_TENANT: &str = "default";
+/// Most host-id ranges: `DEFAULT_HOST_ID + index * 65536` stays below 2^32 - 1.
+pub const MAX_INDEX: u32 = ((u32::MAX - aisbx_jail::DEFAULT_HOST_ID) >> 16) - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
@@ -63,6 +70,12 @@ pub enum TenantError {
     NoSuchToken(String, String),
     #[error("cannot get random bytes for a token: {0}")]
     Random(std::io::Error),
+    #[error("'{0}' is the tenant of every unmapped caller and has no tokens; choose another name")]
+    Reserved(String),
+    #[error("no host-id range is left for another tenant (at most {MAX_INDEX})")]
+    NoIndex,
+    #[error("'{0}' is not a user id: give a number such as 1000")]
+    BadUid(String),
 }
 
 /// One token, by its hash.
@@ -84,9 +97,81 @@ pub struct Tenant {
     pub tokens: Vec<TokenEntry>,
 }
 
+/// What the file says about a tenant besides its tokens (`[tenants.NAME]`): its
+/// host-id index and its quotas. Kept when a tenant is removed, so that a tenant
+/// made again under the same name finds its files under the same host ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Which range of host ids its sandboxes run under as root
+    /// (`DEFAULT_HOST_ID + index * 65536`); given once, never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Quota::is_empty")]
+    pub quota: Quota,
+}
+
+/// A tenant's quotas (`[tenants.NAME.quota]`); a missing one is unlimited.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Runs (and builds) going on at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_runs: Option<u64>,
+    /// Persistent sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandboxes: Option<u64>,
+    /// Bytes on disk: sandboxes' files and snapshots (a deduplicated object once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    /// CPU seconds used by runs over the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds_per_hour: Option<u64>,
+    /// Runs started over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_per_minute: Option<u64>,
+}
+
+impl Quota {
+    pub fn is_empty(&self) -> bool {
+        *self == Quota::default()
+    }
+
+    /// Each quota at the lower of the two (a missing one does not raise).
+    pub fn lowered_by(&self, other: &Quota) -> Quota {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        Quota {
+            concurrent_runs: min(self.concurrent_runs, other.concurrent_runs),
+            sandboxes: min(self.sandboxes, other.sandboxes),
+            storage_bytes: min(self.storage_bytes, other.storage_bytes),
+            cpu_seconds_per_hour: min(self.cpu_seconds_per_hour, other.cpu_seconds_per_hour),
+            runs_per_minute: min(self.runs_per_minute, other.runs_per_minute),
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenants {
+    /// The next host-id index to give (indexes are never reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_index: Option<u32>,
+    /// Which tenant a local user is (`[uids]`, `1000 = "alice"`): the CLI's, a
+    /// Unix-socket peer's and a stdio server's user. Unmapped users are `default`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uids: BTreeMap<String, String>,
+    /// Per tenant (`default` included): index and quotas.
+    #[serde(
+        default,
+        rename = "tenants",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub settings: BTreeMap<String, Settings>,
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<Tenant>,
 }
@@ -173,6 +258,51 @@ impl Tenants {
             }
         }
         found
+    }
+
+    /// The tenant a local user is: the one `[uids]` maps it to, else `default`.
+    pub fn tenant_of_uid(&self, uid: u32) -> String {
+        self.uids
+            .get(&uid.to_string())
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_TENANT.to_string())
+    }
+
+    /// Whether `name` is a tenant of the file (or `default`).
+    pub fn exists(&self, name: &str) -> bool {
+        name == DEFAULT_TENANT || self.tenants.iter().any(|t| t.name == name)
+    }
+
+    /// The quotas the file sets for `tenant` (none: unlimited).
+    pub fn quota(&self, tenant: &str) -> Quota {
+        self.settings
+            .get(tenant)
+            .map(|s| s.quota)
+            .unwrap_or_default()
+    }
+
+    /// Gives `name` a host-id index when it has none; returns it (`default`: 0).
+    fn index_for(&mut self, name: &str) -> Result<u32, TenantError> {
+        if name == DEFAULT_TENANT {
+            return Ok(0);
+        }
+        if let Some(i) = self.settings.get(name).and_then(|s| s.index) {
+            return Ok(i);
+        }
+        // One past every index given, whatever `next_index` says.
+        let used = self
+            .settings
+            .values()
+            .filter_map(|s| s.index)
+            .max()
+            .unwrap_or(0);
+        let i = self.next_index.unwrap_or(1).max(used + 1).max(1);
+        if i > MAX_INDEX {
+            return Err(TenantError::NoIndex);
+        }
+        self.next_index = Some(i + 1);
+        self.settings.entry(name.to_string()).or_default().index = Some(i);
+        Ok(i)
     }
 
     fn get_mut(&mut self, name: &str) -> Result<&mut Tenant, TenantError> {
@@ -271,10 +401,27 @@ pub fn load(home: &Path) -> Result<Tenants, TenantError> {
         why: e.to_string().trim().replace('\n', " "),
     })?;
     for tenant in &t.tenants {
-        if !valid_name(&tenant.name) {
+        if !valid_name(&tenant.name) || tenant.name == DEFAULT_TENANT {
             return Err(TenantError::Parse {
                 path: path.clone(),
                 why: format!("'{}' is not a tenant name", tenant.name),
+            });
+        }
+    }
+    for (uid, name) in &t.uids {
+        if uid.parse::<u32>().is_err() || !valid_name(name) {
+            return Err(TenantError::Parse {
+                path: path.clone(),
+                why: format!("[uids] maps '{uid}' to '{name}': use a user id and a tenant name"),
+            });
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for i in t.settings.values().filter_map(|s| s.index) {
+        if i == 0 || i > MAX_INDEX || !seen.insert(i) {
+            return Err(TenantError::Parse {
+                path: path.clone(),
+                why: format!("index {i} is used twice or not between 1 and {MAX_INDEX}"),
             });
         }
     }
@@ -365,10 +512,14 @@ pub fn add(home: &Path, name: &str) -> Result<String, TenantError> {
     if !valid_name(name) {
         return Err(TenantError::BadName(name.to_string()));
     }
+    if name == DEFAULT_TENANT {
+        return Err(TenantError::Reserved(name.to_string()));
+    }
     modify(home, |t| {
         if t.tenants.iter().any(|x| x.name == name) {
             return Err(TenantError::Exists(name.to_string()));
         }
+        t.index_for(name)?;
         let (token, entry) = new_token_entry()?;
         t.tenants.push(Tenant {
             name: name.to_string(),
@@ -406,7 +557,8 @@ pub fn revoke(home: &Path, name: &str, id: &str) -> Result<(), TenantError> {
     })
 }
 
-/// Removes a tenant and its tokens.
+/// Removes a tenant, its tokens and the users mapped to it (they are `default`
+/// again). Its index and quotas are kept: made again, it finds its files.
 pub fn remove(home: &Path, name: &str) -> Result<(), TenantError> {
     modify(home, |t| {
         let before = t.tenants.len();
@@ -414,7 +566,70 @@ pub fn remove(home: &Path, name: &str) -> Result<(), TenantError> {
         if t.tenants.len() == before {
             return Err(TenantError::NoSuchTenant(name.to_string()));
         }
+        t.uids.retain(|_, v| v != name);
         Ok(())
+    })
+}
+
+/// The host-id index of `tenant` (0 for `default`), given and recorded on first
+/// use: a tenant named by an access token's claim has no entry until then.
+pub fn host_index(home: &Path, tenant: &str) -> Result<u32, TenantError> {
+    if tenant == DEFAULT_TENANT {
+        return Ok(0);
+    }
+    if let Some(i) = load(home)?.settings.get(tenant).and_then(|s| s.index) {
+        return Ok(i);
+    }
+    modify(home, |t| t.index_for(tenant))
+}
+
+/// The directory name of a tenant's state under `tenants/`: its name when that is a
+/// tenant name of this file; otherwise (a name from an access token's claim, which
+/// may hold any visible character) `_` and the name's SHA-256, which no tenant
+/// name can be (they start with a letter or digit).
+pub fn dir_name(tenant: &str) -> String {
+    if valid_name(tenant) {
+        tenant.to_string()
+    } else {
+        format!("_{}", hex::encode(&Sha256::digest(tenant.as_bytes())[..20]))
+    }
+}
+
+/// Maps a local user to a tenant (`None`: back to `default`).
+pub fn map_uid(home: &Path, uid: &str, tenant: Option<&str>) -> Result<(), TenantError> {
+    let n: u32 = uid
+        .parse()
+        .map_err(|_| TenantError::BadUid(uid.to_string()))?;
+    modify(home, |t| {
+        match tenant {
+            Some(name) if name != DEFAULT_TENANT => {
+                if !t.exists(name) {
+                    return Err(TenantError::NoSuchTenant(name.to_string()));
+                }
+                t.uids.insert(n.to_string(), name.to_string());
+            }
+            _ => {
+                t.uids.remove(&n.to_string());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Sets a tenant's quotas (`default` included): each `Some` replaces the file's
+/// value; `Some(None)` removes it (unlimited).
+pub fn set_quota(
+    home: &Path,
+    tenant: &str,
+    change: impl FnOnce(&mut Quota),
+) -> Result<Quota, TenantError> {
+    modify(home, |t| {
+        if !t.exists(tenant) {
+            return Err(TenantError::NoSuchTenant(tenant.to_string()));
+        }
+        let s = t.settings.entry(tenant.to_string()).or_default();
+        change(&mut s.quota);
+        Ok(s.quota)
     })
 }
 
@@ -541,6 +756,85 @@ mod tests {
             let e = load(home).expect_err("owned by nobody");
             assert!(e.to_string().contains("owned by uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn indexes_uids_and_quotas() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let home = d.path();
+        assert!(matches!(
+            add(home, "default"),
+            Err(TenantError::Reserved(_))
+        ));
+        add(home, "acme").expect("add");
+        add(home, "globex").expect("add");
+        assert_eq!(host_index(home, "default").expect("default"), 0);
+        assert_eq!(host_index(home, "acme").expect("acme"), 1);
+        assert_eq!(host_index(home, "globex").expect("globex"), 2);
+        // A tenant named by an access token gets the next one, kept.
+        assert_eq!(host_index(home, "auth0|42").expect("jwt"), 3);
+        assert_eq!(host_index(home, "auth0|42").expect("jwt"), 3);
+        // Removed and made again: the same index (its files are still its own);
+        // never another tenant's.
+        remove(home, "acme").expect("rm");
+        add(home, "initech").expect("add");
+        assert_eq!(host_index(home, "initech").expect("initech"), 4);
+        add(home, "acme").expect("add");
+        assert_eq!(host_index(home, "acme").expect("acme"), 1);
+
+        assert_eq!(dir_name("acme"), "acme");
+        let h = dir_name("auth0|42");
+        assert!(
+            h.starts_with('_') && h.len() == 41 && !valid_name(&h),
+            "{h}"
+        );
+        assert_ne!(dir_name("../x"), "../x");
+
+        let t = load(home).expect("load");
+        assert_eq!(t.tenant_of_uid(1000), DEFAULT_TENANT);
+        map_uid(home, "1000", Some("acme")).expect("map");
+        assert!(matches!(
+            map_uid(home, "1001", Some("nobody")),
+            Err(TenantError::NoSuchTenant(_))
+        ));
+        assert!(matches!(
+            map_uid(home, "x", Some("acme")),
+            Err(TenantError::BadUid(_))
+        ));
+        let t = load(home).expect("load");
+        assert_eq!(t.tenant_of_uid(1000), "acme");
+        assert_eq!(t.tenant_of_uid(1001), DEFAULT_TENANT);
+        map_uid(home, "1000", None).expect("unmap");
+        map_uid(home, "1002", Some("globex")).expect("map");
+        remove(home, "globex").expect("rm");
+        assert_eq!(
+            load(home).expect("load").tenant_of_uid(1002),
+            DEFAULT_TENANT
+        );
+        add(home, "globex").expect("add again");
+        assert_eq!(host_index(home, "globex").expect("globex"), 2);
+        assert_eq!(
+            load(home).expect("load").tenant_of_uid(1000),
+            DEFAULT_TENANT
+        );
+
+        let q = set_quota(home, "acme", |q| q.concurrent_runs = Some(2)).expect("quota");
+        assert_eq!(q.concurrent_runs, Some(2));
+        set_quota(home, DEFAULT_TENANT, |q| q.runs_per_minute = Some(60)).expect("default");
+        assert!(matches!(
+            set_quota(home, "nobody", |_| {}),
+            Err(TenantError::NoSuchTenant(_))
+        ));
+        let t = load(home).expect("load");
+        assert_eq!(t.quota("acme").concurrent_runs, Some(2));
+        assert_eq!(t.quota("default").runs_per_minute, Some(60));
+        assert!(t.quota("globex").is_empty());
+
+        // A hand-edited file giving two tenants one index is refused.
+        let text = std::fs::read_to_string(path(home)).expect("read");
+        let text = text.replace("index = 2", "index = 1");
+        std::fs::write(path(home), text).expect("write");
+        assert!(matches!(load(home), Err(TenantError::Parse { .. })));
     }
 
     #[test]

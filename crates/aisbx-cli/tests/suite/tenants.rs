@@ -166,3 +166,252 @@ fn the_http_server_accepts_a_tenant_token_until_it_is_removed() {
     assert_eq!(initialize(srv.1, &other), 401, "rotated while serving");
     assert_eq!(initialize(srv.1, &new), 200);
 }
+
+/// `aisbx COMMAND...` in `home`: (exit status, stdout, stderr).
+fn outcome(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = cmd(home).args(args).output().expect("run aisbx");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_is_the_tenant_of_its_uid_and_sees_only_its_state() {
+    let h = home();
+    let home = h.path();
+    // SAFETY: getter.
+    let uid = unsafe { libc::getuid() }.to_string();
+    ok(home, &["tenant", "add", "acme"]);
+    let (code, _, err) = outcome(home, &["tenant", "map", &uid, "nobody-here"]);
+    assert_eq!(code, 125, "{err}");
+    ok(home, &["tenant", "map", &uid, "acme"]);
+    let v: Value = serde_json::from_str(&ok(home, &["tenant", "list", "--json"])).expect("json");
+    assert_eq!(v[0]["uids"], serde_json::json!([uid]));
+    assert_eq!(v[0]["index"], 1);
+    ok(home, &["create", "box"]);
+    ok(home, &["exec", "box", "--", "sh", "-c", "echo acme > f"]);
+    ok(home, &["snap", "create", "snap", "--sandbox", "box"]);
+    assert!(ok(home, &["ls"]).contains("box"));
+    assert!(home.join("tenants/acme/sandboxes/box").is_dir());
+    assert!(!home.join("sandboxes/box").exists());
+
+    // Back to `default`: acme's names answer as missing ones.
+    ok(home, &["tenant", "map", &uid, "default"]);
+    assert!(!ok(home, &["ls"]).contains("box"));
+    assert!(!ok(home, &["snap", "list"]).contains("snap"));
+    for (theirs, missing) in [
+        (vec!["rm", "box"], vec!["rm", "ghost"]),
+        (
+            vec!["exec", "box", "--", "cat", "f"],
+            vec!["exec", "ghost", "--", "cat", "f"],
+        ),
+        (
+            vec!["cp", "box:f", "/dev/null"],
+            vec!["cp", "ghost:f", "/dev/null"],
+        ),
+        (vec!["snap", "rm", "snap"], vec!["snap", "rm", "ghost"]),
+        (
+            vec!["snap", "diff", "snap", "snap"],
+            vec!["snap", "diff", "ghost", "ghost"],
+        ),
+        (
+            vec!["snap", "restore", "snap", "--sandbox", "mine"],
+            vec!["snap", "restore", "ghost", "--sandbox", "mine"],
+        ),
+    ] {
+        let a = outcome(home, &theirs);
+        let b = outcome(home, &missing);
+        assert_ne!(a.0, 0, "{theirs:?}: {a:?}");
+        assert_eq!(
+            (
+                a.0,
+                a.2.replace("'box'", "'ghost'").replace("'snap'", "'ghost'")
+            ),
+            (b.0, b.2.clone()),
+            "{theirs:?}"
+        );
+    }
+    // And they are still acme's.
+    ok(home, &["tenant", "map", &uid, "acme"]);
+    assert_eq!(ok(home, &["exec", "box", "--", "cat", "f"]), "acme\n");
+    ok(home, &["rm", "box"]);
+    let lines: Vec<Value> = std::fs::read_to_string(home.join("audit.jsonl"))
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let of = |tool: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|l| l["tool"] == tool)
+            .map(|l| l["tenant"].as_str().unwrap_or("?"))
+            .collect()
+    };
+    assert_eq!(of("create"), ["acme"]);
+    assert_eq!(of("ls"), ["acme", "default"]);
+}
+
+/// The `used` of one quota in `aisbx quota --json`.
+fn quota_used(home: &std::path::Path, quota: &str) -> u64 {
+    let v: Value = serde_json::from_str(&ok(home, &["quota", "--json"])).expect("json");
+    v["quotas"]
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["quota"] == quota))
+        .and_then(|q| q["used"].as_u64())
+        .expect("quota listed")
+}
+
+#[test]
+fn a_run_slot_is_given_back_when_its_process_is_killed() {
+    let h = home();
+    let home = h.path();
+    ok(home, &["tenant", "quota", "default", "--runs", "1"]);
+    let m = marker();
+    let nap = format!("sleep 3{m}");
+    let mut child = cmd(home)
+        .args([
+            "run",
+            "--timeout",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            &format!("{nap} || true"),
+        ])
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while quota_used(home, "concurrent_runs") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run never took its slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The one slot is taken: another run (another process) is refused.
+    let (code, _, err) = outcome(home, &["run", "--", "true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains(
+            "quota concurrent_runs reached for tenant 'default': 1 runs going on, limit 1"
+        ),
+        "{err}"
+    );
+    // A crash of the process holding it gives it back.
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let start = std::time::Instant::now();
+    loop {
+        let (code, _, err) = outcome(home, &["run", "--", "true"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slot was not given back: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(quota_used(home, "concurrent_runs"), 0);
+    assert!(
+        host_procs_with(&nap).is_empty(),
+        "the sandbox outlived aisbx"
+    );
+    // Removing the quota lifts it.
+    ok(home, &["tenant", "quota", "default", "--runs", "none"]);
+    let v: Value = serde_json::from_str(&ok(home, &["quota", "--json"])).expect("json");
+    assert_eq!(v["quotas"][0]["limit"], Value::Null);
+}
+
+#[test]
+fn a_policy_lowers_a_tenants_quotas_and_the_refusal_names_them() {
+    let h = home();
+    let home = h.path();
+    let pol = home.join("pol");
+    std::fs::create_dir(&pol).expect("mkdir");
+    std::fs::write(
+        pol.join("p.rego"),
+        "package aisbx\ndefault allow := true\nquotas := {\"sandboxes\": 1, \"concurrent_runs\": 0} if input.caller.tenant == \"default\"\n",
+    )
+    .expect("write");
+    let p = pol.to_str().expect("utf-8");
+    // tenants.toml allows 5 sandboxes; the policy lowers it to 1.
+    ok(home, &["tenant", "quota", "default", "--sandboxes", "5"]);
+    ok(home, &["--policy", p, "create", "one"]);
+    let (code, _, err) = outcome(home, &["--policy", p, "create", "two"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("quota sandboxes reached for tenant 'default': 1 sandboxes, limit 1"),
+        "{err}"
+    );
+    assert!(!home.join("sandboxes/two").exists());
+    // No run at all under the policy: refused, naming the quota; nothing ran.
+    let (code, out, err) = outcome(home, &["--policy", p, "run", "--", "echo", "ran"]);
+    assert_eq!((code, out.as_str()), (125, ""), "{err}");
+    assert!(
+        err.contains("quota concurrent_runs") && err.contains("limit 0"),
+        "{err}"
+    );
+    let v: Value =
+        serde_json::from_str(&ok(home, &["--policy", p, "quota", "--json"])).expect("json");
+    assert_eq!(
+        v["quotas"][1],
+        serde_json::json!({"quota": "sandboxes", "used": 1, "limit": 1, "remaining": 0})
+    );
+    // Without the policy, the file's quota stands.
+    ok(home, &["create", "two"]);
+    ok(home, &["rm", "one", "two"]);
+}
+
+#[test]
+fn the_cpu_quota_caps_a_run_and_refuses_the_next() {
+    let h = home();
+    let home = h.path();
+    ok(
+        home,
+        &["tenant", "quota", "default", "--cpu-seconds-per-hour", "1"],
+    );
+    // A busy loop asking for 30 s gets at most the second that is left.
+    let start = std::time::Instant::now();
+    let out = cmd(home)
+        .args([
+            "run",
+            "--json",
+            "--timeout",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .output()
+        .expect("run");
+    let took = start.elapsed();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("RunResult");
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quota: timeout lowered"), "{err}");
+    let cpu_ms = v["cpu_ms"].as_u64().expect("cpu_ms");
+    assert!(cpu_ms <= 1500, "{cpu_ms} ms of CPU");
+    // Counted: once the hour's second is used up, runs are refused. (Each busy
+    // run gets at most what is left, so a few more at most use up the rest.)
+    let mut refused = None;
+    for _ in 0..20 {
+        let (code, _, err) = outcome(home, &["run", "--", "sh", "-c", "while :; do :; done"]);
+        if code == 125 {
+            refused = Some(err);
+            break;
+        }
+        assert_eq!(code, 124, "{err}");
+    }
+    let err = refused.expect("the CPU quota never refused");
+    assert!(
+        err.contains("quota cpu_seconds_per_hour reached for tenant 'default'")
+            && err.contains("limit 1"),
+        "{err}"
+    );
+    assert!(quota_used(home, "cpu_seconds_per_hour") >= 1);
+}

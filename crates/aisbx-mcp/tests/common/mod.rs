@@ -400,8 +400,15 @@ pub struct UnixServer {
 
 impl UnixServer {
     pub fn start(home: &Path, path: &Path) -> UnixServer {
+        UnixServer::start_with(home, path, &[])
+    }
+
+    /// `aisbx-mcp --listen unix:PATH EXTRA...`.
+    pub fn start_with(home: &Path, path: &Path, extra: &[&str]) -> UnixServer {
         let spec = format!("unix:{}", path.display());
-        let (child, _line, stderr) = spawn_server(home, &["--listen", &spec], &[]);
+        let mut args = vec!["--listen", spec.as_str()];
+        args.extend_from_slice(extra);
+        let (child, _line, stderr) = spawn_server(home, &args, &[]);
         UnixServer {
             child,
             path: path.to_path_buf(),

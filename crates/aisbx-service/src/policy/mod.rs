@@ -485,6 +485,10 @@ pub struct Decision {
     /// How the policy narrows a run's network (its `network` rule).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkObligation>,
+    /// Quotas of the caller's tenant the policy lowers (`quotas`; tenants.toml's
+    /// stand where it says nothing, and it can only lower them).
+    #[serde(skip_serializing_if = "crate::tenants::Quota::is_empty")]
+    pub quotas: crate::tenants::Quota,
     /// The bundle's hash.
     pub bundle: String,
 }
@@ -508,6 +512,7 @@ pub struct Bundle {
     has_limits: bool,
     has_profile: bool,
     has_network: bool,
+    has_quotas: bool,
 }
 
 impl fmt::Debug for Bundle {
@@ -580,6 +585,7 @@ impl Bundle {
         let has_limits = declared("limits")?;
         let has_profile = declared("profile")?;
         let has_network = declared("network")?;
+        let has_quotas = declared("quotas")?;
         // A first evaluation analyses the modules once; clones keep that work.
         e.set_input(regorus::Value::new_object());
         let _ = e.eval_rule("data.aisbx.allow".to_string());
@@ -591,6 +597,7 @@ impl Bundle {
             has_limits,
             has_profile,
             has_network,
+            has_quotas,
         })
     }
 
@@ -697,6 +704,13 @@ impl Bundle {
         } else {
             None
         };
+        let quotas = match self.quotas_in(&mut e) {
+            Ok(q) => q,
+            Err(why) => {
+                deny.push(why);
+                crate::tenants::Quota::default()
+            }
+        };
         if !allow && deny.is_empty() {
             deny.push("the policy does not allow this request (`allow` is not true)".to_string());
         }
@@ -707,7 +721,30 @@ impl Bundle {
             limits,
             profile,
             network,
+            quotas,
             bundle: self.hash.clone(),
+        }
+    }
+
+    /// The policy's `quotas` for `input` alone (for requests it does not decide
+    /// otherwise, and the `quota` tool); none when the bundle declares none.
+    pub fn quotas(&self, input: &serde_json::Value) -> Result<crate::tenants::Quota, String> {
+        if !self.has_quotas {
+            return Ok(crate::tenants::Quota::default());
+        }
+        let mut e = self.engine.clone();
+        e.set_input(regorus::Value::from(input.clone()));
+        self.quotas_in(&mut e)
+    }
+
+    fn quotas_in(&self, e: &mut regorus::Engine) -> Result<crate::tenants::Quota, String> {
+        if !self.has_quotas {
+            return Ok(crate::tenants::Quota::default());
+        }
+        match eval_tree(e, "data.aisbx.quotas") {
+            Ok(regorus::Value::Undefined) => Ok(crate::tenants::Quota::default()),
+            Ok(v) => quota_ceilings(&v),
+            Err(err) => Err(format!("the policy's `quotas` failed to evaluate: {err}")),
         }
     }
 
@@ -733,8 +770,45 @@ impl Bundle {
         if self.has_limits {
             let _ = e.eval_rule("data.aisbx.limits".to_string());
         }
+        if self.has_quotas {
+            let _ = e.eval_rule("data.aisbx.quotas".to_string());
+        }
         e.take_prints().unwrap_or_default()
     }
+}
+
+/// The quotas of a `quotas` value: whole numbers (zero allowed: none at all) for
+/// the quotas aisbx knows; anything else is an error, as for `limits`.
+fn quota_ceilings(v: &regorus::Value) -> Result<crate::tenants::Quota, String> {
+    let obj = v
+        .as_object()
+        .map_err(|_| format!("the policy's `quotas` is {v}, not an object"))?;
+    let mut q = crate::tenants::Quota::default();
+    for (k, val) in obj.iter() {
+        let key = k.as_string().map(|s| s.to_string()).unwrap_or_default();
+        let n = val
+            .as_number()
+            .ok()
+            .and_then(|n| n.as_f64())
+            .filter(|n| n.is_finite() && *n >= 0.0 && n.fract() == 0.0 && *n <= u64::MAX as f64)
+            .ok_or_else(|| {
+                format!("the policy's `quotas.{key}` is {val}, not a whole number of at least 0")
+            })? as u64;
+        let slot = match key.as_str() {
+            "concurrent_runs" => &mut q.concurrent_runs,
+            "sandboxes" => &mut q.sandboxes,
+            "storage_bytes" => &mut q.storage_bytes,
+            "cpu_seconds_per_hour" => &mut q.cpu_seconds_per_hour,
+            "runs_per_minute" => &mut q.runs_per_minute,
+            _ => {
+                return Err(format!(
+                    "the policy's `quotas` names `{key}`, which is not a quota aisbx knows (concurrent_runs, sandboxes, storage_bytes, cpu_seconds_per_hour, runs_per_minute)"
+                ));
+            }
+        };
+        *slot = Some(n);
+    }
+    Ok(q)
 }
 
 /// The ceilings of a `limits` value; an unknown key or a value that is not a

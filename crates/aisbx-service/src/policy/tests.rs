@@ -280,3 +280,55 @@ fn rules_declared_in_any_file_of_the_package_are_honoured() {
     let e = Bundle::parse(&Sources::from_dir(d.path()).expect("sources"), false).unwrap_err();
     assert!(e.0.contains("declares no `allow` rule"), "{e}");
 }
+
+#[test]
+fn quotas_are_read_checked_and_only_lower() {
+    let b = bundle_of(&[(
+        "p.rego",
+        "package aisbx\ndefault allow := true\nquotas := {\"concurrent_runs\": 1, \"runs_per_minute\": 0} if input.caller.tenant == \"small\"\n",
+    )]);
+    let d = b.decide(&input("small", "cli", "none"));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.quotas.concurrent_runs, Some(1));
+    assert_eq!(d.quotas.runs_per_minute, Some(0));
+    assert!(b.decide(&input("big", "cli", "none")).quotas.is_empty());
+    let alone = b
+        .quotas(&serde_json::json!({"tool": "quota", "caller": {"tenant": "small"}}))
+        .expect("quotas");
+    assert_eq!(alone, d.quotas);
+    // Lower than the file's, never higher; unset in the file: the policy's.
+    let file = crate::tenants::Quota {
+        concurrent_runs: Some(4),
+        sandboxes: Some(3),
+        ..Default::default()
+    };
+    let q = file.lowered_by(&d.quotas);
+    assert_eq!(
+        (q.concurrent_runs, q.sandboxes, q.runs_per_minute),
+        (Some(1), Some(3), Some(0))
+    );
+    let high = crate::tenants::Quota {
+        concurrent_runs: Some(10),
+        ..Default::default()
+    };
+    assert_eq!(file.lowered_by(&high).concurrent_runs, Some(4));
+    // The default policy declares none.
+    let def = Bundle::parse(&Sources::default_bundle(), false).expect("default");
+    assert!(def.decide(&input("x", "cli", "none")).quotas.is_empty());
+    // A typo or a bad value refuses, as for limits.
+    for bad in [
+        "{\"concurent_runs\": 1}",
+        "{\"concurrent_runs\": -1}",
+        "{\"concurrent_runs\": 1.5}",
+        "{\"concurrent_runs\": \"1\"}",
+        "[1]",
+    ] {
+        let b = bundle_of(&[(
+            "p.rego",
+            &format!("package aisbx\ndefault allow := true\nquotas := {bad}\n"),
+        )]);
+        let d = b.decide(&input("t", "cli", "none"));
+        assert!(!d.allowed, "{bad}: {d:?}");
+        assert!(d.deny.iter().any(|r| r.contains("quotas")), "{bad}: {d:?}");
+    }
+}
