@@ -328,12 +328,7 @@ fn a_tenant_sees_and_touches_only_its_own_sandboxes_and_snapshots() {
         let uid = std::fs::metadata(&file).expect("stat").uid();
         let t = tenants::load(home.path()).expect("load");
         let index = t.settings["acme"].index.expect("acme's index");
-        assert_eq!(
-            uid,
-            aisbx_jail::DEFAULT_HOST_ID + index * 65536,
-            "{}",
-            file.display()
-        );
+        assert_eq!(uid, tenants::host_id(index), "{}", file.display());
         assert_ne!(t.settings["globex"].index, Some(index));
     }
     call(&a, "sandbox_destroy", json!({"sandbox_id": "box"})).expect("destroy");

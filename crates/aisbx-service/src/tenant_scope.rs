@@ -134,7 +134,7 @@ impl Service {
                     None => crate::tenants::host_index(home, tenant)
                         .map_err(|e| ServiceError::Refused(e.to_string()))?,
                 };
-                Some(aisbx_jail::DEFAULT_HOST_ID + (index << 16))
+                Some(crate::tenants::host_id(index))
             } else {
                 None
             };

@@ -571,6 +571,13 @@ pub fn remove(home: &Path, name: &str) -> Result<(), TenantError> {
     })
 }
 
+/// As root, the host uid and gid the sandboxes of the tenant with host-id index
+/// `index` run under (and its files belong to): one range of 65536 per tenant
+/// above the jail's default id.
+pub fn host_id(index: u32) -> u32 {
+    aisbx_jail::DEFAULT_HOST_ID + (index << 16)
+}
+
 /// The host-id index of `tenant` (0 for `default`), given and recorded on first
 /// use: a tenant named by an access token's claim has no entry until then.
 pub fn host_index(home: &Path, tenant: &str) -> Result<u32, TenantError> {

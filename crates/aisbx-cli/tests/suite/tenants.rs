@@ -249,8 +249,8 @@ fn the_cli_is_the_tenant_of_its_uid_and_sees_only_its_state() {
             .map(|l| l["tenant"].as_str().unwrap_or("?"))
             .collect()
     };
-    assert_eq!(of("create"), ["acme"]);
-    assert_eq!(of("ls"), ["acme", "default"]);
+    assert_eq!(of("build"), ["acme"]);
+    assert_eq!(of("sandbox_list"), ["acme", "default"]);
 }
 
 /// The `used` of one quota in `aisbx quota --json`.
