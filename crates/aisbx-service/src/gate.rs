@@ -521,12 +521,14 @@ impl Service {
         io: CallIo,
     ) -> Result<Response, ServiceError> {
         // Authenticate: the caller the front end established (a run may carry
-        // one of its own, e.g. a tenant the server authenticated).
-        let caller = match &request {
+        // one of its own); its tenant is always the one the front end
+        // authenticated (`meta.tenant`), whatever a request carries.
+        let mut caller = match &request {
             Request::Run(r) | Request::Plan(r) => r.caller.clone(),
             _ => None,
         }
         .unwrap_or_else(|| Caller::from_meta(meta));
+        caller.tenant.clone_from(&meta.tenant);
         let tool = request.tool();
         let args = request.normalized();
         // The call's audit line and a run's connection events share this id.
@@ -1164,6 +1166,51 @@ mod tests {
             &cancel,
         );
         assert!(matches!(r, Ok(Response::SnapshotList(_))), "{r:?}");
+    }
+
+    #[test]
+    fn the_gate_answers_from_the_tenant_of_the_meta_and_its_lowered_quotas() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let home = t.path().join("home");
+        let pol = t.path().join("policy");
+        std::fs::create_dir_all(&pol).expect("mkdir");
+        std::fs::write(
+            pol.join("p.rego"),
+            "package aisbx\n\ndefault allow := true\n\nquotas := {\"concurrent_runs\": 1} if input.caller.tenant == \"acme\"\n",
+        )
+        .expect("policy");
+        std::fs::create_dir_all(&home).expect("home");
+        crate::tenants::add(&home, "acme").expect("tenant");
+        crate::tenants::set_quota(&home, "acme", |q| q.concurrent_runs = Some(3)).expect("quota");
+        let svc = service(&home, Some(&pol));
+        let cancel = CancelToken::default();
+        let acme = RequestMeta {
+            tenant: "acme".into(),
+            ..meta("mcp-http")
+        };
+        let r = svc.call_quiet(&acme, Request::Quota, &cancel);
+        let Ok(Response::Quota(q)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(q.tenant, "acme");
+        let runs = q.quotas.iter().find(|u| u.quota == "concurrent_runs");
+        assert_eq!(runs.and_then(|u| u.limit), Some(1), "{q:?}");
+        // A request that names another tenant as its caller stays in the meta's.
+        let mut run = RunRequest::new(crate::Program::Command(vec!["true".into()]));
+        run.caller = Some(Caller {
+            tenant: "default".into(),
+            transport: crate::Transport::Http,
+            client: None,
+        });
+        let r = svc.call_quiet(&acme, Request::Plan(run), &cancel);
+        assert!(matches!(r, Ok(Response::Plan(_))), "{r:?}");
+        let lines = audit_lines(&home);
+        let tenants: Vec<&str> = lines.iter().filter_map(|l| l["tenant"].as_str()).collect();
+        assert_eq!(tenants, ["acme", "acme"], "{lines:?}");
+        // Its state is its own, beside the default tenant's.
+        let root = home.join("tenants").join(crate::tenants::dir_name("acme"));
+        assert!(root.join("quota").is_dir(), "{}", root.display());
+        assert!(!home.join("quota").exists());
     }
 
     #[test]
