@@ -77,6 +77,27 @@ pub struct SnapshotInfo {
     pub damaged: Option<String>,
 }
 
+impl SnapshotInfo {
+    /// A snapshot's record before anything of its content is known.
+    fn blank(name: &str, id: String, created_at: String) -> SnapshotInfo {
+        SnapshotInfo {
+            name: name.to_string(),
+            id,
+            created_at,
+            source: String::new(),
+            profile: None,
+            parent: None,
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+            skipped: 0,
+            shared_bytes: None,
+            damaged: None,
+        }
+    }
+}
+
 /// A path or link target: a string when it is UTF-8, else hex of its bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -541,21 +562,7 @@ impl Store {
             )
             .map(|st| crate::audit::rfc3339(st.st_mtime, 0))
             .unwrap_or_default();
-            SnapshotInfo {
-                name: name.to_string(),
-                id: String::new(),
-                created_at,
-                source: String::new(),
-                profile: None,
-                parent: None,
-                files: 0,
-                dirs: 0,
-                symlinks: 0,
-                bytes: 0,
-                skipped: 0,
-                shared_bytes: None,
-                damaged: None,
-            }
+            SnapshotInfo::blank(name, String::new(), created_at)
         });
         info.shared_bytes = None;
         info.damaged = Some(why);
@@ -941,21 +948,7 @@ pub(crate) fn create(
             ),
         )
     })?;
-    let mut info = SnapshotInfo {
-        name: name.to_string(),
-        id: new_id("snap"),
-        created_at: rfc3339_now(),
-        source: String::new(),
-        profile: None,
-        parent: None,
-        files: 0,
-        dirs: 0,
-        symlinks: 0,
-        bytes: 0,
-        skipped: 0,
-        shared_bytes: None,
-        damaged: None,
-    };
+    let mut info = SnapshotInfo::blank(name, new_id("snap"), rfc3339_now());
     let layers = match source {
         SnapSource::Sandbox(id) => {
             let sb = crate::sandbox::load(home, id)?;

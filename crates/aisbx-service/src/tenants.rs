@@ -17,9 +17,9 @@
 //! created = "2026-12-01T23:50:00.000Z"
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
@@ -430,34 +430,12 @@ pub fn load(home: &Path) -> Result<Tenants, TenantError> {
 
 /// Writes the file whole: a private temporary file, synced, renamed into place.
 fn store(home: &Path, t: &Tenants) -> Result<(), TenantError> {
-    let path = path(home);
     let write = |source| TenantError::Write {
-        path: path.clone(),
+        path: path(home),
         source,
     };
     let text = toml::to_string(t).map_err(|e| write(std::io::Error::other(e.to_string())))?;
-    let tmp = home.join(format!(".{TENANTS_FILE}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(write)?;
-    let done = f
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| f.write_all(text.as_bytes()))
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done.map_err(write)?;
-    if let Ok(d) = File::open(home) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::service::write_private_file(home, TENANTS_FILE, text.as_bytes()).map_err(write)
 }
 
 /// Runs `change` on the file's content under an exclusive lock, then stores it.
@@ -643,6 +621,7 @@ pub fn set_quota(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn names() {

@@ -7,8 +7,6 @@
 //! to a temporary file and renamed, so a reader sees one whole record or the one
 //! before.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -44,8 +42,10 @@ pub struct ReloadRecord {
 
 /// Where the record is kept.
 pub fn record_path(home: &Path) -> PathBuf {
-    home.join("policy-reload.json")
+    home.join(RECORD_FILE)
 }
+
+const RECORD_FILE: &str = "policy-reload.json";
 
 /// Fails with the first failing test's name (and why) unless every `test_*` rule
 /// of the bundle passes.
@@ -79,23 +79,13 @@ pub fn record_reload(home: &Path, reload: &Reload) {
         pid: std::process::id(),
         reload: reload.clone(),
     };
-    let path = record_path(home);
-    let tmp = home.join(format!(".policy-reload.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&record).unwrap_or_default())?;
-        f.write_all(b"\n")?;
-        std::fs::rename(&tmp, &path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        tracing::warn!("cannot record the policy reload in {}: {e}", path.display());
+    let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    bytes.push(b'\n');
+    if let Err(e) = crate::service::write_private_file(home, RECORD_FILE, &bytes) {
+        tracing::warn!(
+            "cannot record the policy reload in {}: {e}",
+            record_path(home).display()
+        );
     }
 }
 
